@@ -1,0 +1,5 @@
+"""``python -m rtgate`` runs the command line."""
+
+from rtgate.cli import main
+
+main()

@@ -1,0 +1,225 @@
+"""The configuration model: frozen attrs classes, validated, secrets hidden.
+
+Pure: nothing here reads files or the environment (``config.load`` does). The
+field docstrings are the configuration reference the README points to.
+
+The file format is LiteLLM's (``model_list``, ``litellm_params``,
+``general_settings``, ``litellm_settings``, ``router_settings``) plus one
+section of rtgate's own, ``rtgate:``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import attrs
+
+
+@attrs.frozen(repr=False)
+class Secret:
+    """A secret string. Its repr and str never show the value."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def masked(self) -> str:
+        """A hint for humans: the first 3 and last 2 characters at most."""
+        v = self.value
+        if len(v) <= 8:
+            return "***"
+        return f"{v[:3]}...{v[-2:]}"
+
+
+@attrs.frozen
+class TlsSettings:
+    """Upstream TLS options of one deployment."""
+
+    verify: bool = True
+    """Verify the provider's certificate (LiteLLM's ``ssl_verify``). On by default."""
+    ca_bundle: str | None = None
+    """Path of a PEM CA bundle to trust instead of the system store."""
+
+
+@attrs.frozen
+class Deployment:
+    """One ``model_list`` entry: a provider endpoint that serves a model group."""
+
+    model_name: str
+    """The model group clients ask for (``?model=NAME``)."""
+    provider: str
+    """Provider prefix of ``litellm_params.model``: openai, azure, xai, gemini, vertex_ai, bedrock, mock."""
+    model: str
+    """The provider's model (or Azure deployment) name, after the prefix."""
+    id: str
+    """Stable identity across reloads: ``model_info.id`` or derived from group/provider/model/base."""
+    api_key: Secret | None = None
+    api_base: str | None = None
+    """Override of the provider's base URL (``https://``, ``wss://``, or ``http://127.0.0.1:PORT`` in tests)."""
+    api_version: str | None = None
+    weight: float = 1.0
+    """Share of new sessions under weighted round-robin; 0 = standby."""
+    max_parallel_requests: int | None = None
+    """Concurrent sessions this deployment may hold."""
+    rpm: int | None = None
+    """New sessions per minute this deployment may take."""
+    tls: TlsSettings = attrs.field(factory=TlsSettings)
+    params: Mapping[str, object] = attrs.field(factory=dict, repr=False)
+    """Every other ``litellm_params`` key (provider-specific: ``vertex_project``, ``aws_region_name``, ...).
+    Secret-valued ones are :class:`Secret`."""
+    health_check_interval: float | None = None
+    """Seconds between active health probes of this deployment (None: global setting)."""
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret this deployment holds, for scrubbing text that leaves the process."""
+        found = [self.api_key.value] if self.api_key else []
+        found += [v.value for v in self.params.values() if isinstance(v, Secret)]
+        return tuple(found)
+
+    def param_str(self, name: str) -> str | None:
+        """A provider parameter as plain text (secrets unwrapped), or None."""
+        value = self.params.get(name)
+        if isinstance(value, Secret):
+            return value.value
+        return None if value is None else str(value)
+
+
+@attrs.frozen
+class VirtualKey:
+    """A client key: its alias, its hash, what it may use."""
+
+    alias: str
+    sha256: str = attrs.field(repr=False)
+    """Hex sha256 of the key (keys are never kept in clear after load)."""
+    models: frozenset[str] | None = None
+    """Model groups this key may use; None = all."""
+    max_sessions: int | None = None
+    """Concurrent sessions this key may hold."""
+
+    @staticmethod
+    def digest(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+
+@attrs.frozen
+class RouterSettings:
+    """``router_settings``: how sessions are spread and how failures are handled."""
+
+    routing_strategy: str = "weighted-round-robin"
+    """``weighted-round-robin`` (default), ``least-busy`` or ``simple-shuffle``."""
+    num_retries: int | None = None
+    """Extra deployments tried after the first fails; None = every deployment of the group once."""
+    allowed_fails: int = 3
+    """Consecutive failures that put a deployment in cooldown."""
+    cooldown_time: float = 5.0
+    """Seconds of the first cooldown; repeated ejections grow it up to ``cooldown_max``."""
+    cooldown_max: float = 300.0
+    auth_cooldown_time: float = 60.0
+    """Cooldown after a 401/403: those do not heal by themselves."""
+    max_ejection_percent: float = 50.0
+    """Never cool down more than this share of a group at once (panic mode above it)."""
+    fallbacks: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    """``[{model_a: [model_b, ...]}]``: groups tried when every deployment of model_a failed."""
+    health_check_interval: float | None = None
+    """Seconds between active health probes (None: off)."""
+    early_failure_seconds: float = 5.0
+    """A session that ends abnormally within this many seconds counts as a deployment failure."""
+
+
+@attrs.frozen
+class EventLogSettings:
+    """Event logging: which events, how sampled, where shipped."""
+
+    event_types: frozenset[str] | None = frozenset({"session.created", "response.create", "response.done"})
+    """``logged_real_time_event_types``: a set of types, or None for ``"*"`` (all)."""
+    session_sample_rate: float = 1.0
+    """Share of sessions whose matching events are logged (deterministic per session id)."""
+    type_sample_rates: Mapping[str, float] = attrs.field(factory=dict)
+    """Per event type sampling, e.g. ``{response.output_audio.delta: 0.01}``."""
+    log_audio: bool = False
+    """Keep audio payloads in records (default: replaced by their byte length)."""
+    redact_paths: tuple[str, ...] = ()
+    """Extra JSON paths to redact, e.g. ``session.instructions``."""
+    sinks: tuple[Mapping[str, object], ...] = ()
+    """Sink definitions: ``{type: file, path: ...}``, ``{type: stderr}``, ``{type: http, url: ...}``."""
+    queue_size: int = 10000
+    """Records the relay may hand over before it starts dropping (and counting) them."""
+    batch_size: int = 500
+    flush_interval: float = 1.0
+
+
+@attrs.frozen
+class Limits:
+    """Timeouts and caps; every one ends a session with an ``error`` event and a close code."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest WebSocket message accepted from either side (OpenAI takes 15 MiB appends)."""
+    connect_timeout: float = 10.0
+    """Seconds to dial one upstream deployment (TCP + TLS + upgrade + first event)."""
+    handshake_timeout: float = 10.0
+    """Seconds a client has to send its complete HTTP request head."""
+    max_sessions: int | None = None
+    """Concurrent sessions gateway-wide (None: unlimited)."""
+    max_session_seconds: float | None = None
+    idle_timeout: float | None = None
+    """Seconds without a frame either way before a session is closed."""
+    max_pending_bytes: int = 4 * 1024 * 1024
+    """Bytes rtgate may hold for a peer that does not read before closing it."""
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    drain_seconds: float = 30.0
+    """On SIGTERM, how long running sessions may continue before 1001."""
+
+
+@attrs.frozen
+class ServerSettings:
+    """The ``rtgate:`` section: listener, client auth, limits, logging of the gateway itself."""
+
+    host: str = "0.0.0.0"
+    port: int = 4000
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allow_unauthenticated: bool = False
+    """Allow a key-less config to listen on a non-loopback address."""
+    allowed_origins: frozenset[str] | None = None
+    """Browser ``Origin`` allow-list (None: any)."""
+    keys: tuple[VirtualKey, ...] = ()
+    limits: Limits = attrs.field(factory=Limits)
+    log_level: str = "info"
+    log_format: str = "text"
+    """``text`` or ``json`` lines on stderr."""
+    metrics_auth: bool = False
+    """Require the master key for ``/metrics``."""
+
+
+@attrs.frozen
+class GatewayConfig:
+    """Everything rtgate serves, as loaded from one file."""
+
+    deployments: tuple[Deployment, ...]
+    server: ServerSettings = attrs.field(factory=ServerSettings)
+    router: RouterSettings = attrs.field(factory=RouterSettings)
+    event_log: EventLogSettings = attrs.field(factory=EventLogSettings)
+    master_key: Secret | None = None
+    source: str = ""
+    """Path the config was read from (for messages)."""
+
+    def groups(self) -> dict[str, tuple[Deployment, ...]]:
+        """Deployments by model group, in file order."""
+        out: dict[str, list[Deployment]] = {}
+        for dep in self.deployments:
+            out.setdefault(dep.model_name, []).append(dep)
+        return {name: tuple(deps) for name, deps in out.items()}
+
+    def has_auth(self) -> bool:
+        return self.master_key is not None or bool(self.server.keys)
+
+    def secret_values(self) -> tuple[str, ...]:
+        found: list[str] = [self.master_key.value] if self.master_key else []
+        for dep in self.deployments:
+            found.extend(dep.secret_values())
+        return tuple(found)
