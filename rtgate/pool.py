@@ -103,7 +103,7 @@ class Pool:
 
     def readiness(self, now: float) -> dict[str, bool]:
         """Per group: could a new session be served right now?"""
-        return {group: True for group in self._groups}
+        return dict.fromkeys(self._groups, True)
 
     def statistics(self, now: float) -> dict[str, object]:
         return {

@@ -134,7 +134,9 @@ class RouterSettings:
 class EventLogSettings:
     """Event logging: which events, how sampled, where shipped."""
 
-    event_types: frozenset[str] | None = frozenset({"session.created", "response.create", "response.done"})
+    event_types: frozenset[str] | None = frozenset(
+        {"session.created", "response.create", "response.done"}
+    )
     """``logged_real_time_event_types``: a set of types, or None for ``"*"`` (all)."""
     session_sample_rate: float = 1.0
     """Share of sessions whose matching events are logged (deterministic per session id)."""

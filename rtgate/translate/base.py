@@ -120,6 +120,35 @@ def error_event(
     return {"type": "error", "event_id": new_id("event"), "error": error}
 
 
+_RESPONSE_DONE: Final = b'"response.done"'
+
+
+def flatten_usage(usage: dict[str, object], prefix: str = "") -> dict[str, int]:
+    """``{"input_token_details": {"audio_tokens": 3}}`` -> ``{"input_token_details.audio_tokens": 3}``."""
+    flat: dict[str, int] = {}
+    for key, value in usage.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            flat[prefix + key] = value
+        elif isinstance(value, dict):
+            flat.update(flatten_usage(value, f"{prefix}{key}."))
+    return flat
+
+
+def usage_from_response_done(frame: bytes) -> dict[str, int] | None:
+    """Flattened integer usage of a ``response.done`` event, or None."""
+    try:
+        event = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or event.get("type") != "response.done":
+        return None
+    response = event.get("response")
+    usage = response.get("usage") if isinstance(response, dict) else None
+    return flatten_usage(usage) if isinstance(usage, dict) else {}
+
+
 # Close codes a client may see verbatim: normal/going away and the application range.
 _PASSTHROUGH_CODES: Final = frozenset({1000, 1001})
 
@@ -152,7 +181,9 @@ class Translator:
         out.to_upstream.append(frame)
 
     def on_upstream(self, frame: Frame, out: Outbox, now: float) -> None:
-        """An upstream message."""
+        """An upstream message. Default: relay it, noting usage from ``response.done``."""
+        if type(frame) is bytes and frame.find(_RESPONSE_DONE, 0, 64) >= 0:
+            out.usage = usage_from_response_done(frame)
         out.to_client.append(frame)
 
     def on_timer(self, out: Outbox, now: float) -> None:

@@ -1,0 +1,27 @@
+# Two commands a newcomer needs: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install run test check lint bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/rtgate serve -c etc/config.yaml
+
+lint: install
+	$(VENV)/bin/ruff check rtgate tests bench
+	$(VENV)/bin/ruff format --check rtgate tests bench
+	$(VENV)/bin/mypy
+
+test: install lint
+	$(VENV)/bin/pytest
+
+bench: install
+	$(PY) bench/loadgen.py --sessions 50 --seconds 20

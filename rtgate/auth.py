@@ -1,0 +1,96 @@
+"""Client authentication at the handshake: which key, which alias, what it may use.
+
+Pure. Keys arrive as ``Authorization: Bearer KEY``, ``api-key: KEY``, the
+browser subprotocol ``openai-insecure-api-key.KEY``, or Azure browser clients'
+``api-key`` query parameter. Keys are compared as sha256 digests with
+:func:`hmac.compare_digest`, so neither the key nor its position leaks by timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from rtgate.config.model import GatewayConfig
+from rtgate.errors import Forbidden, Unauthenticated
+
+BROWSER_KEY_PREFIX = "openai-insecure-api-key."
+
+
+@attrs.frozen
+class Principal:
+    """The authenticated client (never the key itself)."""
+
+    alias: str | None
+    models: frozenset[str] | None = None
+    max_sessions: int | None = None
+    is_master: bool = False
+
+    def check_model(self, model: str) -> None:
+        if self.models is not None and model not in self.models:
+            raise Forbidden(f"this key may not use model {model!r}")
+
+
+ANONYMOUS = Principal(alias=None)
+
+
+def presented_key(
+    headers: Mapping[str, str], subprotocols: Sequence[str], query: Mapping[str, str]
+) -> str | None:
+    """The key a client presented, wherever it put it (headers lower-cased)."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    api_key = headers.get("api-key")
+    if api_key:
+        return api_key.strip()
+    for proto in subprotocols:
+        if proto.startswith(BROWSER_KEY_PREFIX):
+            return proto[len(BROWSER_KEY_PREFIX) :]
+    return query.get("api-key") or None
+
+
+class Authenticator:
+    """Checks presented keys against the master key and the virtual keys."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self._required = config.has_auth()
+        self._master = (
+            hashlib.sha256(config.master_key.value.encode()).digest() if config.master_key else None
+        )
+        self._keys = [
+            (bytes.fromhex(k.sha256), Principal(k.alias, k.models, k.max_sessions))
+            for k in config.server.keys
+        ]
+
+    @property
+    def required(self) -> bool:
+        return self._required
+
+    def authenticate(self, key: str | None) -> Principal:
+        """The principal for ``key``; :class:`Unauthenticated` if it is missing or unknown."""
+        if not self._required:
+            return ANONYMOUS
+        if not key:
+            raise Unauthenticated("missing API key (Authorization: Bearer KEY or api-key header)")
+        digest = hashlib.sha256(key.encode()).digest()
+        found: Principal | None = None
+        # Compare against every key so timing does not depend on which one matched.
+        if self._master is not None and hmac.compare_digest(digest, self._master):
+            found = Principal(alias="master", is_master=True)
+        for candidate, principal in self._keys:
+            if hmac.compare_digest(digest, candidate) and found is None:
+                found = principal
+        if found is None:
+            raise Unauthenticated("invalid API key")
+        return found
+
+    def is_master(self, key: str | None) -> bool:
+        if self._master is None or not key:
+            return False
+        return hmac.compare_digest(hashlib.sha256(key.encode()).digest(), self._master)

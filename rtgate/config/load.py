@@ -1,0 +1,467 @@
+"""Read a LiteLLM-style YAML file into a :class:`GatewayConfig`.
+
+Owns: YAML parsing with line numbers, ``os.environ/NAME`` resolution, type
+checks with ``file:line: what is wrong`` errors, warnings for unknown keys
+(users migrate big LiteLLM files, so unknown keys never stop a load).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import YAMLError
+
+from rtgate.config.model import (
+    Deployment,
+    EventLogSettings,
+    GatewayConfig,
+    Limits,
+    RouterSettings,
+    Secret,
+    ServerSettings,
+    TlsSettings,
+    VirtualKey,
+)
+from rtgate.errors import ConfigError
+
+ENV_PREFIX = "os.environ/"
+
+# litellm_params keys whose values are secrets wherever they appear.
+_SECRET_HINTS = ("key", "secret", "token", "credential", "password")
+
+# Keys LiteLLM users have that mean nothing to a realtime gateway: accepted silently.
+_IGNORED_TOP = frozenset(
+    {"environment_variables", "callback_settings", "guardrails", "mcp_servers"}
+)
+
+
+@attrs.define
+class LoadResult:
+    config: GatewayConfig
+    warnings: list[str]
+    plaintext_secrets: list[str]
+    """``file:line`` of secrets written literally where ``os.environ/`` would do."""
+
+
+class _Ctx:
+    """Where we are in the file: for messages, and to collect warnings."""
+
+    def __init__(self, path: str, env: Mapping[str, str]) -> None:
+        self.path = path
+        self.env = env
+        self.warnings: list[str] = []
+        self.plaintext: list[str] = []
+
+    def error(self, line: int | None, message: str) -> ConfigError:
+        return ConfigError(message, path=self.path, line=line)
+
+    def warn(self, line: int | None, message: str) -> None:
+        where = f"{self.path}:{line}" if line is not None else self.path
+        self.warnings.append(f"{where}: warning: {message}")
+
+
+def _line_of(node: object, key: object = None) -> int | None:
+    """1-based line of a mapping key (or of the node itself)."""
+    try:
+        if key is not None and isinstance(node, CommentedMap):
+            return int(node.lc.key(key)[0]) + 1
+        lc = getattr(node, "lc", None)
+        return int(lc.line) + 1 if lc is not None else None
+    except (KeyError, AttributeError, TypeError):
+        return None
+
+
+class _Section:
+    """A YAML mapping being read: typed getters, and a record of keys used."""
+
+    def __init__(self, ctx: _Ctx, node: object, name: str, line: int | None = None) -> None:
+        if node is None:
+            node = CommentedMap()
+        if not isinstance(node, Mapping):
+            raise ctx.error(line or _line_of(node), f"{name} must be a mapping")
+        self.ctx = ctx
+        self.node = node
+        self.name = name
+        self.used: set[str] = set()
+
+    def line(self, key: str | None = None) -> int | None:
+        return _line_of(self.node, key) if key is not None else _line_of(self.node)
+
+    def has(self, key: str) -> bool:
+        return key in self.node and self.node[key] is not None
+
+    def raw(self, key: str) -> Any:
+        self.used.add(key)
+        return self.node.get(key)
+
+    def resolve(self, key: str, value: Any) -> Any:
+        """Resolve ``os.environ/NAME`` (a missing variable is an error naming it)."""
+        if isinstance(value, str) and value.startswith(ENV_PREFIX):
+            var = value[len(ENV_PREFIX) :]
+            if var not in self.ctx.env:
+                raise self.ctx.error(
+                    self.line(key), f"{self.name}.{key}: environment variable {var} is not set"
+                )
+            return self.ctx.env[var]
+        return value
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        if not self.has(key):
+            self.used.add(key)
+            return default
+        value = self.resolve(key, self.raw(key))
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and (int in kinds or float in kinds) and str not in kinds:
+            try:
+                return float(value) if float in kinds else int(value)
+            except ValueError:
+                pass
+        if bool in kinds and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, bool) and bool not in kinds:
+            raise self._type_error(key, kinds)
+        if not isinstance(value, kinds):
+            raise self._type_error(key, kinds)
+        return value
+
+    def secret(self, key: str) -> Secret | None:
+        if not self.has(key):
+            self.used.add(key)
+            return None
+        raw = self.raw(key)
+        if isinstance(raw, str) and not raw.startswith(ENV_PREFIX):
+            self.ctx.plaintext.append(f"{self.ctx.path}:{self.line(key)}: {self.name}.{key}")
+        value = self.resolve(key, raw)
+        if not isinstance(value, str | int):
+            raise self._type_error(key, (str,))
+        return Secret(str(value))
+
+    def positive(
+        self, key: str, kind: type, default: Any = None, *, allow_zero: bool = False
+    ) -> Any:
+        value = self.get(key, kind, default)
+        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise self.ctx.error(self.line(key), f"{self.name}.{key} must be {bound}, got {value}")
+        return value
+
+    def section(self, key: str) -> _Section:
+        self.used.add(key)
+        return _Section(self.ctx, self.node.get(key), f"{self.name}.{key}", self.line(key))
+
+    def warn_unknown(self) -> None:
+        for key in self.node:
+            if key not in self.used:
+                self.ctx.warn(self.line(key), f"unknown key {self.name}.{key} (ignored)")
+
+    def _type_error(self, key: str, kinds: tuple[type, ...]) -> ConfigError:
+        names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        return self.ctx.error(self.line(key), f"{self.name}.{key} must be {names}")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "a mapping"}  # fmt: skip
+
+
+def _fill_attrs(section: _Section, cls: type, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Read every key of ``section`` that names a field of attrs class ``cls``."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in attrs.fields(cls):
+        if field.name in skip or not section.has(field.name):
+            continue
+        values[field.name] = _typed_value(section, field.name, hints[field.name])
+    return values
+
+
+def _typed_value(section: _Section, key: str, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _typed_value(section, key, args[0])
+    if hint is bool:
+        return section.get(key, bool)
+    if hint is int:
+        return section.positive(key, int, allow_zero=True)
+    if hint is float:
+        return section.positive(key, float, allow_zero=True)
+    if hint is str:
+        return str(section.get(key, (str, int, float)))
+    if origin in (frozenset, tuple) and args and args[0] is str:
+        value = section.get(key, (list, str))
+        items = [value] if isinstance(value, str) else [str(v) for v in value]
+        return frozenset(items) if origin is frozenset else tuple(items)
+    if origin is tuple:
+        value = section.get(key, list)
+        return tuple(dict(v) if isinstance(v, Mapping) else v for v in value)
+    if origin is Mapping or origin is dict:
+        value = section.get(key, dict)
+        return {str(k): (float(v) if isinstance(v, int | float) else v) for k, v in value.items()}
+    raise section.ctx.error(section.line(key), f"{section.name}.{key}: unsupported value")
+
+
+def _event_types(value: object, ctx: _Ctx, line: int | None) -> frozenset[str] | None:
+    if value == "*" or (isinstance(value, list) and "*" in value):
+        return None
+    if isinstance(value, str):
+        return frozenset({value})
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return frozenset(value)
+    raise ctx.error(line, 'logged_real_time_event_types must be "*" or a list of event types')
+
+
+def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
+    from rtgate.providers import KNOWN_PROVIDERS  # local: providers import this package
+
+    name = entry.get("model_name", (str, int, float))
+    if name is None:
+        raise ctx.error(entry.line(), f"model_list[{index}] has no model_name")
+    params = entry.section("litellm_params")
+    model = params.get("model", str)
+    if not model:
+        raise ctx.error(
+            params.line() or entry.line(), f"model_list[{index}].litellm_params.model is required"
+        )
+    provider, sep, provider_model = model.partition("/")
+    if not sep or provider not in KNOWN_PROVIDERS:
+        raise ctx.error(
+            params.line("model"),
+            f"model {model!r}: expected '<provider>/<model>' with provider one of "
+            + ", ".join(KNOWN_PROVIDERS),
+        )
+    info = entry.section("model_info")
+    mode = info.get("mode", str)
+    if mode is not None and mode != "realtime":
+        ctx.warn(
+            info.line("mode"),
+            f"model_list[{index}] has mode {mode!r}; rtgate serves it as realtime",
+        )
+    for key in info.node:
+        info.used.add(key)
+    known = {"model", "api_key", "api_base", "api_version", "weight", "max_parallel_requests",
+             "rpm", "ssl_verify", "ca_bundle", "health_check_interval"}  # fmt: skip
+    extra: dict[str, object] = {}
+    for key in params.node:
+        if key in known:
+            continue
+        if any(hint in key.lower() for hint in _SECRET_HINTS) and params.has(key):
+            extra[key] = params.secret(key)
+        elif params.has(key):
+            extra[key] = params.resolve(key, params.raw(key))
+        else:
+            params.used.add(key)
+    api_base = params.get("api_base", str)
+    dep_id = info.get("id", (str, int)) or f"{name}:{provider}:{provider_model}:{api_base or ''}"
+    entry.warn_unknown()
+    params.warn_unknown()
+    return Deployment(
+        model_name=str(name),
+        provider=provider,
+        model=provider_model,
+        id=str(dep_id),
+        api_key=params.secret("api_key"),
+        api_base=api_base.rstrip("/") if api_base else None,
+        api_version=params.get("api_version", (str, int, float)),
+        weight=params.positive("weight", float, 1.0, allow_zero=True),
+        max_parallel_requests=params.positive("max_parallel_requests", int),
+        rpm=params.positive("rpm", int),
+        tls=TlsSettings(
+            verify=params.get("ssl_verify", bool, True), ca_bundle=params.get("ca_bundle", str)
+        ),
+        params=extra,
+        health_check_interval=params.positive("health_check_interval", float),
+    )
+
+
+def _keys(ctx: _Ctx, node: object, line: int | None) -> tuple[VirtualKey, ...]:
+    if node is None:
+        return ()
+    if not isinstance(node, list):
+        raise ctx.error(line, "rtgate.keys must be a list")
+    out: list[VirtualKey] = []
+    for i, raw in enumerate(node):
+        sec = _Section(ctx, raw, f"rtgate.keys[{i}]", line)
+        alias = sec.get("alias", str) or f"key-{i}"
+        secret = sec.secret("key")
+        digest = sec.get("key_sha256", str)
+        if secret is None and digest is None:
+            raise ctx.error(sec.line(), f"rtgate.keys[{i}] needs key or key_sha256")
+        if digest is not None and len(digest) != 64:
+            raise ctx.error(
+                sec.line("key_sha256"), f"rtgate.keys[{i}].key_sha256 must be 64 hex digits"
+            )
+        models = sec.get("models", list)
+        out.append(
+            VirtualKey(
+                alias=alias,
+                sha256=digest.lower() if digest else VirtualKey.digest(secret.value),  # type: ignore[union-attr]
+                models=frozenset(str(m) for m in models) if models is not None else None,
+                max_sessions=sec.positive("max_sessions", int),
+            )
+        )
+        sec.warn_unknown()
+    return tuple(out)
+
+
+def _fallbacks(ctx: _Ctx, node: object, line: int | None) -> dict[str, tuple[str, ...]]:
+    """LiteLLM's ``[{model_a: [model_b, ...]}, ...]`` (a plain mapping is accepted too)."""
+    items = node if isinstance(node, list) else [node]
+    out: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise ctx.error(
+                line, "router_settings.fallbacks must be a list of {model: [fallbacks]}"
+            )
+        for key, value in item.items():
+            targets = [value] if isinstance(value, str) else value
+            if not isinstance(targets, list):
+                raise ctx.error(line, f"router_settings.fallbacks.{key} must be a list")
+            out[str(key)] = tuple(str(t) for t in targets)
+    return out
+
+
+def parse_config(
+    data: object, *, path: str = "<config>", env: Mapping[str, str] | None = None
+) -> LoadResult:
+    """Build a config from already-parsed YAML (round-trip nodes keep line numbers)."""
+    ctx = _Ctx(path, os.environ if env is None else env)
+    top = _Section(ctx, data, "config")
+    model_list = top.raw("model_list")
+    if not isinstance(model_list, list) or not model_list:
+        raise ctx.error(top.line("model_list") if "model_list" in top.node else 1,
+                        "model_list must be a non-empty list of deployments")  # fmt: skip
+    deployments = tuple(
+        _deployment(ctx, _Section(ctx, e, f"model_list[{i}]", _line_of(model_list)), i)
+        for i, e in enumerate(model_list)
+    )
+    seen: dict[str, int] = {}
+    for i, dep in enumerate(deployments):
+        if dep.id in seen:
+            raise ctx.error(_line_of(model_list[i]), f"duplicate deployment id {dep.id!r}")
+        seen[dep.id] = i
+    _validate_providers(ctx, deployments, model_list)
+
+    general = top.section("general_settings")
+    master_key = general.secret("master_key")
+    for key in general.node:
+        general.used.add(key)
+
+    litellm = top.section("litellm_settings")
+    event_types = EventLogSettings().event_types
+    if litellm.has("logged_real_time_event_types"):
+        event_types = _event_types(
+            litellm.raw("logged_real_time_event_types"), ctx,
+            litellm.line("logged_real_time_event_types"),
+        )  # fmt: skip
+    for key in litellm.node:
+        litellm.used.add(key)  # LiteLLM has hundreds of these; only ours matter
+
+    router = top.section("router_settings")
+    router_values = _fill_attrs(router, RouterSettings, skip=frozenset({"fallbacks"}))
+    if router.has("fallbacks"):
+        router_values["fallbacks"] = _fallbacks(
+            ctx, router.raw("fallbacks"), router.line("fallbacks")
+        )
+    router_settings = RouterSettings(**router_values)
+    if router_settings.routing_strategy not in (
+        "weighted-round-robin",
+        "least-busy",
+        "simple-shuffle",
+    ):
+        raise ctx.error(router.line("routing_strategy"),
+                        "router_settings.routing_strategy must be weighted-round-robin, least-busy "
+                        "or simple-shuffle")  # fmt: skip
+    for key in router.node:
+        if key not in router.used:
+            router.used.add(key)
+            ctx.warn(router.line(key), f"router_settings.{key} has no meaning for rtgate (ignored)")
+    groups = {d.model_name for d in deployments}
+    for source, targets in router_settings.fallbacks.items():
+        for target in (source, *targets):
+            if target not in groups:
+                raise ctx.error(
+                    router.line("fallbacks"), f"fallbacks name unknown model {target!r}"
+                )
+
+    own = top.section("rtgate")
+    limits_sec = own.section("limits")
+    limits = Limits(**_fill_attrs(limits_sec, Limits))
+    limits_sec.warn_unknown()
+    log_sec = own.section("event_log")
+    log_values = _fill_attrs(log_sec, EventLogSettings, skip=frozenset({"event_types"}))
+    if log_sec.has("event_types"):
+        event_types = _event_types(log_sec.raw("event_types"), ctx, log_sec.line("event_types"))
+    log_sec.warn_unknown()
+    keys = _keys(ctx, own.raw("keys"), own.line("keys"))
+    server_values = _fill_attrs(own, ServerSettings, skip=frozenset({"keys", "limits"}))
+    server = ServerSettings(**server_values, keys=keys, limits=limits)
+    if (server.tls_cert is None) != (server.tls_key is None):
+        raise ctx.error(own.line(), "rtgate.tls_cert and rtgate.tls_key go together")
+    own.used.update({"keys", "limits", "event_log"})
+    own.warn_unknown()
+
+    for key in top.node:
+        if key not in top.used and key not in _IGNORED_TOP:
+            ctx.warn(top.line(key), f"unknown top-level key {key!r} (ignored)")
+    config = GatewayConfig(
+        deployments=deployments,
+        server=server,
+        router=router_settings,
+        event_log=EventLogSettings(**log_values, event_types=event_types),
+        master_key=master_key,
+        source=path,
+    )
+    return LoadResult(config, ctx.warnings, ctx.plaintext)
+
+
+def _validate_providers(ctx: _Ctx, deployments: tuple[Deployment, ...], nodes: list[Any]) -> None:
+    from rtgate.providers import get_provider
+
+    for dep, node in zip(deployments, nodes, strict=True):
+        try:
+            provider = get_provider(dep.provider)
+        except (ImportError, AttributeError):
+            raise ctx.error(
+                _line_of(node), f"provider {dep.provider!r} is not available in this build"
+            )
+        problems = provider.validate(dep)
+        if problems:
+            raise ctx.error(
+                _line_of(node), f"deployment {dep.model_name!r}: " + "; ".join(problems)
+            )
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> LoadResult:
+    """Read and validate a config file; :class:`ConfigError` with ``file:line`` on failure."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", path=path) from None
+    return parse_text(text, path=path, env=env)
+
+
+def parse_text(
+    text: str, *, path: str = "<config>", env: Mapping[str, str] | None = None
+) -> LoadResult:
+    yaml = YAML(typ="rt")
+    try:
+        data = yaml.load(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from None
+    if not isinstance(data, CommentedMap):
+        raise ConfigError("the file must be a YAML mapping with a model_list", path=path, line=1)
+    return parse_config(data, path=path, env=env)

@@ -1,0 +1,120 @@
+"""The control plane: a small ASGI app for health, readiness, metrics and admin.
+
+Served by hypercorn (trio worker) behind the front's splice. Nothing here is
+on a realtime frame's path. Routes::
+
+    GET /health/liveliness   (alias /health/liveness)  200 while the process runs
+    GET /health/readiness    200 when every model group has a usable deployment, else 503
+    GET /metrics             Prometheus text (optionally master-key protected)
+    GET /admin/pool          pool statistics per deployment (master key)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+import trio
+
+from rtgate import __version__
+from rtgate.gateway import Gateway
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+MetricsRenderer = Callable[[Gateway], tuple[bytes, str]]
+
+
+class ControlApp:
+    """ASGI 3 application over a :class:`Gateway`."""
+
+    def __init__(self, gateway: Gateway, metrics: MetricsRenderer | None = None) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"].rstrip("/") or "/"
+        method = scope["method"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if method not in ("GET", "HEAD"):
+            await _json(send, 405, {"error": "method not allowed"})
+            return
+        if path in ("/health/liveliness", "/health/liveness", "/health"):
+            await _json(send, 200, {"status": "alive", "version": __version__})
+        elif path == "/health/readiness":
+            await self._readiness(send)
+        elif path == "/metrics":
+            await self._metrics(send, headers)
+        elif path == "/admin/pool":
+            if not self._is_master(headers):
+                await _json(send, 401, {"error": "master key required"})
+                return
+            await _json(send, 200, self.gateway.pool.statistics(trio.current_time()))
+        elif path == "/":
+            await _json(send, 200, {"name": "rtgate", "version": __version__})
+        else:
+            await _json(send, 404, {"error": f"no route {path}"})
+
+    def _is_master(self, headers: dict[str, str]) -> bool:
+        from rtgate.auth import presented_key
+
+        return self.gateway.auth.is_master(presented_key(headers, (), {}))
+
+    async def _readiness(self, send: Send) -> None:
+        gateway = self.gateway
+        groups = gateway.pool.readiness(trio.current_time())
+        ready = bool(groups) and all(groups.values()) and not gateway.draining
+        body = {
+            "status": "ready" if ready else "unavailable",
+            "draining": gateway.draining,
+            "groups": groups,
+            "unavailable_groups": sorted(g for g, ok in groups.items() if not ok),
+            "sessions_active": gateway.counters.sessions_active,
+        }
+        await _json(send, 200 if ready else 503, body)
+
+    async def _metrics(self, send: Send, headers: dict[str, str]) -> None:
+        if self.gateway.config.server.metrics_auth and not self._is_master(headers):
+            await _json(send, 401, {"error": "master key required"})
+            return
+        if self.metrics is None:
+            await _json(send, 404, {"error": "metrics disabled"})
+            return
+        body, content_type = self.metrics(self.gateway)
+        await _respond(send, 200, body, content_type)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _json(send: Send, status: int, body: object) -> None:
+    await _respond(send, status, orjson.dumps(body), "application/json")
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

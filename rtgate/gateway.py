@@ -1,0 +1,364 @@
+"""A realtime session from handshake to record: auth, pool walk, dial, accept, relay.
+
+Dial first, then accept: the upstream is opened (and, for providers that greet
+first, its first event read) before the client's upgrade is answered, so a
+failing deployment costs the client only handshake time and the pool moves
+on to the next one. Only when none can serve does the client get an HTTP
+error with a JSON body (503, or 429 with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from urllib.parse import parse_qsl, urlsplit
+
+import attrs
+import orjson
+import trio
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from rtgate.auth import Authenticator, Principal, presented_key
+from rtgate.config.model import Deployment, GatewayConfig
+from rtgate.errors import (
+    BadRequest,
+    ClientError,
+    Forbidden,
+    GatewayShuttingDown,
+    NoDeploymentAvailable,
+    RtgateError,
+    TooManySessions,
+    UpstreamConnectError,
+    scrub,
+)
+from rtgate.net.wsconn import _QUIET, WsConnection
+from rtgate.pool import Pool
+from rtgate.protocol.beta import BetaBridge
+from rtgate.providers import get_provider
+from rtgate.providers.base import SessionContext, UpstreamLink
+from rtgate.relay import Outcome, Reconnector, Relay
+from rtgate.telemetry.tap import EventLog, SessionInfo, SessionSummary
+from rtgate.translate.base import new_id
+
+log = logging.getLogger("rtgate.gateway")
+
+REALTIME_PATHS = frozenset({"/v1/realtime", "/realtime", "/openai/v1/realtime", "/openai/realtime"})
+# Client headers that may travel upstream (everything else stays here).
+FORWARDED_HEADERS = ("openai-safety-identifier",)
+
+
+@attrs.define
+class GatewayCounters:
+    """Plain counters the metrics endpoint reads (one process)."""
+
+    sessions_total: int = 0
+    sessions_active: int = 0
+    handshakes_rejected: dict[int, int] = attrs.field(factory=dict)
+    dial_failures: dict[str, int] = attrs.field(factory=dict)
+    outcomes: dict[str, int] = attrs.field(factory=dict)
+    close_codes: dict[int, int] = attrs.field(factory=dict)
+    frames_from_client: int = 0
+    frames_to_client: int = 0
+    bytes_from_client: int = 0
+
+
+class _Redial(Reconnector):
+    def __init__(self, gateway: Gateway, deployment: Deployment, ctx: SessionContext) -> None:
+        self.gateway, self.deployment, self.ctx = gateway, deployment, ctx
+
+    async def __call__(self) -> UpstreamLink:
+        provider = get_provider(self.deployment.provider)
+        with trio.fail_after(self.ctx.connect_timeout + 1):
+            return await provider.connect(self.deployment, self.ctx)
+
+
+class Gateway:
+    """Process-wide state of the data plane: config, pool, keys, event log, counters."""
+
+    def __init__(self, config: GatewayConfig, *, event_log: EventLog | None = None) -> None:
+        self.config = config
+        self.pool = Pool(config)
+        self.auth = Authenticator(config)
+        self.event_log = event_log
+        self.counters = GatewayCounters()
+        self.sessions_by_key: dict[str, int] = {}
+        self.draining = False
+        self.shutdown = trio.Event()
+        self.secrets = config.secret_values()
+
+    def reload(self, config: GatewayConfig) -> None:
+        """Apply a new config to new sessions; running sessions keep theirs."""
+        reconfigure = getattr(self.pool, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(config, trio.current_time())
+        else:
+            self.pool = Pool(config)
+        self.config = config
+        self.auth = Authenticator(config)
+        self.secrets = config.secret_values()
+
+    # -- handshake ---------------------------------------------------------------
+
+    async def serve_realtime(self, stream: trio.abc.Stream, head: bytes, client_addr: str) -> None:
+        """Run one realtime WebSocket session on an accepted stream whose request head is ``head``."""
+        limits = self.config.server.limits
+        protocol = ServerProtocol(
+            select_subprotocol=_select_subprotocol,
+            max_size=limits.max_message_bytes,
+            logger=_QUIET,
+        )
+        protocol.receive_data(head)
+        request = next((e for e in protocol.events_received() if isinstance(e, Request)), None)
+        if request is None:
+            await _send_response(
+                stream,
+                protocol,
+                _json_response(
+                    400, "invalid_request_error", "bad_request", "malformed WebSocket request"
+                ),
+            )
+            return
+        try:
+            session = await self._open_session(request, client_addr)
+        except RtgateError as exc:
+            self._count_reject(exc.http_status)
+            await _send_response(stream, protocol, _error_response(exc, self.secrets))
+            return
+        response = protocol.accept(request)
+        if response.status_code != 101:
+            await session.release(self, Outcome(1002, "handshake failed", 1000, "", "client"))
+            protocol.send_response(response)
+            await _flush(stream, protocol)
+            await trio.aclose_forcefully(stream)
+            return
+        protocol.send_response(response)
+        await session.run(self, WsConnection(stream, protocol, write_timeout=limits.ping_timeout))
+
+    async def _open_session(self, request: Request, client_addr: str) -> _Session:
+        config = self.config
+        if self.draining:
+            raise GatewayShuttingDown("the gateway is restarting; retry shortly")
+        url = urlsplit(request.path)
+        if url.path.rstrip("/") not in REALTIME_PATHS:
+            raise BadRequest(f"no realtime endpoint at {url.path}")
+        query = dict(parse_qsl(url.query))
+        headers = {k.lower(): v for k, v in request.headers.raw_items()}
+        origins = config.server.allowed_origins
+        if origins is not None and "origin" in headers and headers["origin"] not in origins:
+            raise Forbidden("origin not allowed")
+        subprotocols = _offered_subprotocols(request.headers)
+        principal = self.auth.authenticate(presented_key(headers, subprotocols, query))
+        group = query.get("model") or query.get("deployment")
+        intent = query.get("intent")
+        if not group:
+            raise BadRequest("missing ?model=NAME")
+        principal.check_model(group)
+        self._check_caps(principal)
+        session_id = new_id("sess")
+        ctx = SessionContext(
+            session_id=session_id,
+            model_group=group,
+            intent=intent,
+            forwarded_headers={k: v for k, v in headers.items() if k in FORWARDED_HEADERS},
+            connect_timeout=config.server.limits.connect_timeout,
+            max_message_bytes=config.server.limits.max_message_bytes,
+        )
+        beta = headers.get("openai-beta", "").replace(" ", "") == "realtime=v1" or (
+            "openai-beta.realtime-v1" in subprotocols
+        )
+        deployment, link = await self._dial(group, ctx)
+        self._admit(principal)
+        return _Session(ctx, principal, deployment, link, beta, client_addr, trio.current_time())
+
+    def _check_caps(self, principal: Principal) -> None:
+        limit = self.config.server.limits.max_sessions
+        if limit is not None and self.counters.sessions_active >= limit:
+            raise TooManySessions("the gateway is at its session limit", retry_after=1.0)
+        if principal.max_sessions is not None and principal.alias is not None:
+            if self.sessions_by_key.get(principal.alias, 0) >= principal.max_sessions:
+                raise TooManySessions(
+                    "this key is at its concurrent session limit", retry_after=1.0
+                )
+
+    def _admit(self, principal: Principal) -> None:
+        self.counters.sessions_total += 1
+        self.counters.sessions_active += 1
+        if principal.alias is not None:
+            self.sessions_by_key[principal.alias] = self.sessions_by_key.get(principal.alias, 0) + 1
+
+    async def _dial(self, group: str, ctx: SessionContext) -> tuple[Deployment, UpstreamLink]:
+        """Walk the pool until a deployment connects; raise when none can."""
+        selection = self.pool.select(group, trio.current_time())
+        while (deployment := selection.next(trio.current_time())) is not None:
+            provider = get_provider(deployment.provider)
+            started = trio.current_time()
+            try:
+                # The provider bounds each step; this guards the whole dial.
+                with trio.fail_after(ctx.connect_timeout * 2 + 1):
+                    link = await provider.connect(deployment, ctx)
+            except (UpstreamConnectError, trio.TooSlowError) as exc:
+                kind = exc.kind if isinstance(exc, UpstreamConnectError) else "timeout"
+                retry_after = exc.retry_after if isinstance(exc, UpstreamConnectError) else None
+                selection.failed(deployment, trio.current_time(), kind, retry_after)
+                self.counters.dial_failures[kind] = self.counters.dial_failures.get(kind, 0) + 1
+                log.warning(
+                    "dial failed: deployment=%s kind=%s error=%s",
+                    deployment.id, kind, scrub(str(exc), self.secrets),
+                )  # fmt: skip
+                continue
+            now = trio.current_time()
+            selection.succeeded(deployment, now, now - started)
+            return deployment, link
+        raise selection.exhausted()
+
+    def _count_reject(self, status: int) -> None:
+        rejected = self.counters.handshakes_rejected
+        rejected[status] = rejected.get(status, 0) + 1
+
+
+@attrs.define
+class _Session:
+    ctx: SessionContext
+    principal: Principal
+    deployment: Deployment
+    link: UpstreamLink
+    beta: bool
+    client_addr: str
+    started: float
+
+    async def run(self, gateway: Gateway, client: WsConnection) -> None:
+        provider = get_provider(self.deployment.provider)
+        info = SessionInfo(
+            session_id=self.ctx.session_id,
+            key_alias=self.principal.alias,
+            client_addr=self.client_addr,
+            model_group=self.ctx.model_group,
+            deployment_id=self.deployment.id,
+            provider=self.deployment.provider,
+            started_at=time.time(),
+        )
+        tap = gateway.event_log.open_session(info) if gateway.event_log is not None else None
+        relay = Relay(
+            client,
+            self.link,
+            provider.translator(self.deployment, self.ctx),
+            limits=gateway.config.server.limits,
+            bridge=BetaBridge() if self.beta else None,
+            tap=tap,
+            reconnect=_Redial(gateway, self.deployment, self.ctx),
+            secrets=gateway.secrets + self.deployment.secret_values(),
+            shutdown=gateway.shutdown,
+        )
+        outcome: Outcome | None = None
+        try:
+            outcome = await relay.run()
+        finally:
+            outcome = outcome or relay.outcome or Outcome(1011, "internal error", 1011, "", "error")
+            await self.release(gateway, outcome)
+            stats = relay.stats
+            counters = gateway.counters
+            counters.frames_from_client += stats.frames_from_client
+            counters.frames_to_client += stats.frames_to_client
+            counters.bytes_from_client += client.bytes_received
+            if gateway.event_log is not None:
+                now = time.time()
+                gateway.event_log.close_session(
+                    SessionSummary(
+                        info=info,
+                        ended_at=now,
+                        duration=now - info.started_at,
+                        close_code=outcome.client_code,
+                        close_reason=outcome.client_reason,
+                        closed_by=outcome.closed_by,
+                        frames_from_client=stats.frames_from_client,
+                        frames_to_client=stats.frames_to_client,
+                        bytes_from_client=client.bytes_received,
+                        bytes_to_client=0,
+                        usage=dict(stats.usage),
+                        responses=stats.responses,
+                    )
+                )
+
+    async def release(self, gateway: Gateway, outcome: Outcome) -> None:
+        now = trio.current_time()
+        counters = gateway.counters
+        counters.sessions_active -= 1
+        counters.outcomes[outcome.closed_by] = counters.outcomes.get(outcome.closed_by, 0) + 1
+        counters.close_codes[outcome.client_code] = (
+            counters.close_codes.get(outcome.client_code, 0) + 1
+        )
+        alias = self.principal.alias
+        if alias is not None and alias in gateway.sessions_by_key:
+            gateway.sessions_by_key[alias] -= 1
+        gateway.pool.session_ended(
+            self.deployment, now, abnormal=outcome.abnormal, duration=now - self.started
+        )
+
+
+# -- handshake helpers ---------------------------------------------------------------
+
+
+def _select_subprotocol(
+    protocol: ServerProtocol, subprotocols: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    # Browsers offer ["realtime", "openai-insecure-api-key.KEY", ...]; OpenAI echoes "realtime".
+    return Subprotocol("realtime") if "realtime" in subprotocols else None
+
+
+def _offered_subprotocols(headers: Headers) -> list[str]:
+    offered: list[str] = []
+    for value in headers.get_all("Sec-WebSocket-Protocol"):
+        offered.extend(p.strip() for p in value.split(",") if p.strip())
+    return offered
+
+
+def _json_response(
+    status: int, error_type: str, code: str, message: str, extra: Mapping[str, str] | None = None
+) -> Response:
+    body = orjson.dumps({"error": {"message": message, "type": error_type, "code": code}})
+    headers = Headers(
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+    )
+    for name, value in (extra or {}).items():
+        headers[name] = value
+    reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+              429: "Too Many Requests", 502: "Bad Gateway", 503: "Service Unavailable"}  # fmt: skip
+    return Response(status, reason.get(status, "Error"), headers, body)
+
+
+def _error_response(exc: RtgateError, secrets: tuple[str, ...]) -> Response:
+    extra: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, TooManySessions | NoDeploymentAvailable) and retry_after is not None:
+        extra["Retry-After"] = str(max(1, round(retry_after)))
+    if isinstance(exc, ClientError) and exc.http_status == 401:
+        extra["WWW-Authenticate"] = "Bearer"
+    return _json_response(
+        exc.http_status, exc.error_type, exc.error_code, scrub(exc.message, secrets), extra
+    )
+
+
+async def _send_response(
+    stream: trio.abc.Stream, protocol: ServerProtocol, response: Response
+) -> None:
+    protocol.send_response(response)
+    await _flush(stream, protocol)
+    await trio.aclose_forcefully(stream)
+
+
+async def _flush(stream: trio.abc.Stream, protocol: ServerProtocol) -> None:
+    data = b"".join(protocol.data_to_send())
+    if data:
+        try:
+            with trio.move_on_after(5):
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

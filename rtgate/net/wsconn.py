@@ -1,0 +1,219 @@
+"""One WebSocket endpoint: the ``websockets`` sans-IO protocol driven over a trio stream.
+
+This is the data plane's hot path. ``receive`` does one socket read, feeds it
+to the protocol and returns *every* complete message it yielded (batching:
+no task switch per message); ``send`` serialises a batch and writes it with one
+``send_all``. RFC 6455 mechanics (framing, masking, control frames between
+fragments, close handshake, size limit) are the library's; this module adds
+only what the sans-IO layer leaves to its driver: reassembling fragments,
+UTF-8 validation of text messages (1007), and flushing automatic replies.
+
+Two tasks may use one connection (one reads, both write), so writes go through
+a FIFO lock; reads must come from one task at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import trio
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import CLOSED, OPEN, Protocol
+
+from rtgate.translate.base import Binary
+from rtgate.translate.base import Frame as Message
+
+READ_SIZE = 256 * 1024
+_QUIET = logging.getLogger("rtgate.wire")
+_QUIET.setLevel(logging.WARNING)  # websockets logs every connection at INFO
+
+
+class ConnectionClosed(Exception):
+    """The WebSocket is over: the peer closed, broke, or violated the protocol.
+
+    ``code``/``reason`` are what the peer sent (or what rtgate sent when it
+    failed the connection: 1002, 1007, 1009); ``by_peer`` says who ended it.
+    """
+
+    def __init__(self, code: int, reason: str, *, by_peer: bool) -> None:
+        super().__init__(f"websocket closed ({code}) {reason}".strip())
+        self.code = code
+        self.reason = reason
+        self.by_peer = by_peer
+
+
+class WsConnection:
+    """A WebSocket over a trio stream, after the opening handshake."""
+
+    def __init__(
+        self, stream: trio.abc.Stream, protocol: Protocol, *, write_timeout: float = 20.0
+    ) -> None:
+        self.stream = stream
+        self.protocol = protocol
+        self.write_timeout = write_timeout
+        self._send_lock = trio.StrictFIFOLock()
+        self._fragments: list[bytes] = []
+        self._fragment_opcode: Opcode | None = None
+        self.last_received = trio.current_time()
+        self.bytes_received = 0
+        self._eof_sent = False
+
+    # -- reading ---------------------------------------------------------------
+
+    async def receive(self) -> list[Message]:
+        """Every complete message of the next read(s); raises :class:`ConnectionClosed`."""
+        protocol = self.protocol
+        while True:
+            events = protocol.events_received()
+            messages = self._assemble(events) if events else []  # type: ignore[arg-type]
+            if protocol.writes:
+                await self._flush()  # pongs, close echo, failure close
+            if messages:
+                return messages
+            self._raise_if_closed()
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            self.last_received = trio.current_time()
+            if data:
+                self.bytes_received += len(data)
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+
+    def _assemble(self, events: list[Frame]) -> list[Message]:
+        # After the handshake the protocol only yields frames.
+        out: list[Message] = []
+        for frame in events:
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if frame.fin:
+                    data = frame.data
+                    if opcode is Opcode.TEXT:
+                        text = self._checked_text(bytes(data))
+                        if text is None:
+                            return out
+                        out.append(text)
+                    else:
+                        out.append(Binary(bytes(data)))
+                else:
+                    self._fragment_opcode = opcode
+                    self._fragments = [bytes(frame.data)]
+            elif opcode is Opcode.CONT:
+                self._fragments.append(bytes(frame.data))
+                if frame.fin:
+                    data = b"".join(self._fragments)
+                    self._fragments = []
+                    if self._fragment_opcode is Opcode.TEXT:
+                        text = self._checked_text(data)
+                        if text is None:
+                            return out
+                        out.append(text)
+                    else:
+                        out.append(Binary(data))
+        return out
+
+    def _checked_text(self, data: bytes) -> bytes | None:
+        # JSON from SDKs is ASCII almost always; only non-ASCII needs the decode.
+        if not data.isascii():
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.protocol.fail(1007, "invalid UTF-8 in text message")
+                return None
+        return data
+
+    def _raise_if_closed(self) -> None:
+        protocol = self.protocol
+        if protocol.state is OPEN and protocol.parser_exc is None:
+            return
+        if protocol.close_rcvd is not None and (
+            protocol.close_sent is None or protocol.close_rcvd_then_sent
+        ):
+            close: Close = protocol.close_rcvd
+            raise ConnectionClosed(close.code, close.reason, by_peer=True)
+        if protocol.close_sent is not None:
+            sent: Close = protocol.close_sent
+            raise ConnectionClosed(sent.code, sent.reason, by_peer=False)
+        if protocol.state is CLOSED or protocol.parser_exc is not None:
+            raise ConnectionClosed(1006, "connection lost", by_peer=True)
+
+    # -- writing ---------------------------------------------------------------
+
+    async def send(self, messages: Sequence[Message]) -> None:
+        """Queue every message and write them with one ``send_all``."""
+        protocol = self.protocol
+        if protocol.state is not OPEN:
+            self._raise_if_closed()
+            raise ConnectionClosed(1006, "connection lost", by_peer=True)
+        for message in messages:
+            if type(message) is bytes:
+                protocol.send_text(message)
+            else:
+                assert isinstance(message, Binary)
+                protocol.send_binary(message.data)
+        await self._flush()
+
+    async def ping(self, payload: bytes = b"") -> None:
+        if self.protocol.state is OPEN:
+            self.protocol.send_ping(payload)
+            await self._flush()
+
+    def pending_bytes(self) -> int:
+        return sum(len(chunk) for chunk in self.protocol.writes)
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            chunks = self.protocol.data_to_send()
+            if not chunks:
+                return
+            eof = chunks[-1] == b""
+            payload = b"".join(chunks)
+            try:
+                if payload:
+                    with trio.fail_after(self.write_timeout):
+                        await self.stream.send_all(payload)
+                if eof and not self._eof_sent:
+                    self._eof_sent = True
+                    await self._send_eof()
+            except trio.TooSlowError:
+                raise ConnectionClosed(1011, "peer is not reading", by_peer=False) from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ConnectionClosed(1006, "connection lost", by_peer=True) from None
+
+    async def _send_eof(self) -> None:
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            try:
+                await self.stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    # -- closing ---------------------------------------------------------------
+
+    async def close(self, code: int = 1000, reason: str = "", *, grace: float = 1.0) -> None:
+        """Start (or finish) the closing handshake, wait ``grace`` for the peer, close the socket.
+
+        Must not run while another task reads this connection. Never raises.
+        """
+        try:
+            with trio.move_on_after(grace):
+                if self.protocol.state is OPEN:
+                    self.protocol.send_close(code, reason)
+                    await self._flush()
+                while self.protocol.state is not CLOSED:
+                    if self.protocol.writes:
+                        await self._flush()
+                    data = await self.stream.receive_some(READ_SIZE)
+                    if data:
+                        self.protocol.receive_data(data)
+                    else:
+                        self.protocol.receive_eof()
+                        if self.protocol.writes:
+                            await self._flush()
+                        break
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await trio.aclose_forcefully(self.stream)

@@ -1,0 +1,59 @@
+"""Shared connect logic for providers that speak a WebSocket (OpenAI, Azure, xAI, Gemini).
+
+A subclass says only where to dial (:meth:`target`: URL, headers,
+subprotocols, all pure) and whether the provider greets first; dialing,
+TLS, the first-event check and error classes live here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from rtgate.config.model import Deployment
+from rtgate.net.upstream_ws import WsUpstream, dial_websocket
+from rtgate.providers.base import SessionContext
+from rtgate.translate.base import Translator
+
+
+@attrs.frozen
+class WsTarget:
+    url: str
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    subprotocols: tuple[str, ...] = ()
+
+
+class WebSocketProvider:
+    """Base for WebSocket providers; subclasses set ``name`` and implement ``target``."""
+
+    name = "websocket"
+    greets_first = True
+    """The provider sends an event as soon as the socket opens (OpenAI's ``session.created``)."""
+
+    def validate(self, deployment: Deployment) -> list[str]:
+        return []
+
+    def target(self, deployment: Deployment, ctx: SessionContext) -> WsTarget:
+        raise TypeError(f"{type(self).__name__} must define target()")
+
+    def translator(self, deployment: Deployment, ctx: SessionContext) -> Translator:
+        return Translator()
+
+    async def headers(self, deployment: Deployment, target: WsTarget) -> Mapping[str, str]:
+        """Final headers; a provider with refreshable credentials overrides this."""
+        return target.headers
+
+    async def connect(self, deployment: Deployment, ctx: SessionContext) -> WsUpstream:
+        target = self.target(deployment, ctx)
+        link = await dial_websocket(
+            target.url,
+            await self.headers(deployment, target),
+            target.subprotocols,
+            tls=deployment.tls,
+            max_message_bytes=ctx.max_message_bytes,
+            timeout=ctx.connect_timeout,
+        )
+        if self.greets_first:
+            await link.read_first(ctx.connect_timeout)
+        return link

@@ -1,0 +1,361 @@
+"""Relay one client-upstream pair until either side ends it.
+
+Owns the per-session nursery: a pump per direction (read one side, run the
+translator, write the other; a slow reader therefore slows the opposite
+read, so memory stays bounded without queues) and a timer task (translator
+deadlines, keepalive pings, dead-peer detection, idle and duration limits).
+The first side to finish decides the outcome; the nursery is cancelled and
+both sockets are closed with the mapped codes.
+
+Hot path: per read batch, not per frame, are the clock read, the outbox flush
+and the socket write. Frames are passed as the same ``bytes`` objects the
+codec produced unless a translator or the beta bridge changes them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from rtgate.config.model import Limits
+from rtgate.errors import UpstreamClosed, close_reason
+from rtgate.net.wsconn import ConnectionClosed, WsConnection
+from rtgate.protocol.beta import BetaBridge
+from rtgate.providers.base import UpstreamLink
+from rtgate.telemetry.tap import SessionTap
+from rtgate.translate.base import CloseClient, Frame, Outbox, Translator, error_event
+
+
+@attrs.define
+class Outcome:
+    """How the session ended."""
+
+    client_code: int
+    client_reason: str
+    upstream_code: int
+    upstream_reason: str
+    closed_by: str
+    """``client``, ``upstream``, ``gateway`` or ``error``."""
+    abnormal: bool = False
+    """The upstream broke (counts against the deployment early in a session)."""
+
+
+@attrs.define
+class RelayStats:
+    frames_from_client: int = 0
+    frames_to_client: int = 0
+    responses: int = 0
+    usage: dict[str, int] = attrs.field(factory=dict)
+
+
+class Reconnector:
+    """How the relay redials the same deployment when a translator asks (see ``Reconnect``)."""
+
+    async def __call__(self) -> UpstreamLink:
+        raise TypeError("no reconnect available for this session")
+
+
+class Relay:
+    """One session's data plane (see module docstring)."""
+
+    def __init__(
+        self,
+        client: WsConnection,
+        upstream: UpstreamLink,
+        translator: Translator,
+        *,
+        limits: Limits,
+        bridge: BetaBridge | None = None,
+        tap: SessionTap | None = None,
+        reconnect: Reconnector | None = None,
+        secrets: tuple[str, ...] = (),
+        shutdown: trio.Event | None = None,
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.translator = translator
+        self.limits = limits
+        self.bridge = bridge
+        self.tap = tap
+        self.reconnector = reconnect
+        self.secrets = secrets
+        self.shutdown = shutdown
+        self.stats = RelayStats()
+        self.outcome: Outcome | None = None
+        self._scope = trio.CancelScope()
+        self._timer_scope = trio.CancelScope()
+        self._started = 0.0
+        self._upstream_last = 0.0
+        self._reconnecting = False
+
+    # -- public ------------------------------------------------------------------
+
+    async def run(self) -> Outcome:
+        """Relay until one side ends; close both; return the outcome. Never raises
+        for peer behaviour (only for cancellation from outside)."""
+        now = trio.current_time()
+        self._started = self._upstream_last = now
+        try:
+            with self._scope:
+                out = Outbox()
+                self.translator.start(out, now)
+                if self.upstream.first_frames:
+                    for frame in self.upstream.first_frames:
+                        self.translator.on_upstream(frame, out, now)
+                await self._dispatch(out)
+                if self.outcome is None:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        nursery.start_soon(self._pump_client)
+                        nursery.start_soon(self._pump_upstream)
+                        nursery.start_soon(self._timer)
+        finally:
+            outcome = self.outcome or Outcome(1001, "gateway stopped", 1001, "", "gateway")
+            self.outcome = outcome
+            with trio.CancelScope(shield=True):
+                await self._close_both(outcome)
+        return outcome
+
+    # -- the two pumps -----------------------------------------------------------
+
+    async def _pump_client(self) -> None:
+        out = Outbox()
+        client = self.client
+        bridge = self.bridge
+        tap = self.tap
+        stats = self.stats
+        while True:
+            try:
+                frames = await client.receive()
+            except ConnectionClosed as exc:
+                self._client_closed(exc, out)
+                await self._dispatch(out, final=True)
+                return
+            now = trio.current_time()
+            translator = self.translator
+            stats.frames_from_client += len(frames)
+            wall = time.time() if tap is not None else 0.0
+            for frame in frames:
+                if bridge is not None and type(frame) is bytes:
+                    converted = bridge.client_to_ga(frame)
+                    if converted is None:
+                        continue
+                    frame = converted
+                if tap is not None and type(frame) is bytes:
+                    tap.record("client", frame, wall)
+                translator.on_client(frame, out, now)
+            await self._dispatch(out)
+
+    async def _pump_upstream(self) -> None:
+        out = Outbox()
+        while True:
+            link = self.upstream
+            try:
+                frames = await link.receive()
+            except UpstreamClosed as exc:
+                if link is not self.upstream:
+                    continue  # swapped by a reconnect; read the new one
+                now = trio.current_time()
+                self.translator.on_upstream_closed(
+                    exc.code, exc.reason, out, now, error_type=exc.upstream_error_type
+                )
+                if out.close is None:
+                    out.close = CloseClient(1011, "upstream closed")
+                self._set_outcome(
+                    Outcome(
+                        out.close.code,
+                        out.close.reason,
+                        exc.code,
+                        exc.reason,
+                        "upstream",
+                        abnormal=exc.code not in (1000, 1001),
+                    )
+                )
+                await self._dispatch(out, final=True)
+                return
+            now = self._upstream_last = trio.current_time()
+            translator = self.translator
+            for frame in frames:
+                translator.on_upstream(frame, out, now)
+            await self._dispatch(out)
+
+    # -- routing what translators produce ---------------------------------------------
+
+    async def _dispatch(self, out: Outbox, *, final: bool = False) -> None:
+        try:
+            if out.to_upstream and not final:
+                await self.upstream.send(out.to_upstream)
+            if out.to_client:
+                await self._send_client(out.to_client)
+        except UpstreamClosed as exc:
+            # The reader task will see the close too; make sure the session ends.
+            self._set_outcome(
+                Outcome(1011, "upstream connection lost", exc.code, exc.reason, "upstream", True)
+            )
+        except ConnectionClosed as exc:
+            self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
+        finally:
+            out.to_upstream.clear()
+            out.to_client.clear()
+        if out.usage is not None:
+            self._add_usage(out.usage)
+            out.usage = None
+        if out.reconnect is not None and not self._reconnecting and self.reconnector is not None:
+            self._reconnecting = True
+            self._nursery.start_soon(self._reconnect)
+        out.reconnect = None
+        deadline = self.translator.deadline
+        if deadline is not None and deadline < self._timer_scope.deadline:
+            self._timer_scope.deadline = deadline
+        if out.close is not None:
+            close = out.close
+            out.close = None
+            self._set_outcome(Outcome(close.code, close.reason, 1000, "", "gateway"))
+        if self.outcome is not None:
+            self._scope.cancel()
+
+    async def _send_client(self, frames: list[Frame]) -> None:
+        self.stats.frames_to_client += len(frames)
+        tap = self.tap
+        if tap is not None:
+            wall = time.time()
+            for frame in frames:
+                if type(frame) is bytes:
+                    tap.record("server", frame, wall)
+        if self.bridge is not None:
+            frames = self._to_beta(frames)
+        await self.client.send(frames)
+
+    def _to_beta(self, frames: Sequence[Frame]) -> list[Frame]:
+        assert self.bridge is not None
+        converted: list[Frame] = []
+        for frame in frames:
+            if type(frame) is bytes:
+                beta = self.bridge.server_to_beta(frame)
+                if beta is not None:
+                    converted.append(beta)
+            else:
+                converted.append(frame)
+        return converted
+
+    def _add_usage(self, usage: dict[str, int]) -> None:
+        self.stats.responses += 1
+        total = self.stats.usage
+        for key, value in usage.items():
+            total[key] = total.get(key, 0) + value
+
+    # -- timers: translator deadlines, keepalive, limits ---------------------------------
+
+    async def _timer(self) -> None:
+        limits = self.limits
+        interval = limits.ping_interval
+        out = Outbox()
+        while True:
+            now = trio.current_time()
+            deadline = now + interval if interval > 0 else math.inf
+            if limits.max_session_seconds:
+                deadline = min(deadline, self._started + limits.max_session_seconds)
+            if self.translator.deadline is not None:
+                deadline = min(deadline, self.translator.deadline)
+            self._timer_scope = trio.CancelScope(deadline=deadline)
+            with self._timer_scope:
+                if self.shutdown is not None:
+                    await self.shutdown.wait()
+                    self._end_by_gateway(
+                        out, 1001, "the gateway is restarting", "gateway_restarting"
+                    )
+                    await self._dispatch(out)
+                    return
+                await trio.sleep_forever()
+            now = trio.current_time()
+            t_deadline = self.translator.deadline
+            if t_deadline is not None and now >= t_deadline:
+                self.translator.on_timer(out, now)
+                await self._dispatch(out)
+            await self._check_limits(out, now)
+
+    async def _check_limits(self, out: Outbox, now: float) -> None:
+        limits = self.limits
+        if limits.max_session_seconds and now - self._started >= limits.max_session_seconds:
+            self._end_by_gateway(out, 1000, "maximum session duration reached", "session_expired")
+        last = max(self.client.last_received, self._upstream_last)
+        if limits.idle_timeout and now - last >= limits.idle_timeout:
+            self._end_by_gateway(out, 1000, "session idle for too long", "idle_timeout")
+        interval = limits.ping_interval
+        if interval > 0 and out.close is None:
+            if now - self.client.last_received >= interval + limits.ping_timeout:
+                self._set_outcome(
+                    Outcome(1006, "client stopped responding", 1001, "client gone", "client")
+                )
+            elif now - self.client.last_received >= interval:
+                try:
+                    await self.client.ping()
+                except ConnectionClosed:
+                    pass
+            try:
+                await self.upstream.ping()
+            except UpstreamClosed:
+                pass
+        await self._dispatch(out)
+
+    def _end_by_gateway(self, out: Outbox, code: int, message: str, error_code: str) -> None:
+        out.client_json(error_event(message, error_type="invalid_request_error", code=error_code))
+        out.close = CloseClient(code, message)
+
+    # -- reconnect (translators that must redial, e.g. before a Gemini goAway) ------------
+
+    async def _reconnect(self) -> None:
+        assert self.reconnector is not None
+        out = Outbox()
+        try:
+            new = await self.reconnector()
+        except Exception as exc:  # the old link stays in use; the translator is told
+            self._reconnecting = False
+            self.translator.on_upstream_closed(
+                1011, f"reconnect failed: {exc}", out, trio.current_time()
+            )
+            await self._dispatch(out)
+            return
+        old = self.upstream
+        self.upstream = new
+        self.translator.on_reconnected(out, trio.current_time())
+        for frame in new.first_frames:
+            self.translator.on_upstream(frame, out, trio.current_time())
+        self._reconnecting = False
+        await self._dispatch(out)
+        await old.aclose(1000, "reconnected")
+
+    # -- endings -----------------------------------------------------------------
+
+    def _set_outcome(self, outcome: Outcome) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+        self._scope.cancel()
+
+    def _client_closed(self, exc: ConnectionClosed, out: Outbox) -> None:
+        self.translator.on_client_closed(out, trio.current_time())
+        if exc.by_peer:
+            self._set_outcome(
+                Outcome(exc.code, exc.reason, _upstream_code(exc.code), exc.reason, "client")
+            )
+        else:
+            # rtgate failed the client connection (1002/1007/1009): tell it why first.
+            self._set_outcome(Outcome(exc.code, exc.reason, 1000, "", "client"))
+
+    async def _close_both(self, outcome: Outcome) -> None:
+        reason = close_reason(outcome.client_reason, self.secrets)
+        up_reason = close_reason(outcome.upstream_reason, self.secrets)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.client.close, outcome.client_code, reason)
+            nursery.start_soon(self.upstream.aclose, outcome.upstream_code, up_reason)
+
+
+def _upstream_code(client_code: int) -> int:
+    """What the upstream is told when the client ended with ``client_code``."""
+    if client_code in (1000, 1001) or 3000 <= client_code <= 4999:
+        return client_code
+    return 1001  # the client vanished or broke: the session is going away

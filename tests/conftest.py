@@ -1,0 +1,45 @@
+"""Shared fixtures: fake upstreams on 127.0.0.1 and a gateway config builder."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from rtgate.testing.fake_upstream import FakeRealtimeServer
+
+CLIENT_KEY = "sk-client-test-key-000000"
+UPSTREAM_KEY = "sk-fake-upstream-key"
+
+
+@pytest.fixture
+async def fake_openai(nursery: trio.Nursery) -> FakeRealtimeServer:
+    server = FakeRealtimeServer(api_key=UPSTREAM_KEY)
+    await nursery.start(server.serve)
+    return server
+
+
+def gateway_yaml(*deployments: str, extra: str = "") -> str:
+    """A config with a master key and the given ``model_list`` entries (YAML snippets)."""
+    body = "\n".join(deployments)
+    return f"""
+model_list:
+{body}
+general_settings:
+  master_key: {CLIENT_KEY}
+rtgate:
+  limits:
+    connect_timeout: 2
+    ping_interval: 0
+{extra}
+"""
+
+
+def openai_deployment(name: str, base_url: str, *, key: str = UPSTREAM_KEY, extra: str = "") -> str:
+    return f"""  - model_name: {name}
+    litellm_params:
+      model: openai/gpt-realtime
+      api_key: {key}
+      api_base: {base_url}
+{extra}
+    model_info:
+      mode: realtime"""
