@@ -152,6 +152,14 @@ class EventLogSettings:
     """Records the relay may hand over before it starts dropping (and counting) them."""
     batch_size: int = 500
     flush_interval: float = 1.0
+    session_queue_size: int = 1000
+    """Queue slots reserved for end-of-session records, so event floods never crowd them out."""
+    queue_max_bytes: int = 64 * 1024 * 1024
+    """Encoded event records the queue may hold, in bytes (a second bound besides ``queue_size``)."""
+    max_record_bytes: int = 256 * 1024
+    """An event record larger than this is logged as its type, id and size only."""
+    drain_timeout: float = 5.0
+    """Seconds shutdown may spend flushing queued records (what a down sink cannot take is spooled)."""
 
 
 @attrs.frozen
