@@ -262,9 +262,7 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
             params.used.add(key)
     api_base = params.get("api_base", str)
     dep_id = info.get("id", (str, int)) or f"{name}:{provider}:{provider_model}:{api_base or ''}"
-    entry.warn_unknown()
-    params.warn_unknown()
-    return Deployment(
+    deployment = Deployment(
         model_name=str(name),
         provider=provider,
         model=provider_model,
@@ -281,6 +279,9 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
         params=extra,
         health_check_interval=params.positive("health_check_interval", float),
     )
+    entry.warn_unknown()
+    params.warn_unknown()
+    return deployment
 
 
 def _keys(ctx: _Ctx, node: object, line: int | None) -> tuple[VirtualKey, ...]:
