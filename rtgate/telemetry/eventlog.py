@@ -170,6 +170,7 @@ class EventLogger:
         self._finished = trio.Event()
         self._run_scope: trio.CancelScope | None = None
         self._drain_deadline = math.inf
+        self._pending: list[bytes] = []
 
     @classmethod
     def from_settings(
@@ -284,9 +285,9 @@ class EventLogger:
                 first = await self._receive.receive()
             except trio.EndOfChannel:
                 return
-            batch = [self._take(first)]
-            if len(batch) < settings.batch_size:
-                self._take_ready(batch)
+            # Kept on self so a cancellation mid-batch still flushes it (see run).
+            batch = self._pending = [self._take(first)]
+            self._take_ready(batch)
             if len(batch) < settings.batch_size:
                 with trio.move_on_after(settings.flush_interval):
                     while len(batch) < settings.batch_size:
@@ -302,6 +303,7 @@ class EventLogger:
                 # Backpressure, not drops: a slow sink fills the queue, and the taps drop
                 # events while session records still have their reserved slots.
                 await out.send(batch)
+            self._pending = []
 
     def _take(self, item: _Item) -> bytes:
         line, is_event = item
@@ -323,7 +325,7 @@ class EventLogger:
         for sink in self.sinks:
             sink.draining = True
         while True:
-            batch: list[bytes] = []
+            batch, self._pending = self._pending, []
             self._take_ready(batch)
             if not batch:
                 return

@@ -118,8 +118,8 @@ class Redactor:
     """Removes what must not reach a log: audio (unless kept), configured paths, secrets.
 
     ``redact_paths`` are dotted paths from the event root (``session.instructions``,
-    ``item.content.*.text``); ``*`` matches any key, and a list on the way is
-    entered element by element. Every remaining string goes through
+    ``item.content.*.text``); ``*`` matches any key (or every element of a
+    list), and a list met on the way is entered element by element anyway. Every remaining string goes through
     :func:`rtgate.errors.scrub` as the last guard against keys in error messages,
     instructions or tool output.
     """
@@ -179,8 +179,9 @@ class Redactor:
 
 def _redact_path(node: Any, path: tuple[str, ...]) -> None:
     if isinstance(node, list):
+        inner = path[1:] if path and path[0] == "*" else path  # "*" over a list: each element
         for item in node:
-            _redact_path(item, path)
+            _redact_path(item, inner)
         return
     if not isinstance(node, dict) or not path:
         return
