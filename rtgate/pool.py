@@ -1,4 +1,4 @@
-"""The deployment pool: which deployment serves the next session.
+"""The deployment pool: which deployment serves the next session, and which to avoid.
 
 Pure: no trio, no sockets; every method that depends on time takes ``now``
 (seconds on the relay's clock, ``trio.current_time()``).
@@ -11,107 +11,429 @@ The relay walks one :class:`Selection` per client handshake::
         except UpstreamConnectError as e:
             sel.failed(dep, now, e.kind, e.retry_after)   # slot released, health updated
             continue
+        except BaseException:
+            sel.release(dep, now)                  # cancelled: slot freed, health untouched
+            raise
         sel.succeeded(dep, now, handshake_seconds)       # the slot is now a live session
         break
     else:
         raise sel.exhausted()                     # NoDeploymentAvailable / AllDeploymentsBusy
     ...
     pool.session_ended(dep, now, abnormal=..., duration=...)
+
+Every ``model_name`` is a group. Within a group the first deployment comes
+from ``router_settings.routing_strategy`` among those that can take a session
+now (nginx's smooth weighted round-robin by default; ``least-busy``;
+``simple-shuffle``), failover continues through the rest of the group in file
+order after it, weight-0 (standby) deployments last, then the groups named in
+``router_settings.fallbacks``. Health (cooldowns, half-open trials) lives in
+:mod:`rtgate.pool_state`; the group rule that caps ejections
+(``max_ejection_percent``) lives here.
+
+Active health checks (:mod:`rtgate.health_checks`) ask
+:meth:`Pool.claim_health_checks` what to dial and report back with
+:meth:`Pool.report_probe`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import math
+import random
+from collections import deque
 
 import attrs
 
-from rtgate.config.model import Deployment, GatewayConfig
+from rtgate.config.model import Deployment, GatewayConfig, RouterSettings
 from rtgate.errors import AllDeploymentsBusy, NoDeploymentAvailable, UnknownModel
+from rtgate.pool_state import DeploymentState, Gate, Phase
+from rtgate.pool_strategy import integer_weights, smooth_wrr_pick
 
+log = logging.getLogger("rtgate.pool")
 
-@attrs.define
-class _DeploymentState:
-    deployment: Deployment
-    active: int = 0
-    consecutive_failures: int = 0
-    last_error: str | None = None
+_USABLE = (Gate.OPEN, Gate.TRIAL)
 
 
 class Selection:
     """One handshake's walk over candidate deployments (see module docstring)."""
 
-    def __init__(self, pool: Pool, group: str, order: list[_DeploymentState]) -> None:
+    def __init__(self, pool: Pool, group: str, now: float) -> None:
         self._pool = pool
         self._group = group
-        self._order: Iterator[_DeploymentState] = iter(order)
-        self._busy = 0
+        self._fallbacks: deque[str] = deque(pool.fallback_groups(group))
+        self._queue: deque[DeploymentState] = deque(pool._order(group, now))
+        self._attempts_left = pool._attempt_limit(group)
+        self._outstanding: dict[str, DeploymentState] = {}
+        self._trials: set[str] = set()
         self._tried = 0
+        self._busy_wait: float | None = None
+        self._cooling_wait: float | None = None
 
     def next(self, now: float) -> Deployment | None:
-        for state in self._order:
-            dep = state.deployment
-            if dep.max_parallel_requests is not None and state.active >= dep.max_parallel_requests:
-                self._busy += 1
-                continue
-            state.active += 1
-            self._tried += 1
-            return dep
-        return None
+        """Reserve and return the next deployment to dial, or None when none is left."""
+        while True:
+            if self._attempts_left > 0:
+                while self._queue:
+                    state = self._queue.popleft()
+                    gate = state.gate(now)
+                    if gate is Gate.BUSY:
+                        self._busy_wait = _min(self._busy_wait, state.busy_retry_after(now))
+                    elif gate is Gate.COOLING:
+                        self._cooling_wait = _min(
+                            self._cooling_wait, state.cooling_retry_after(now)
+                        )
+                    else:
+                        return self._take(state, gate, now)
+            if not self._fallbacks:
+                return None
+            group = self._fallbacks.popleft()
+            self._queue = deque(self._pool._order(group, now))
+            self._attempts_left = self._pool._attempt_limit(group)
+
+    def _take(self, state: DeploymentState, gate: Gate, now: float) -> Deployment:
+        state.reserve(now)
+        self._attempts_left -= 1
+        self._tried += 1
+        self._outstanding[state.id] = state
+        if gate is Gate.TRIAL:
+            self._trials.add(state.id)
+        return state.deployment
+
+    def _settle(self, dep: Deployment) -> DeploymentState | None:
+        self._trials.discard(dep.id)
+        return self._outstanding.pop(dep.id, None)
 
     def failed(
         self, dep: Deployment, now: float, kind: str, retry_after: float | None = None
     ) -> None:
-        state = self._pool._states[dep.id]
-        state.active -= 1
-        state.consecutive_failures += 1
-        state.last_error = kind
+        """Dialing ``dep`` failed: its slot is released and its health learns ``kind``."""
+        state = self._settle(dep)
+        if state is None:
+            return
+        state.release()
+        state.record_failure(
+            now, kind, retry_after, self._pool.settings, self._pool._may_eject(state)
+        )
 
     def succeeded(self, dep: Deployment, now: float, handshake_seconds: float) -> None:
-        state = self._pool._states[dep.id]
-        state.consecutive_failures = 0
+        """``dep`` is connected: its slot is now a live session (end it with ``session_ended``)."""
+        state = self._settle(dep)
+        if state is not None:
+            state.record_success(now, handshake_seconds, "trial session connected",
+                                 self._pool.settings)  # fmt: skip
+
+    def release(self, dep: Deployment, now: float) -> None:
+        """The dial was abandoned (cancelled, client gone): free the slot, judge nothing."""
+        was_trial = dep.id in self._trials
+        state = self._settle(dep)
+        if state is None:
+            return
+        state.release()
+        if was_trial and state.phase is Phase.HALF_OPEN:
+            state.trial_in_flight = False
 
     def exhausted(self) -> NoDeploymentAvailable:
-        if self._tried == 0 and self._busy:
-            return AllDeploymentsBusy(f"every deployment of {self._group!r} is at capacity", 1.0)
-        return NoDeploymentAvailable(f"no deployment of {self._group!r} could take the session")
+        """The error to give the client once :meth:`next` returned None."""
+        group = self._group
+        if self._tried == 0 and self._busy_wait is not None:
+            retry = min(self._busy_wait, self._cooling_wait or math.inf)
+            return AllDeploymentsBusy(f"every deployment of {group!r} is at capacity", retry)
+        if self._tried == 0 and self._cooling_wait is not None:
+            return NoDeploymentAvailable(
+                f"every deployment of {group!r} is cooling down after failures",
+                self._cooling_wait,
+            )
+        return NoDeploymentAvailable(
+            f"no deployment of {group!r} could take the session ({self._tried} tried, all failed)",
+            self._cooling_wait,
+        )
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _dial_identity(dep: Deployment) -> Deployment:
+    """The deployment without its routing knobs: a change here resets health on reload."""
+    return attrs.evolve(
+        dep, weight=1.0, max_parallel_requests=None, rpm=None, health_check_interval=None
+    )
 
 
 class Pool:
-    """Round-robin over each group's deployments (the pool issue grows this)."""
+    """Every deployment's load and health, and the routing decisions made from them."""
 
-    def __init__(self, config: GatewayConfig) -> None:
-        self._groups = config.groups()
-        self._states = {d.id: _DeploymentState(d) for d in config.deployments}
-        self._cursor = dict.fromkeys(self._groups, 0)
+    def __init__(self, config: GatewayConfig, *, rng: random.Random | None = None) -> None:
+        self._rng = rng if rng is not None else random.Random()
+        self._states: dict[str, DeploymentState] = {}
+        self._retired: dict[str, DeploymentState] = {}
+        """Removed by a reload but still holding sessions: kept until they end."""
+        self._groups: dict[str, list[DeploymentState]] = {}
+        self._config = config
+        self._install(config)
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._config
+
+    @property
+    def settings(self) -> RouterSettings:
+        return self._config.router
+
+    # -- configuration --------------------------------------------------------
+
+    def _install(self, config: GatewayConfig) -> None:
+        states: dict[str, DeploymentState] = {}
+        for dep in config.deployments:
+            state = self._states.get(dep.id)
+            if state is None:
+                state = DeploymentState(dep)
+            elif _dial_identity(state.deployment) != _dial_identity(dep):
+                state.reset_health()
+                log.info("deployment %s of %r changed: health history reset", dep.id,
+                         dep.model_name)  # fmt: skip
+            state.deployment = dep
+            states[dep.id] = state
+        groups: dict[str, list[DeploymentState]] = {}
+        for state in states.values():
+            groups.setdefault(state.deployment.model_name, []).append(state)
+        for members in groups.values():
+            weights = integer_weights([s.deployment.weight for s in members])
+            if [s.int_weight for s in members] != weights:
+                # Another membership or ratio: restart the round-robin cycle cleanly.
+                for state, weight in zip(members, weights, strict=True):
+                    state.int_weight = weight
+                    state.current_weight = 0
+        self._config = config
+        self._states = states
+        self._groups = groups
+
+    def reconfigure(self, config: GatewayConfig, now: float) -> None:
+        """Adopt a reloaded config, keeping the load and health of every kept deployment.
+
+        Identity is ``Deployment.id``. A deployment whose connection settings
+        changed (key, base, model...) starts with a clean health record; one
+        whose weight or caps changed keeps it. Removed deployments keep
+        counting their running sessions until those end.
+        """
+        for dep_id, state in self._states.items():
+            if not any(d.id == dep_id for d in config.deployments):
+                log.info("%s: removed from the configuration", state.describe())
+                if state.active > 0:
+                    self._retired[dep_id] = state
+        known = set(self._states)
+        self._install(config)
+        for dep_id, state in self._states.items():
+            self._retired.pop(dep_id, None)
+            if dep_id not in known:
+                log.info("%s: added", state.describe())
+
+    def groups(self) -> dict[str, tuple[Deployment, ...]]:
+        return {
+            name: tuple(s.deployment for s in members) for name, members in self._groups.items()
+        }
+
+    def fallback_groups(self, group: str) -> list[str]:
+        """The configured fallbacks of ``group`` that exist (never itself)."""
+        targets = self.settings.fallbacks.get(group, ())
+        return [g for g in dict.fromkeys(targets) if g != group and g in self._groups]
+
+    # -- routing ----------------------------------------------------------------
 
     def select(self, group: str, now: float) -> Selection:
-        deps = self._groups.get(group)
-        if not deps:
+        """Start a handshake's walk over ``group`` (then its fallbacks)."""
+        if group not in self._groups:
             raise UnknownModel(f"model {group!r} is not served here")
-        start = self._cursor[group]
-        self._cursor[group] = (start + 1) % len(deps)
-        order = [self._states[d.id] for d in deps[start:] + deps[:start]]
-        return Selection(self, group, order)
+        return Selection(self, group, now)
+
+    def _attempt_limit(self, group: str) -> int:
+        size = len(self._groups[group])
+        retries = self.settings.num_retries
+        return size if retries is None else min(1 + max(retries, 0), size)
+
+    def _order(self, group: str, now: float) -> list[DeploymentState]:
+        """``group``'s deployments in dial order: the strategy's pick, the rest, standby last."""
+        members = self._groups[group]
+        weighted = [s for s in members if s.int_weight > 0]
+        standby = [s for s in members if s.int_weight == 0]
+        eligible = [s for s in weighted if s.gate(now) in _USABLE]
+        if eligible:
+            pick: DeploymentState | None = self._pick(eligible)
+        else:
+            pick = next((s for s in standby if s.gate(now) in _USABLE), None)
+        if pick is None:
+            return weighted + standby
+        if pick in weighted:
+            at = weighted.index(pick)
+            weighted = weighted[at:] + weighted[:at]
+        return [pick] + [s for s in weighted + standby if s is not pick]
+
+    def _pick(self, eligible: list[DeploymentState]) -> DeploymentState:
+        strategy = self.settings.routing_strategy
+        if strategy == "least-busy":
+            return min(eligible, key=lambda s: (s.active, -s.int_weight))
+        if strategy == "simple-shuffle":
+            return self._rng.choices(eligible, weights=[s.int_weight for s in eligible])[0]
+        current = [s.current_weight for s in eligible]
+        index = smooth_wrr_pick([s.int_weight for s in eligible], current)
+        for state, value in zip(eligible, current, strict=True):
+            state.current_weight = value
+        return eligible[index]
+
+    def _may_eject(self, state: DeploymentState) -> bool:
+        """max_ejection_percent: would ejecting ``state`` keep the group under the cap?"""
+        members = self._groups.get(state.deployment.model_name, [])
+        if state not in members:
+            return True
+        already = sum(1 for s in members if s is not state and s.phase is not Phase.CLOSED)
+        allowed = math.floor(len(members) * self.settings.max_ejection_percent / 100 + 1e-9)
+        return already + 1 <= allowed
+
+    def _lookup(self, dep: Deployment) -> DeploymentState | None:
+        return self._states.get(dep.id) or self._retired.get(dep.id)
 
     def session_ended(
         self, dep: Deployment, now: float, *, abnormal: bool, duration: float
     ) -> None:
-        self._states[dep.id].active -= 1
+        """A session that :meth:`Selection.succeeded` started has ended.
 
-    def groups(self) -> dict[str, tuple[Deployment, ...]]:
-        return dict(self._groups)
+        An abnormal end within ``early_failure_seconds`` counts as a failure of
+        the deployment (it accepted the upgrade, then could not serve).
+        """
+        state = self._lookup(dep)
+        if state is None:
+            return
+        state.record_session_end(now, abnormal=abnormal, duration=duration,
+                                 settings=self.settings, may_eject=self._may_eject(state))  # fmt: skip
+        if dep.id in self._retired and state.active == 0:
+            del self._retired[dep.id]
+
+    # -- active health checks -----------------------------------------------------
+
+    def _probe_interval(self, state: DeploymentState) -> float | None:
+        interval = state.deployment.health_check_interval
+        return interval if interval is not None else self.settings.health_check_interval
+
+    def _probe_due_at(self, state: DeploymentState, now: float) -> float | None:
+        interval = self._probe_interval(state)
+        if interval is None or state.probe_in_flight:
+            return None
+        state.refresh(now)
+        if state.phase is Phase.EJECTED:
+            return state.cooldown_until  # probe the moment the cooldown ends, not before
+        if state.phase is Phase.HALF_OPEN:
+            return None if state.trial_in_flight else now
+        if state.active > 0:
+            return None  # live sessions already tell us how it is doing
+        return state.last_activity + interval
+
+    def claim_health_checks(self, now: float) -> list[Deployment]:
+        """Deployments to probe now; each is marked in flight until :meth:`report_probe`.
+
+        A half-open deployment is probed as soon as its cooldown ends (the probe
+        is its trial, so no client pays for it); a healthy one when it has been
+        idle (no dial, no probe) for its ``health_check_interval``. Never one
+        that is cooling down.
+        """
+        claimed: list[Deployment] = []
+        for state in self._states.values():
+            due = self._probe_due_at(state, now)
+            if due is None or due > now:
+                continue
+            state.probe_in_flight = True
+            state.last_activity = now
+            if state.phase is Phase.HALF_OPEN:
+                state.trial_in_flight = True
+            claimed.append(state.deployment)
+        return claimed
+
+    def next_health_check_at(self, now: float) -> float | None:
+        """When the next probe falls due (None: nothing scheduled right now)."""
+        times = [t for s in self._states.values() if (t := self._probe_due_at(s, now)) is not None]
+        return min(times, default=None)
+
+    def report_probe(
+        self,
+        dep: Deployment,
+        now: float,
+        ok: bool,
+        kind: str | None = None,
+        retry_after: float | None = None,
+        handshake_seconds: float | None = None,
+    ) -> None:
+        """The probe of ``dep`` finished; a pass restores a half-open deployment."""
+        state = self._lookup(dep)
+        if state is None or not state.probe_in_flight:
+            return
+        state.probe_in_flight = False
+        state.last_activity = now
+        was_trial = state.phase is Phase.HALF_OPEN and state.trial_in_flight
+        if ok:
+            state.early_closes = 0
+            state.record_success(now, handshake_seconds, "health check passed", self.settings)
+            return
+        state.record_failure(now, kind or "error", retry_after, self.settings,
+                             self._may_eject(state))  # fmt: skip
+        if was_trial and state.phase is Phase.HALF_OPEN:
+            state.trial_in_flight = False
+
+    def cancel_probe(self, dep: Deployment) -> None:
+        """The probe of ``dep`` was abandoned (shutdown): free its claim, judge nothing."""
+        state = self._lookup(dep)
+        if state is None or not state.probe_in_flight:
+            return
+        state.probe_in_flight = False
+        if state.phase is Phase.HALF_OPEN:
+            state.trial_in_flight = False
+
+    # -- visibility -----------------------------------------------------------------
 
     def readiness(self, now: float) -> dict[str, bool]:
-        """Per group: could a new session be served right now?"""
-        return dict.fromkeys(self._groups, True)
+        """Per group: could some deployment take a new session right now?"""
+        return {
+            group: any(s.gate(now) in _USABLE for s in members)
+            for group, members in self._groups.items()
+        }
+
+    def ejection_counts(self) -> dict[str, int]:
+        """Ejections per deployment id since start (monotonic, for a metrics counter)."""
+        return {dep_id: s.ejections for dep_id, s in self._states.items()}
 
     def statistics(self, now: float) -> dict[str, object]:
-        return {
-            dep_id: {
-                "model_name": s.deployment.model_name,
-                "active_sessions": s.active,
-                "consecutive_failures": s.consecutive_failures,
-                "last_error": s.last_error,
-            }
-            for dep_id, s in self._states.items()
-        }
+        """Per deployment id: JSON-ready load and health (for the admin endpoint)."""
+        return {dep_id: _describe(s, now) for dep_id, s in self._states.items()}
+
+
+def _describe(state: DeploymentState, now: float) -> dict[str, object]:
+    state.refresh(now)
+    dep = state.deployment
+    phase = state.phase.value
+    if state.phase is Phase.CLOSED and state.int_weight == 0:
+        phase = "standby"
+    return {
+        "model_name": dep.model_name,
+        "provider": dep.provider,
+        "model": dep.model,
+        "state": phase,
+        "weight": dep.weight,
+        "active_sessions": state.active,
+        "max_parallel_requests": dep.max_parallel_requests,
+        "rpm": dep.rpm,
+        "sessions_last_minute": len(state.recent_starts),
+        "consecutive_failures": state.connect_failures,
+        "consecutive_early_closes": state.early_closes,
+        "ejections": state.ejections,
+        "cooldown_remaining": round(state.cooldown_remaining(now), 3),
+        "ejection_suppressed": state.ejection_suppressed,
+        "last_error": state.last_error,
+        "last_error_seconds_ago": (
+            None if state.last_error_at is None else round(now - state.last_error_at, 3)
+        ),
+        "handshake_latency_ewma": (
+            None if state.handshake_ewma is None else round(state.handshake_ewma, 4)
+        ),
+    }
