@@ -20,11 +20,12 @@ import os
 from collections.abc import Mapping
 
 import trio
+from botocore.exceptions import BotoCoreError
 from botocore.session import Session as _BotoSession
 
 from rtgate.aws.sigv4 import AwsCredentials
 from rtgate.config.model import Deployment
-from rtgate.errors import UpstreamConnectError
+from rtgate.errors import UpstreamConnectError, scrub
 
 _REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
@@ -66,7 +67,10 @@ class CredentialSource:
     async def region(self) -> str:
         if self._region is None:
             session = await self._botocore_session()
-            region = await trio.to_thread.run_sync(session.get_config_variable, "region")
+            try:
+                region = await trio.to_thread.run_sync(session.get_config_variable, "region")
+            except BotoCoreError as exc:
+                raise UpstreamConnectError(f"AWS configuration: {scrub(str(exc))}", kind="auth")
             if not region:
                 raise UpstreamConnectError(
                     "no AWS region: set aws_region_name or AWS_REGION", kind="auth"
@@ -79,14 +83,18 @@ class CredentialSource:
         if self._static is not None:
             return self._static
         async with self._lock:
-            if self._boto_credentials is None:
-                session = await self._botocore_session()
-                self._boto_credentials = await trio.to_thread.run_sync(session.get_credentials)
-            if self._boto_credentials is None:
-                raise UpstreamConnectError("no AWS credentials found", kind="auth")
-            frozen = await trio.to_thread.run_sync(
-                self._boto_credentials.get_frozen_credentials  # type: ignore[attr-defined]
-            )
+            try:
+                if self._boto_credentials is None:
+                    session = await self._botocore_session()
+                    self._boto_credentials = await trio.to_thread.run_sync(session.get_credentials)
+                if self._boto_credentials is None:
+                    raise UpstreamConnectError("no AWS credentials found", kind="auth")
+                frozen = await trio.to_thread.run_sync(
+                    self._boto_credentials.get_frozen_credentials  # type: ignore[attr-defined]
+                )
+            except BotoCoreError as exc:
+                # botocore's messages name profiles and files, never secret values.
+                raise UpstreamConnectError(f"AWS credentials: {scrub(str(exc))}", kind="auth")
         return AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token or None)
 
     async def _botocore_session(self) -> _BotoSession:

@@ -364,6 +364,11 @@ class BedrockLink:
                 chunks = await self._stream.read()
             except StreamEnded:
                 raise UpstreamClosed(1000, "Bedrock ended the stream")
+            status = self._stream.status
+            if status is not None and status != 200:
+                body = b"".join(chunks) + await self._stream.read_body()
+                self._pending_error = late_rejection(self._stream, status, body, self._secrets)
+                continue
             frames: list[Frame] = []
             for chunk in chunks:
                 try:
@@ -458,13 +463,32 @@ def _message_of(payload: bytes) -> str:
     return ""
 
 
+def _error_text(stream: H2Stream, body: bytes, secrets: tuple[str, ...]) -> tuple[str, str]:
+    error_type = stream.response_headers.get("x-amzn-errortype", "").split(":")[0]
+    text = scrub(f"{error_type}: {_message_of(body)}".strip(": "), secrets)[:500]
+    return error_type, text
+
+
+def late_rejection(
+    stream: H2Stream, status: int, body: bytes, secrets: tuple[str, ...]
+) -> UpstreamClosed:
+    """A non-200 status that arrived after ``connect`` returned, as a session end."""
+    error_type, text = _error_text(stream, body, secrets)
+    if status == 429:
+        code = 1013
+    elif 400 <= status < 500:
+        code = 1008
+    else:
+        code = 1011
+    return UpstreamClosed(code, text or f"HTTP {status}", error_type=error_type or f"HTTP{status}")
+
+
 async def reject_from_response(
     stream: H2Stream, status: int, secrets: tuple[str, ...]
 ) -> UpstreamRejected:
     """The error for a non-200 answer: status, AWS error type and message (scrubbed)."""
     body = await stream.read_body()
-    error_type = stream.response_headers.get("x-amzn-errortype", "").split(":")[0]
-    message = _message_of(body)
+    _, text = _error_text(stream, body, secrets)
     retry_after: float | None = None
     raw_retry = stream.response_headers.get("retry-after")
     if raw_retry:
@@ -472,7 +496,6 @@ async def reject_from_response(
             retry_after = float(raw_retry)
         except ValueError:
             retry_after = None
-    text = scrub(f"{error_type}: {message}".strip(": "), secrets)[:500]
     rejected = UpstreamRejected(status, text, retry_after=retry_after)
     if text:
         rejected.message = f"{rejected.message}: {text}"

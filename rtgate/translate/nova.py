@@ -93,6 +93,9 @@ DEFAULT_TOP_P: Final = 0.9
 DEFAULT_TEMPERATURE: Final = 0.7
 DEFAULT_SETUP_TIMEOUT: Final = 1.5
 """Seconds ``start`` waits for the client's first ``session.update`` before using defaults."""
+USAGE_GRACE: Final = 0.3
+"""Seconds ``response.done`` waits after the end of a turn for the ``usageEvent`` that
+Nova sends right after it, so the usage lands in the response it belongs to."""
 
 _PCM_24K: Final = {"type": "audio/pcm", "rate": 24000}
 _SAMPLE_RATES: Final = {"audio/pcm": 24000, "audio/pcmu": 8000, "audio/pcma": 8000}
@@ -487,6 +490,9 @@ class NovaTranslator(Translator):
         self._last_item: str | None = None
         self._usage: dict[str, int] = {}
         self._totals: dict[str, int] = {}
+        self._done_pending: dict[str, Any] | None = None
+        """A finished response whose ``response.done`` waits for its usage."""
+        self._now = 0.0
 
     # -- lifecycle hooks --------------------------------------------------------
 
@@ -504,8 +510,10 @@ class NovaTranslator(Translator):
         self.deadline = None
         if not self.started:
             self._open_stream(out)
+        self._flush_done(out)
 
     def on_client_closed(self, out: Outbox, now: float) -> None:
+        self._flush_done(out)
         if not self.started or self.closed_upstream:
             return
         self.closed_upstream = True
@@ -522,6 +530,7 @@ class NovaTranslator(Translator):
     def on_upstream_closed(
         self, code: int, reason: str, out: Outbox, now: float, *, error_type: str | None = None
     ) -> None:
+        self._flush_done(out)
         if error_type is None and code in (1000, 1001):
             self._finish_response(out, "completed")
             out.close = CloseClient(1000, reason)
@@ -793,9 +802,14 @@ class NovaTranslator(Translator):
         ((name, body),) = event.items()
         if not isinstance(body, dict):
             return
+        self._now = now
+        if name != "usageEvent":
+            self._flush_done(out)
         handler = self._UPSTREAM.get(name)
         if handler is not None:
             handler(self, body, out)
+        if name == "usageEvent":
+            self._flush_done(out)
 
     def _on_content_start(self, body: dict[str, Any], out: Outbox) -> None:
         content_id = str(body.get("contentId", ""))
@@ -959,9 +973,9 @@ class NovaTranslator(Translator):
         elif content.tool is not None:
             if not self._suppress:
                 self._function_call(content.tool, out)
-                self._finish_response(out, "completed")
+                self._finish_response(out, "completed", defer=True)
         elif content.kind == "TEXT" and content.stage == "FINAL" and stop == "END_TURN":
-            self._finish_response(out, "completed")
+            self._finish_response(out, "completed", defer=True)
 
     def _on_usage(self, body: dict[str, Any], out: Outbox) -> None:
         details = body.get("details")
@@ -1140,7 +1154,11 @@ class NovaTranslator(Translator):
         *,
         reason: str | None = None,
         error: dict[str, Any] | None = None,
+        defer: bool = False,
     ) -> None:
+        """Close the open response's items and send ``response.done`` (or, with ``defer``,
+        hold it up to :data:`USAGE_GRACE` for the usage that follows a turn)."""
+        self._flush_done(out)
         response = self._response
         if response is None:
             return
@@ -1185,6 +1203,19 @@ class NovaTranslator(Translator):
             if error is not None:
                 details["error"] = error
             body["status_details"] = details
+        if defer:
+            self._done_pending = body
+            self.deadline = self._now + USAGE_GRACE
+            return
+        self._emit_done(out, body)
+
+    def _flush_done(self, out: Outbox) -> None:
+        body, self._done_pending = self._done_pending, None
+        if body is not None:
+            self.deadline = None
+            self._emit_done(out, body)
+
+    def _emit_done(self, out: Outbox, body: dict[str, Any]) -> None:
         usage = _usage_block(self._usage)
         self._usage = {}
         body["usage"] = usage
