@@ -403,7 +403,7 @@ class Pool:
         """Ejections per deployment id since start (monotonic, for a metrics counter)."""
         return {dep_id: s.ejections for dep_id, s in self._states.items()}
 
-    def statistics(self, now: float) -> dict[str, object]:
+    def statistics(self, now: float) -> dict[str, dict[str, object]]:
         """Per deployment id: JSON-ready load and health (for the admin endpoint)."""
         return {dep_id: _describe(s, now) for dep_id, s in self._states.items()}
 

@@ -58,9 +58,7 @@ def walk(sel: Selection, now: float, fail: set[str]) -> tuple[list[str], str | N
 
 
 def stats(pool: Pool, dep_id: str, now: float = 0.0) -> Mapping[str, object]:
-    result = pool.statistics(now)[dep_id]
-    assert isinstance(result, dict)
-    return result
+    return pool.statistics(now)[dep_id]
 
 
 # -- weighted round-robin -------------------------------------------------------------

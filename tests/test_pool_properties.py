@@ -130,9 +130,9 @@ def test_bookkeeping_never_drifts(
         not_closed = 0
         for dep_id in by_id:
             s = stats[dep_id]
-            assert isinstance(s, dict)
             assert s["active_sessions"] == held[dep_id] >= 0
-            assert s["cooldown_remaining"] >= 0
+            cooldown = s["cooldown_remaining"]
+            assert isinstance(cooldown, float) and cooldown >= 0
             not_closed += s["state"] in ("ejected", "half-open")
         assert not_closed <= math.floor(len(deps) * max_ejection / 100 + 1e-9)
         ready = pool.readiness(now)["g"]
