@@ -189,7 +189,8 @@ class Pool:
     def _install(self, config: GatewayConfig) -> None:
         states: dict[str, DeploymentState] = {}
         for dep in config.deployments:
-            state = self._states.get(dep.id)
+            # A deployment removed and added back finds its sessions still counted.
+            state = self._states.get(dep.id) or self._retired.get(dep.id)
             if state is None:
                 state = DeploymentState(dep)
             elif _dial_identity(state.deployment) != _dial_identity(dep):
@@ -220,8 +221,9 @@ class Pool:
         whose weight or caps changed keeps it. Removed deployments keep
         counting their running sessions until those end.
         """
+        kept = {d.id for d in config.deployments}
         for dep_id, state in self._states.items():
-            if not any(d.id == dep_id for d in config.deployments):
+            if dep_id not in kept:
                 log.info("%s: removed from the configuration", state.describe())
                 if state.active > 0:
                     self._retired[dep_id] = state

@@ -492,6 +492,18 @@ def test_removed_deployment_with_live_session_still_counts_until_it_ends() -> No
     assert pool._retired == {}
 
 
+def test_deployment_removed_and_added_back_keeps_counting_its_sessions() -> None:
+    pool = make_pool(dep("a"), dep("b"))
+    connect(pool)
+    a = pool.groups()["rt"][0]
+    pool.reconfigure(GatewayConfig(deployments=(dep("b"),)), 1.0)
+    pool.reconfigure(GatewayConfig(deployments=(dep("a"), dep("b"))), 2.0)
+    assert stats(pool, "a", 2)["active_sessions"] == 1
+    pool.session_ended(a, 3, abnormal=False, duration=3)
+    assert stats(pool, "a", 3)["active_sessions"] == 0
+    assert pool._retired == {}
+
+
 def test_selection_started_before_a_reload_settles_cleanly() -> None:
     pool = make_pool(dep("a"), dep("b"))
     sel = pool.select("rt", 0)

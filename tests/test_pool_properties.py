@@ -7,6 +7,7 @@ import itertools
 import math
 from fractions import Fraction
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,7 +61,7 @@ def test_integer_weights_keep_proportions_exactly(weights: list[float]) -> None:
     assert math.gcd(*ints) in (0, 1)  # smallest integers with those ratios
 
 
-_OPS = ("select", "next", "fail", "succeed", "release", "end", "tick", "probe", "report")
+_OPS = ("select", "next", "fail", "succeed", "release", "end", "tick", "probe", "report", "reload")
 _KINDS = ("refused", "timeout", "auth", "throttled", "rejected")
 
 
@@ -119,6 +120,14 @@ def test_bookkeeping_never_drifts(
             now += data.draw(st.sampled_from([0.5, 1.0, 3.0, 10.0, 61.0]))
         elif op == "probe":
             probing.extend(pool.claim_health_checks(now))
+        elif op == "reload":
+            # Same deployments with other weights and caps: load and health carry over.
+            reweighted = tuple(
+                attrs.evolve(d, weight=float(data.draw(st.integers(0, 3))),
+                             max_parallel_requests=data.draw(st.none() | st.integers(1, 3)))
+                for d in deps
+            )  # fmt: skip
+            pool.reconfigure(GatewayConfig(deployments=reweighted, router=router), now)
         elif op == "report" and probing:
             d = probing.pop(0)
             pool.report_probe(d, now, ok=data.draw(st.booleans()), kind="refused")
