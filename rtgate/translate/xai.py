@@ -213,7 +213,11 @@ class XaiTranslator(Translator):
 
     def _track_part(self, kind: str, event: Json) -> bool:
         """Remember parts and their final text; back-fill ``part`` on ``.done``."""
-        key: PartKey = (event.get("response_id"), event.get("item_id"), event.get("content_index"))
+        key: PartKey = (
+            _hashable(event.get("response_id")),
+            _hashable(event.get("item_id")),
+            _hashable(event.get("content_index")),
+        )
         if kind == "response.content_part.added":
             part = event.get("part")
             if isinstance(part, dict):
@@ -257,10 +261,17 @@ class XaiTranslator(Translator):
             if kind == "response.done":
                 out.usage = flatten_usage(filled)
         if kind == "response.done":
-            response_id = response.get("id")
+            response_id = _hashable(response.get("id"))
             for key in [k for k in self._parts if k[0] == response_id]:
                 del self._parts[key]
         return changed
+
+
+def _hashable(value: object) -> object:
+    """An id as a dict key: ids are strings or ints, anything else (malformed) as JSON text."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _fix_role(item: object) -> bool:
