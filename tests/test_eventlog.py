@@ -434,3 +434,24 @@ def test_construction_from_config() -> None:
     with pytest.raises(ConfigError):
         EventLogger.from_settings(EventLogSettings(sinks=({"type": "kafka"},)))
     assert isinstance(build_sink({"type": "stderr", "name": "err"}), Sink)
+
+
+def test_reconfigure_applies_filter_and_redaction_but_keeps_sinks_and_queue() -> None:
+    logger, _ = make_log(queue_size=10)
+    tap = logger.open_session(info())
+    assert tap is not None
+    tap.record("client", frame("session.update", session={"instructions": "x"}), 0.0)
+    assert logger.counters.events_queued == 0
+    new = EventLogSettings(
+        event_types=frozenset({"session.update"}),
+        redact_paths=("session.instructions",),
+        queue_size=99,
+        sinks=({"type": "stderr"},),
+    )
+    logger.reconfigure(new)
+    tap.record("client", frame("session.update", session={"instructions": "x"}), 0.0)
+    assert logger.counters.events_queued == 1
+    assert logger.settings.queue_size == 10
+    assert logger.settings.sinks == ()
+    line, _ = logger._receive.receive_nowait()
+    assert orjson.loads(line)["event"]["session"]["instructions"] == "<redacted>"

@@ -187,6 +187,29 @@ class EventLogger:
             return None
         return cls.from_settings(config.event_log, secrets=config.secret_values())
 
+    def reconfigure(self, settings: EventLogSettings) -> None:
+        """Apply a reloaded configuration (SIGHUP).
+
+        The filter, redaction, batching and byte caps change at once; sampling
+        rates apply to sessions opened from now on. Sinks, ``queue_size`` and
+        ``session_queue_size`` are fixed for the life of the process (changing
+        them needs a restart, which is logged).
+        """
+        fixed = ("sinks", "queue_size", "session_queue_size")
+        changed = [
+            name for name in fixed if getattr(settings, name) != getattr(self.settings, name)
+        ]
+        if changed:
+            log.warning("event log: %s change on restart only", ", ".join(changed))
+            settings = attrs.evolve(
+                settings, **{name: getattr(self.settings, name) for name in fixed}
+            )
+        self.settings = settings
+        self.event_types = settings.event_types
+        self.redactor = sampling.Redactor.from_settings(
+            settings.log_audio, settings.redact_paths, self.secrets
+        )
+
     # -- the EventLog protocol (relay side: never blocks, never raises) --------------------
 
     def open_session(self, info: SessionInfo) -> Tap | None:
