@@ -7,7 +7,7 @@ A :class:`ConfigError` becomes ``file:line: what is wrong`` and exit status 1.
 from __future__ import annotations
 
 import logging
-import signal
+import os
 import sys
 
 import click
@@ -15,7 +15,6 @@ import trio
 
 from rtgate import __version__
 from rtgate.config.load import LoadResult, load_config
-from rtgate.config.model import GatewayConfig
 from rtgate.errors import ConfigError
 
 DEFAULT_CONFIG = "etc/config.yaml"
@@ -45,36 +44,40 @@ def cli() -> None:
               help="LiteLLM-style YAML config.")  # fmt: skip
 @click.option("--host", default=None, help="Listen address (default: rtgate.host or 0.0.0.0).")
 @click.option("--port", type=int, default=None, help="Listen port (default: rtgate.port or 4000).")
-def serve(config_path: str, host: str | None, port: int | None) -> None:
-    """Start the gateway and serve until SIGTERM/SIGINT."""
+@click.option("--workers", default="1", show_default=True,
+              help="Worker processes sharing the port: a number, or 'auto' for one per CPU core.")  # fmt: skip
+@click.option("--listen-fd", type=int, default=None, hidden=True,
+              help="Serve on this inherited listening socket (set by the supervisor).")  # fmt: skip
+def serve(
+    config_path: str, host: str | None, port: int | None, workers: str, listen_fd: int | None
+) -> None:
+    """Start the gateway and serve until SIGTERM/SIGINT (SIGHUP reloads the config)."""
+    from rtgate.server import config_summary, run_until_signalled
+    from rtgate.supervisor import listener_from_fd, supervise, worker_count
+
     result = _load(config_path)
     config = result.config
     setup_logging(config.server.log_level, config.server.log_format)
     log = logging.getLogger("rtgate")
-    for warning in result.warnings:
-        log.warning("%s", warning)
+    worker_id = os.environ.get("RTGATE_WORKER_ID")
+    if worker_id is None:  # the supervisor already said all this once
+        for warning in result.warnings:
+            log.warning("%s", warning)
+        log.info("rtgate %s: %s", __version__, config_summary(config))
     try:
-        trio.run(_serve_until_signal, config, host, port)
+        count = 1 if listen_fd is not None else worker_count(workers)
+        if count > 1:
+            sys.exit(trio.run(supervise, config_path, config, count, host, port))
+
+        async def run() -> None:
+            listeners = [listener_from_fd(listen_fd)] if listen_fd is not None else None
+            await run_until_signalled(config_path, config, host=host, port=port, listeners=listeners)
+
+        trio.run(run)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-async def _serve_until_signal(config: GatewayConfig, host: str | None, port: int | None) -> None:
-    from rtgate.server import serve as serve_gateway
-
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-
-        async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    if stop.is_set():
-                        sys.exit(0)  # a second signal: stop now
-                    stop.set()
-
-        nursery.start_soon(watch_signals)
-        await serve_gateway(config, host=host, port=port, stop=stop)
-        nursery.cancel_scope.cancel()
+    except OSError as exc:  # the port is taken, the address does not exist...
+        raise click.ClickException(f"cannot listen: {exc}") from None
 
 
 @cli.command()

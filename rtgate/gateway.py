@@ -35,6 +35,7 @@ from rtgate.errors import (
     UpstreamConnectError,
     scrub,
 )
+from rtgate.metrics import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
 from rtgate.net.wsconn import _QUIET, WsConnection
 from rtgate.pool import Pool
 from rtgate.protocol.beta import BetaBridge
@@ -64,6 +65,19 @@ class GatewayCounters:
     frames_from_client: int = 0
     frames_to_client: int = 0
     bytes_from_client: int = 0
+    # Read by rtgate.metrics at scrape time (plain numbers: nothing prometheus on the hot path).
+    sessions_started: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    """Accepted sessions by (model group, deployment id)."""
+    sessions_ended: dict[tuple[str, str, str], int] = attrs.field(factory=dict)
+    """Ended sessions by (model group, deployment id, closed_by)."""
+    handshake_seconds: LatencyHistogram = attrs.field(
+        factory=lambda: LatencyHistogram(HANDSHAKE_BUCKETS)
+    )
+    dial_seconds: LatencyHistogram = attrs.field(
+        factory=lambda: LatencyHistogram(HANDSHAKE_BUCKETS)
+    )
+    relay: RelayCounters = attrs.field(factory=RelayCounters)
+    reloads: dict[str, int] = attrs.field(factory=dict)
 
 
 class _Redial(Reconnector):
@@ -106,6 +120,7 @@ class Gateway:
     async def serve_realtime(self, stream: trio.abc.Stream, head: bytes, client_addr: str) -> None:
         """Run one realtime WebSocket session on an accepted stream whose request head is ``head``."""
         limits = self.config.server.limits
+        handshake_started = trio.current_time()
         protocol = ServerProtocol(
             select_subprotocol=_select_subprotocol,
             max_size=limits.max_message_bytes,
@@ -136,6 +151,7 @@ class Gateway:
             await trio.aclose_forcefully(stream)
             return
         protocol.send_response(response)
+        self.counters.handshake_seconds.observe(trio.current_time() - handshake_started)
         await session.run(self, WsConnection(stream, protocol, write_timeout=limits.ping_timeout))
 
     async def _open_session(self, request: Request, client_addr: str) -> _Session:
@@ -172,14 +188,19 @@ class Gateway:
         )
         deployment, link = await self._dial(group, ctx)
         self._admit(principal)
+        started_key = (group, deployment.id)
+        started = self.counters.sessions_started
+        started[started_key] = started.get(started_key, 0) + 1
         return _Session(ctx, principal, deployment, link, beta, client_addr, trio.current_time())
 
     def _check_caps(self, principal: Principal) -> None:
         limit = self.config.server.limits.max_sessions
         if limit is not None and self.counters.sessions_active >= limit:
+            self.counters.relay.limit("max_sessions")
             raise TooManySessions("the gateway is at its session limit", retry_after=1.0)
         if principal.max_sessions is not None and principal.alias is not None:
             if self.sessions_by_key.get(principal.alias, 0) >= principal.max_sessions:
+                self.counters.relay.limit("max_sessions_per_key")
                 raise TooManySessions(
                     "this key is at its concurrent session limit", retry_after=1.0
                 )
@@ -211,6 +232,7 @@ class Gateway:
                 )  # fmt: skip
                 continue
             now = trio.current_time()
+            self.counters.dial_seconds.observe(now - started)
             selection.succeeded(deployment, now, now - started)
             return deployment, link
         raise selection.exhausted()
@@ -252,6 +274,7 @@ class _Session:
             reconnect=_Redial(gateway, self.deployment, self.ctx),
             secrets=gateway.secrets + self.deployment.secret_values(),
             shutdown=gateway.shutdown,
+            counters=gateway.counters.relay,
         )
         outcome: Outcome | None = None
         try:
@@ -291,6 +314,8 @@ class _Session:
         counters.close_codes[outcome.client_code] = (
             counters.close_codes.get(outcome.client_code, 0) + 1
         )
+        ended_key = (self.ctx.model_group, self.deployment.id, outcome.closed_by)
+        counters.sessions_ended[ended_key] = counters.sessions_ended.get(ended_key, 0) + 1
         alias = self.principal.alias
         if alias is not None and alias in gateway.sessions_by_key:
             gateway.sessions_by_key[alias] -= 1

@@ -23,6 +23,7 @@ import trio
 
 from rtgate.config.model import Limits
 from rtgate.errors import UpstreamClosed, close_reason
+from rtgate.metrics import RELAY_SAMPLE_MASK, RelayCounters
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
@@ -74,6 +75,7 @@ class Relay:
         reconnect: Reconnector | None = None,
         secrets: tuple[str, ...] = (),
         shutdown: trio.Event | None = None,
+        counters: RelayCounters | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -85,6 +87,7 @@ class Relay:
         self.secrets = secrets
         self.shutdown = shutdown
         self.stats = RelayStats()
+        self.counters = counters if counters is not None else RelayCounters()
         self.outcome: Outcome | None = None
         self._scope = trio.CancelScope()
         self._timer_scope = trio.CancelScope()
@@ -128,6 +131,8 @@ class Relay:
         bridge = self.bridge
         tap = self.tap
         stats = self.stats
+        counters = self.counters
+        batch_no = 0
         while True:
             try:
                 frames = await client.receive()
@@ -138,6 +143,8 @@ class Relay:
             now = trio.current_time()
             translator = self.translator
             stats.frames_from_client += len(frames)
+            counters.add("client_in", len(frames), _size(frames))
+            batch_no += 1
             wall = time.time() if tap is not None else 0.0
             for frame in frames:
                 if bridge is not None and type(frame) is bytes:
@@ -149,9 +156,13 @@ class Relay:
                     tap.record("client", frame, wall)
                 translator.on_client(frame, out, now)
             await self._dispatch(out)
+            if batch_no & RELAY_SAMPLE_MASK == 0:
+                counters.latency.observe(trio.current_time() - now)
 
     async def _pump_upstream(self) -> None:
         out = Outbox()
+        counters = self.counters
+        batch_no = 0
         while True:
             link = self.upstream
             try:
@@ -178,17 +189,21 @@ class Relay:
                 await self._dispatch(out, final=True)
                 return
             now = self._upstream_last = trio.current_time()
+            counters.add("upstream_in", len(frames), _size(frames))
+            batch_no += 1
             translator = self.translator
             for frame in frames:
                 translator.on_upstream(frame, out, now)
             await self._dispatch(out)
+            if batch_no & RELAY_SAMPLE_MASK == 0:
+                counters.latency.observe(trio.current_time() - now)
 
     # -- routing what translators produce ---------------------------------------------
 
     async def _dispatch(self, out: Outbox, *, final: bool = False) -> None:
         try:
             if out.to_upstream and not final:
-                await self.upstream.send(out.to_upstream)
+                await self._send_upstream(out.to_upstream)
             if out.to_client:
                 await self._send_client(out.to_client)
         except UpstreamClosed as exc:
@@ -197,6 +212,8 @@ class Relay:
                 Outcome(1011, "upstream connection lost", exc.code, exc.reason, "upstream", True)
             )
         except ConnectionClosed as exc:
+            if not exc.by_peer and exc.code == 1011:
+                self.counters.limit("slow_consumer")  # the write timeout: the client stopped reading
             self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
         finally:
             out.to_upstream.clear()
@@ -228,7 +245,16 @@ class Relay:
                     tap.record("server", frame, wall)
         if self.bridge is not None:
             frames = self._to_beta(frames)
-        await self.client.send(frames)
+        size = _size(frames)
+        self.counters.add("client_out", len(frames), size)
+        for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
+            await self.client.send(chunk)
+
+    async def _send_upstream(self, frames: list[Frame]) -> None:
+        size = _size(frames)
+        self.counters.add("upstream_out", len(frames), size)
+        for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
+            await self.upstream.send(chunk)
 
     def _to_beta(self, frames: Sequence[Frame]) -> list[Frame]:
         assert self.bridge is not None
@@ -283,11 +309,12 @@ class Relay:
         if limits.max_session_seconds and now - self._started >= limits.max_session_seconds:
             self._end_by_gateway(out, 1000, "maximum session duration reached", "session_expired")
         last = max(self.client.last_received, self._upstream_last)
-        if limits.idle_timeout and now - last >= limits.idle_timeout:
+        if limits.idle_timeout and now - last >= limits.idle_timeout and out.close is None:
             self._end_by_gateway(out, 1000, "session idle for too long", "idle_timeout")
         interval = limits.ping_interval
         if interval > 0 and out.close is None:
             if now - self.client.last_received >= interval + limits.ping_timeout:
+                self.counters.limit("ping_timeout")
                 self._set_outcome(
                     Outcome(1006, "client stopped responding", 1001, "client gone", "client")
                 )
@@ -303,6 +330,7 @@ class Relay:
         await self._dispatch(out)
 
     def _end_by_gateway(self, out: Outbox, code: int, message: str, error_code: str) -> None:
+        self.counters.limit(error_code)
         out.client_json(error_event(message, error_type="invalid_request_error", code=error_code))
         out.close = CloseClient(code, message)
 
@@ -344,6 +372,7 @@ class Relay:
             )
         else:
             # rtgate failed the client connection (1002/1007/1009): tell it why first.
+            self.counters.limit("max_message_bytes" if exc.code == 1009 else "client_protocol")
             self._set_outcome(Outcome(exc.code, exc.reason, 1000, "", "client"))
 
     async def _close_both(self, outcome: Outcome) -> None:
@@ -359,3 +388,34 @@ def _upstream_code(client_code: int) -> int:
     if client_code in (1000, 1001) or 3000 <= client_code <= 4999:
         return client_code
     return 1001  # the client vanished or broke: the session is going away
+
+
+def _size(frames: Sequence[Frame]) -> int:
+    """Payload bytes of a batch (one ``len`` per message, no copy)."""
+    total = 0
+    for frame in frames:
+        total += len(frame) if type(frame) is bytes else len(frame.data)  # type: ignore[union-attr]
+    return total
+
+
+def _bounded(frames: list[Frame], size: int, limit: int) -> list[list[Frame]]:
+    """Split a batch so rtgate never serialises more than ``limit`` bytes for a peer at once.
+
+    The pump waits for each write to finish before it reads again, so what
+    rtgate holds for a peer that does not read is one chunk (plus a frame);
+    the write timeout then ends the session (1011, ``slow_consumer``).
+    """
+    if size <= limit or len(frames) == 1:
+        return [frames]
+    chunks: list[list[Frame]] = []
+    current: list[Frame] = []
+    held = 0
+    for frame in frames:
+        n = len(frame) if type(frame) is bytes else len(frame.data)  # type: ignore[union-attr]
+        if current and held + n > limit:
+            chunks.append(current)
+            current, held = [], 0
+        current.append(frame)
+        held += n
+    chunks.append(current)
+    return chunks

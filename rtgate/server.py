@@ -5,6 +5,10 @@ Unix socket, the event-log writer, and the public listener whose connections
 the :class:`Front` routes. Shutdown drains: readiness turns 503, the listener
 closes, running sessions get up to ``drain_seconds``, then the rest are closed
 with 1001 and an ``error`` event; the event log is flushed last.
+
+:func:`run_until_signalled` is one process of ``rtgate serve``: signals
+(TERM/INT drain, a second one hurries, HUP reloads), systemd notify and
+watchdog, and the reload itself (validate first, keep the old config on error).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import signal
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -29,6 +34,7 @@ from rtgate.control import ControlApp, MetricsRenderer
 from rtgate.errors import ConfigError
 from rtgate.gateway import Gateway
 from rtgate.net.front import Front
+from rtgate.systemd import Notifier
 
 log = logging.getLogger("rtgate.server")
 
@@ -43,6 +49,8 @@ class ServerHandle:
     port: int
     stop: trio.Event
     """Set it to begin a graceful drain."""
+    hurry: trio.Event = attrs.field(factory=trio.Event)
+    """Set it during a drain to close the remaining sessions (1001) now."""
 
     @property
     def ws_url(self) -> str:
@@ -96,13 +104,23 @@ async def serve(
     event_log: object | None = None,
     listeners: list[trio.SocketListener] | None = None,
     on_stopping: Callable[[], Awaitable[None]] | None = None,
+    hurry: trio.Event | None = None,
     task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the gateway until ``stop`` is set, then drain and return."""
+    """Run the gateway until ``stop`` is set, then drain and return.
+
+    ``metrics`` defaults to the Prometheus renderer of :mod:`rtgate.metrics`;
+    ``hurry``, set during the drain, cuts it short.
+    """
     host = config.server.host if host is None else host
     port = config.server.port if port is None else port
     check_exposure(config, host)
     stop = stop or trio.Event()
+    hurry = hurry or trio.Event()
+    if metrics is None:
+        from rtgate.metrics import PrometheusMetrics
+
+        metrics = PrometheusMetrics()
     gateway = Gateway(config, event_log=event_log)  # type: ignore[arg-type]
     runtime_dir = tempfile.mkdtemp(prefix="rtgate-")
     control_socket = os.path.join(runtime_dir, "control.sock")
@@ -137,11 +155,12 @@ async def serve(
                 bound_port,
                 len(config.deployments),
             )
-            task_status.started(ServerHandle(gateway, front, host, bound_port, stop))
+            task_status.started(ServerHandle(gateway, front, host, bound_port, stop, hurry))
             await stop.wait()
             if on_stopping is not None:
                 await on_stopping()
-            await _drain(gateway, listen_scope, config.server.limits.drain_seconds)
+            # The drain length is the config in force now (a reload may have changed it).
+            await _drain(gateway, listen_scope, gateway.config.server.limits.drain_seconds, hurry)
             control_stop.set()
             close_log = getattr(event_log, "aclose", None)
             if close_log is not None:
@@ -151,12 +170,14 @@ async def serve(
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
-async def _drain(gateway: Gateway, listen_scope: trio.CancelScope, drain_seconds: float) -> None:
+async def _drain(
+    gateway: Gateway, listen_scope: trio.CancelScope, drain_seconds: float, hurry: trio.Event
+) -> None:
     gateway.draining = True
     listen_scope.cancel()
     log.info("draining %d sessions (up to %.0fs)", gateway.counters.sessions_active, drain_seconds)
     with trio.move_on_after(drain_seconds):
-        while gateway.counters.sessions_active > 0:
+        while gateway.counters.sessions_active > 0 and not hurry.is_set():
             await trio.sleep(0.05)
     if gateway.counters.sessions_active:
         log.info("closing %d sessions with 1001", gateway.counters.sessions_active)
@@ -174,3 +195,155 @@ def _hypercorn_config(control_socket: str) -> HypercornConfig:
     hconfig.graceful_timeout = 1.0
     hconfig.keep_alive_timeout = 30.0
     return hconfig
+
+
+# -- one process of ``rtgate serve`` ----------------------------------------------------
+
+
+async def run_until_signalled(
+    config_path: str,
+    config: GatewayConfig,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    listeners: list[trio.SocketListener] | None = None,
+    notifier: Notifier | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, reloading ``config_path`` on SIGHUP; return after the drain.
+
+    The first TERM/INT starts the drain (readiness 503, listener closed,
+    sessions get ``drain_seconds``); a second one closes the remaining
+    sessions with 1001 at once; a third one exits without waiting.
+    """
+    notifier = notifier or Notifier()
+    event_log = _event_log_for(config)
+    stop = trio.Event()
+    hurry = trio.Event()
+    state = _ReloadState(config_path, config, host or config.server.host, event_log, notifier)
+
+    async def stopping() -> None:
+        notifier.stopping()
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_finish(task_status: trio.TaskStatus[ServerHandle]) -> None:
+                await serve(
+                    config, host=host, port=port, stop=stop, hurry=hurry, event_log=event_log,
+                    listeners=listeners, on_stopping=stopping, task_status=task_status,
+                )  # fmt: skip
+                nursery.cancel_scope.cancel()  # drained: stop the watchdog and signal tasks
+
+            handle: ServerHandle = await nursery.start(serve_then_finish)
+            state.handle = handle
+            nursery.start_soon(notifier.run_watchdog)
+            notifier.ready(f"serving {len(config.deployments)} deployments on port {handle.port}")
+
+            async def watch_signals() -> None:
+                terms = 0
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        if not stop.is_set():
+                            state.reload()
+                        continue
+                    terms += 1
+                    if terms == 1:
+                        log.info("%s: draining", signal.Signals(signum).name)
+                        stop.set()
+                    elif terms == 2:
+                        log.info("second %s: closing every session now", signal.Signals(signum).name)
+                        hurry.set()
+                    else:
+                        log.warning("third signal: exiting without a drain")
+                        os._exit(1)
+
+            nursery.start_soon(watch_signals)
+            supervisor = os.environ.get("RTGATE_SUPERVISOR_PID")
+            if supervisor:
+                nursery.start_soon(_stop_when_orphaned, int(supervisor), stop)
+    notifier.close()
+
+
+async def _stop_when_orphaned(supervisor_pid: int, stop: trio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) drains instead of living on alone."""
+    while os.getppid() == supervisor_pid:
+        await trio.sleep(1.0)
+    log.error("supervisor %d is gone: draining", supervisor_pid)
+    stop.set()
+
+
+@attrs.define
+class _ReloadState:
+    path: str
+    config: GatewayConfig
+    host: str
+    event_log: object | None
+    notifier: Notifier
+    handle: ServerHandle | None = None
+
+    def reload(self) -> bool:
+        """SIGHUP: validate the file, then apply it to new sessions; keep the old one on error."""
+        assert self.handle is not None
+        gateway = self.handle.gateway
+        self.notifier.reloading()
+        try:
+            new = reload_config(self.path, self.config, self.host)
+            gateway.reload(new)
+            reconfigure = getattr(self.event_log, "reconfigure", None)
+            if callable(reconfigure):
+                reconfigure(new.event_log)
+            if (new.server.log_level, new.server.log_format) != (
+                self.config.server.log_level,
+                self.config.server.log_format,
+            ):
+                configure_logging(new.server.log_level, new.server.log_format)
+        except ConfigError as exc:
+            gateway.counters.reloads["error"] = gateway.counters.reloads.get("error", 0) + 1
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            self.notifier.ready("reload failed; running the previous configuration")
+            return False
+        self.config = new
+        gateway.counters.reloads["ok"] = gateway.counters.reloads.get("ok", 0) + 1
+        log.info("reloaded %s: %s", self.path, config_summary(new))
+        self.notifier.ready(f"serving {len(new.deployments)} deployments (reloaded)")
+        return True
+
+
+def reload_config(path: str, running: GatewayConfig, host: str) -> GatewayConfig:
+    """Load and validate ``path`` for a reload (raises :class:`ConfigError`, changes nothing)."""
+    from rtgate.config.load import load_config
+
+    result = load_config(path)
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    new = result.config
+    check_exposure(new, host)
+    old_server, new_server = running.server, new.server
+    if (old_server.host, old_server.port) != (new_server.host, new_server.port):
+        log.warning("reload: host/port changes need a restart; still listening on the old address")
+    if (old_server.tls_cert, old_server.tls_key) != (new_server.tls_cert, new_server.tls_key):
+        log.warning("reload: TLS certificate changes need a restart")
+    return new
+
+
+def config_summary(config: GatewayConfig) -> str:
+    """One line about a config for the log (never a secret)."""
+    limits = config.server.limits
+    return (
+        f"{len(config.groups())} model groups, {len(config.deployments)} deployments, "
+        f"{'master key' if config.master_key else 'no master key'}, "
+        f"{len(config.server.keys)} virtual keys, max_sessions={limits.max_sessions}, "
+        f"drain={limits.drain_seconds:g}s, event log sinks={len(config.event_log.sinks)}"
+    )
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    from rtgate.logs import configure
+
+    configure(level, fmt)
+
+
+def _event_log_for(config: GatewayConfig) -> object | None:
+    from rtgate.telemetry.eventlog import EventLogger
+
+    return EventLogger.for_config(config)

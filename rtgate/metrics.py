@@ -1,0 +1,329 @@
+"""Prometheus metrics of one gateway process, rendered at scrape time.
+
+The hot path never touches a prometheus object: the gateway and the relay
+bump plain integers (:class:`RelayCounters`, :class:`LatencyHistogram`, the
+dicts of :class:`rtgate.gateway.GatewayCounters`) and a custom collector turns
+them, the pool's statistics and the event log's counters into metric families
+when ``/metrics`` is scraped. Each renderer has its own ``CollectorRegistry``
+(never the global one), so a test may run several gateways in one process.
+
+No label ever carries a key: labels are model groups, deployment ids, provider
+names, fixed reason words, close codes and the worker number.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from rtgate.gateway import Gateway
+
+HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RELAY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+RELAY_SAMPLE_MASK = 31
+"""The relay times one read batch in 32 (``batch_no & mask == 0``)."""
+
+
+class LatencyHistogram:
+    """Fixed-bucket histogram as plain integers (``observe`` is one bisect and two adds)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, cumulative count)`` pairs as Prometheus wants them, ``+Inf`` last."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            out.append((_fmt(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
+
+
+@attrs.define
+class RelayCounters:
+    """Live counters every relay of the process adds to, once per read batch."""
+
+    messages: dict[str, int] = attrs.field(factory=dict)
+    """WebSocket messages by direction: ``client_in``, ``client_out``, ``upstream_in``, ``upstream_out``."""
+    bytes: dict[str, int] = attrs.field(factory=dict)
+    """Message payload bytes by the same directions."""
+    limit_closes: dict[str, int] = attrs.field(factory=dict)
+    """Sessions ended by a limit or by the gateway, by reason word."""
+    latency: LatencyHistogram = attrs.field(factory=lambda: LatencyHistogram(RELAY_BUCKETS))
+    """Sampled time from a read returning to the matching write finishing."""
+
+    def add(self, direction: str, messages: int, size: int) -> None:
+        self.messages[direction] = self.messages.get(direction, 0) + messages
+        self.bytes[direction] = self.bytes.get(direction, 0) + size
+
+    def limit(self, reason: str) -> None:
+        self.limit_closes[reason] = self.limit_closes.get(reason, 0) + 1
+
+
+class PrometheusMetrics:
+    """The ``MetricsRenderer`` of the control plane: ``renderer(gateway) -> (body, content type)``."""
+
+    def __init__(self, worker: str | None = None) -> None:
+        self.worker = worker if worker is not None else os.environ.get("RTGATE_WORKER_ID", "0")
+        self._registries: dict[int, tuple[Gateway, CollectorRegistry]] = {}
+
+    def registry(self, gateway: Gateway) -> CollectorRegistry:
+        entry = self._registries.get(id(gateway))
+        if entry is None or entry[0] is not gateway:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(GatewayCollector(gateway, self.worker))
+            entry = (gateway, registry)
+            self._registries[id(gateway)] = entry
+        return entry[1]
+
+    def __call__(self, gateway: Gateway) -> tuple[bytes, str]:
+        return generate_latest(self.registry(gateway)), CONTENT_TYPE_LATEST
+
+
+def render(gateway: Gateway) -> tuple[bytes, str]:
+    """One-shot rendering (a fresh registry each call)."""
+    return PrometheusMetrics()(gateway)
+
+
+class GatewayCollector(Collector):
+    """Reads a gateway's counters, pool and event log at scrape time."""
+
+    def __init__(self, gateway: Gateway, worker: str) -> None:
+        self.gateway = gateway
+        self.worker = worker
+
+    def collect(self) -> Iterable[Metric]:
+        import trio
+
+        gateway = self.gateway
+        counters = gateway.counters
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # rendered outside trio (a unit test): the pool's clock is moot
+            now = 0.0
+        yield from self._info(gateway)
+        yield from _sessions(counters)
+        yield from _handshakes(counters)
+        yield from _relay(counters.relay)
+        yield from _pool(gateway.pool.statistics(now))
+        yield from _event_log(gateway.event_log)
+
+    def _info(self, gateway: Gateway) -> Iterator[Metric]:
+        from rtgate import __version__
+
+        info = GaugeMetricFamily(
+            "rtgate_info", "rtgate build and worker", labels=["version", "worker", "pid"]
+        )
+        info.add_metric([__version__, self.worker, str(os.getpid())], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "rtgate_draining", "1 while the gateway drains for shutdown", value=int(gateway.draining)
+        )
+        reloads = CounterMetricFamily(
+            "rtgate_config_reloads", "Configuration reloads by result", labels=["result"]
+        )
+        for result in ("ok", "error"):
+            reloads.add_metric([result], gateway.counters.reloads.get(result, 0))
+        yield reloads
+
+
+def _sessions(counters: Any) -> Iterator[Metric]:
+    labels = ["model_group", "deployment"]
+    active = GaugeMetricFamily("rtgate_sessions_active", "Sessions relaying now", labels=labels)
+    started = CounterMetricFamily("rtgate_sessions_started", "Sessions accepted", labels=labels)
+    ended: dict[tuple[str, str], int] = {}
+    for (group, dep, _outcome), n in counters.sessions_ended.items():
+        ended[(group, dep)] = ended.get((group, dep), 0) + n
+    for key, n in sorted(counters.sessions_started.items()):
+        started.add_metric(list(key), n)
+        active.add_metric(list(key), n - ended.get(key, 0))
+    yield active
+    yield started
+    total = CounterMetricFamily(
+        "rtgate_sessions",
+        "Sessions ended, by who ended them (client, upstream, gateway, error)",
+        labels=[*labels, "outcome"],
+    )
+    for key3, n in sorted(counters.sessions_ended.items()):
+        total.add_metric(list(key3), n)
+    yield total
+    codes = CounterMetricFamily(
+        "rtgate_close_codes", "Close codes sent to clients", labels=["code"]
+    )
+    for code, n in sorted(counters.close_codes.items()):
+        codes.add_metric([str(code)], n)
+    yield codes
+
+
+def _handshakes(counters: Any) -> Iterator[Metric]:
+    yield _histogram(
+        "rtgate_handshake_seconds",
+        "Client-visible handshake time: request head read to upgrade answered (accepted sessions)",
+        counters.handshake_seconds,
+    )
+    yield _histogram(
+        "rtgate_upstream_dial_seconds",
+        "Time to open one upstream connection that succeeded",
+        counters.dial_seconds,
+    )
+    rejected = CounterMetricFamily(
+        "rtgate_handshakes_rejected", "Client handshakes answered with an HTTP error", labels=["status"]
+    )
+    for status, n in sorted(counters.handshakes_rejected.items()):
+        rejected.add_metric([str(status)], n)
+    yield rejected
+    failures = CounterMetricFamily(
+        "rtgate_upstream_connect_failures",
+        "Failed upstream dials by class (timeout, refused, auth, rate_limited, ...)",
+        labels=["kind"],
+    )
+    for kind, n in sorted(counters.dial_failures.items()):
+        failures.add_metric([kind], n)
+    yield failures
+
+
+def _relay(relay: RelayCounters) -> Iterator[Metric]:
+    messages = CounterMetricFamily(
+        "rtgate_relayed_messages", "WebSocket messages by direction", labels=["direction"]
+    )
+    size = CounterMetricFamily(
+        "rtgate_relayed_bytes", "Message payload bytes by direction", labels=["direction"]
+    )
+    for direction in sorted(relay.messages):
+        messages.add_metric([direction], relay.messages[direction])
+        size.add_metric([direction], relay.bytes.get(direction, 0))
+    yield messages
+    yield size
+    limits = CounterMetricFamily(
+        "rtgate_limit_closes",
+        "Sessions ended by a limit or the gateway (idle_timeout, session_expired, ...)",
+        labels=["limit"],
+    )
+    for reason, n in sorted(relay.limit_closes.items()):
+        limits.add_metric([reason], n)
+    yield limits
+    yield _histogram(
+        "rtgate_relay_latency_seconds",
+        f"Time from a read to its relayed write (1 batch in {RELAY_SAMPLE_MASK + 1})",
+        relay.latency,
+    )
+
+
+_STATES = ("closed", "standby", "ejected", "half-open")
+
+
+def _pool(stats: Mapping[str, Any]) -> Iterator[Metric]:
+    labels = ["model_group", "deployment", "provider"]
+    active = GaugeMetricFamily(
+        "rtgate_deployment_active_sessions", "Sessions (and dials) held per deployment", labels=labels
+    )
+    state = GaugeMetricFamily(
+        "rtgate_deployment_state", "1 for the deployment's current health state",
+        labels=[*labels, "state"],
+    )  # fmt: skip
+    cooldown = GaugeMetricFamily(
+        "rtgate_deployment_cooldown_remaining_seconds", "Seconds of cooldown left", labels=labels
+    )
+    failures = GaugeMetricFamily(
+        "rtgate_deployment_consecutive_failures", "Connect failures in a row", labels=labels
+    )
+    ejections = CounterMetricFamily(
+        "rtgate_deployment_ejections", "Cooldown ejections since start", labels=labels
+    )
+    ewma = GaugeMetricFamily(
+        "rtgate_deployment_handshake_ewma_seconds", "Smoothed upstream handshake time",
+        labels=labels,
+    )  # fmt: skip
+    for dep_id, raw in sorted(stats.items()):
+        s = dict(raw)
+        values = [str(s.get("model_name", "")), dep_id, str(s.get("provider", ""))]
+        active.add_metric(values, float(s.get("active_sessions") or 0))
+        current = str(s.get("state", ""))
+        for name in dict.fromkeys((*_STATES, current)):
+            state.add_metric([*values, name], 1 if name == current else 0)
+        cooldown.add_metric(values, float(s.get("cooldown_remaining") or 0))
+        failures.add_metric(values, float(s.get("consecutive_failures") or 0))
+        ejections.add_metric(values, float(s.get("ejections") or 0))
+        if s.get("handshake_latency_ewma") is not None:
+            ewma.add_metric(values, float(s["handshake_latency_ewma"]))
+    yield from (active, state, cooldown, failures, ejections, ewma)
+
+
+def _event_log(event_log: object | None) -> Iterator[Metric]:
+    """Event log counters, read defensively (any logger with ``snapshot()`` works)."""
+    snapshot_fn = getattr(event_log, "snapshot", None)
+    snap: Mapping[str, Any] = snapshot_fn() if callable(snapshot_fn) else {}
+    records = CounterMetricFamily(
+        "rtgate_eventlog_records", "Event log records by stage", labels=["stage"]
+    )
+    for stage in ("events_seen", "events_queued", "sessions_queued", "records_written"):
+        if isinstance(snap.get(stage), int):
+            records.add_metric([stage.removeprefix("events_")], snap[stage])
+    yield records
+    dropped = CounterMetricFamily(
+        "rtgate_eventlog_dropped", "Event log records dropped before the sinks", labels=["reason"]
+    )
+    for reason, n in sorted(dict(snap.get("dropped") or {}).items()):
+        dropped.add_metric([str(reason)], n)
+    if isinstance(snap.get("sessions_dropped"), int):
+        dropped.add_metric(["session_record"], snap["sessions_dropped"])
+    yield dropped
+    queued = GaugeMetricFamily("rtgate_eventlog_queued", "Event records waiting for the writer")
+    if isinstance(snap.get("queued"), int):
+        queued.add_metric([], snap["queued"])
+    yield queued
+    sink_records = CounterMetricFamily(
+        "rtgate_eventlog_sink_records", "Records per sink by outcome", labels=["sink", "outcome"]
+    )
+    sink_down = GaugeMetricFamily("rtgate_eventlog_sink_down", "1 while a sink is down", labels=["sink"])
+    for name, raw in sorted(dict(snap.get("sinks") or {}).items()):
+        sink = dict(raw)
+        for outcome in ("written", "spooled", "replayed"):
+            if isinstance(sink.get(outcome), int):
+                sink_records.add_metric([str(name), outcome], sink[outcome])
+        drops = sink.get("dropped")
+        if isinstance(drops, Mapping):
+            sink_records.add_metric([str(name), "dropped"], sum(drops.values()))
+        elif isinstance(drops, int):
+            sink_records.add_metric([str(name), "dropped"], drops)
+        sink_down.add_metric([str(name)], int(bool(sink.get("down"))))
+    yield sink_records
+    yield sink_down
+
+
+def _histogram(name: str, documentation: str, hist: LatencyHistogram) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation)
+    family.add_metric([], hist.cumulative(), hist.sum)
+    return family
