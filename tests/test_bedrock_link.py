@@ -48,7 +48,9 @@ async def fake(nursery: trio.Nursery) -> AsyncIterator[FakeBedrock]:
 
 
 def append(pcm: bytes) -> bytes:
-    return orjson.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()})
+    return orjson.dumps(
+        {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+    )
 
 
 SPEECH = b"\x10\x20" * 2400  # 50 ms of non-silent PCM16 at 24 kHz
@@ -102,7 +104,10 @@ async def open_session(fake: FakeBedrock, **params: object) -> Driver:
 async def test_a_spoken_turn_round_trips_with_valid_signatures(fake: FakeBedrock) -> None:
     with trio.fail_after(10):
         d = await open_session(fake)
-        update = {"type": "session.update", "session": {"instructions": "Be brief.", "audio": {"output": {"voice": "alloy"}}}}
+        update = {
+            "type": "session.update",
+            "session": {"instructions": "Be brief.", "audio": {"output": {"voice": "alloy"}}},
+        }
         await d.client(orjson.dumps(update), append(SPEECH), append(SPEECH), append(SILENCE))
         done = await d.until("response.done")
         await d.client()
@@ -113,11 +118,21 @@ async def test_a_spoken_turn_round_trips_with_valid_signatures(fake: FakeBedrock
     session = fake.sessions[0]
     assert session.errors == []
     assert session.path == "/model/amazon.nova-sonic-v1%3A0/invoke-with-bidirectional-stream"
-    assert session.names()[:6] == ["sessionStart", "promptStart", "contentStart", "textInput", "contentEnd", "contentStart"]
+    assert session.names()[:6] == [
+        "sessionStart",
+        "promptStart",
+        "contentStart",
+        "textInput",
+        "contentEnd",
+        "contentStart",
+    ]
     assert session.names()[-3:] == ["contentEnd", "promptEnd", "sessionEnd"]
     assert session.empty_frame and session.end_stream
     assert session.signed_events == len(session.events) + 1
-    assert session.events[1]["event"]["promptStart"]["audioOutputConfiguration"]["voiceId"] == "tiffany"
+    assert (
+        session.events[1]["event"]["promptStart"]["audioOutputConfiguration"]["voiceId"]
+        == "tiffany"
+    )
     assert session.audio_bytes == 3 * len(SPEECH)
     response = done["response"]
     assert isinstance(response, dict)

@@ -1,0 +1,512 @@
+"""The Nova Sonic translator as transcripts: client events and Nova events in, both sides out."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtgate.translate.audio import pcm16_to_ulaw
+from rtgate.translate.base import Outbox
+from rtgate.translate.nova import USAGE_GRACE, NovaDefaults, NovaTranslator
+
+MODEL = "amazon.nova-sonic-v1:0"
+
+
+class Session:
+    def __init__(self, model: str = MODEL, defaults: NovaDefaults | None = None) -> None:
+        self.t = NovaTranslator(model, defaults)
+        self.now = 100.0
+        self.client: list[dict[str, Any]] = []
+        self.upstream: list[dict[str, Any]] = []
+        self.usage: list[dict[str, int]] = []
+        self.closed: tuple[int, str] | None = None
+        out = Outbox()
+        self.t.start(out, self.now)
+        self._take(out)
+
+    def _take(self, out: Outbox) -> None:
+        self.client += [orjson.loads(f) for f in out.to_client]  # type: ignore[arg-type]
+        self.upstream += [orjson.loads(f) for f in out.to_upstream]  # type: ignore[arg-type]
+        if out.usage is not None:
+            self.usage.append(out.usage)
+        if out.close is not None:
+            self.closed = (out.close.code, out.close.reason)
+        out.clear()
+
+    def send(self, event: dict[str, Any]) -> None:
+        out = Outbox()
+        self.t.on_client(orjson.dumps(event), out, self.now)
+        self._take(out)
+
+    def nova(self, name: str, **body: Any) -> None:
+        out = Outbox()
+        self.t.on_upstream(orjson.dumps({"event": {name: body}}), out, self.now)
+        self._take(out)
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        if self.t.deadline is not None and self.now >= self.t.deadline:
+            out = Outbox()
+            self.t.on_timer(out, self.now)
+            self._take(out)
+
+    def client_closed(self) -> None:
+        out = Outbox()
+        self.t.on_client_closed(out, self.now)
+        self._take(out)
+
+    def upstream_closed(self, code: int, reason: str, error_type: str | None = None) -> None:
+        out = Outbox()
+        self.t.on_upstream_closed(code, reason, out, self.now, error_type=error_type)
+        self._take(out)
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.client]
+
+    def names(self) -> list[str]:
+        return [next(iter(e["event"])) for e in self.upstream]
+
+    def take_client(self) -> list[str]:
+        kinds = self.types()
+        self.client.clear()
+        return kinds
+
+    def content(
+        self, kind: str, role: str, stage: str | None, texts: list[str], stop: str, cid: str
+    ) -> None:
+        fields = (
+            {"additionalModelFields": orjson.dumps({"generationStage": stage}).decode()}
+            if stage
+            else {}
+        )
+        self.nova("contentStart", contentId=cid, type=kind, role=role, **fields)
+        for text in texts:
+            self.nova("textOutput", contentId=cid, role=role, content=text)
+        self.nova("contentEnd", contentId=cid, type=kind, stopReason=stop)
+
+
+def append(pcm: bytes) -> dict[str, Any]:
+    return {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+
+
+def assistant_turn(s: Session, text: str = "Hello there.", chunks: int = 2) -> None:
+    s.content("TEXT", "ASSISTANT", "SPECULATIVE", [text], "PARTIAL_TURN", "spec")
+    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    for _ in range(chunks):
+        s.nova("audioOutput", contentId="aud", content="AAAA")
+    s.nova("contentEnd", contentId="aud", type="AUDIO", stopReason="END_TURN")
+    s.content("TEXT", "ASSISTANT", "FINAL", [text], "END_TURN", "final")
+
+
+def usage(s: Session, speech_in: int, text_in: int, speech_out: int, text_out: int) -> None:
+    delta = {
+        "input": {"speechTokens": speech_in, "textTokens": text_in},
+        "output": {"speechTokens": speech_out, "textTokens": text_out},
+    }
+    s.nova("usageEvent", details={"delta": delta, "total": delta}, totalTokens=1)
+
+
+def test_session_created_at_once_and_first_update_opens_the_stream() -> None:
+    s = Session()
+    assert s.types() == ["session.created"]
+    assert s.upstream == []
+    s.send(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "instructions": "You are terse.",
+                "max_output_tokens": 300,
+                "audio": {"output": {"voice": "echo"}},
+                "tools": [
+                    {
+                        "type": "function",
+                        "name": "weather",
+                        "description": "Weather for a city",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"city": {"type": "string"}},
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    assert s.names() == ["sessionStart", "promptStart", "contentStart", "textInput", "contentEnd"]
+    start = s.upstream[0]["event"]["sessionStart"]
+    assert start["inferenceConfiguration"]["maxTokens"] == 300
+    prompt = s.upstream[1]["event"]["promptStart"]
+    assert prompt["audioOutputConfiguration"]["voiceId"] == "matthew"
+    assert prompt["audioOutputConfiguration"]["sampleRateHertz"] == 24000
+    [tool] = prompt["toolConfiguration"]["tools"]
+    assert tool["toolSpec"]["name"] == "weather"
+    assert orjson.loads(tool["toolSpec"]["inputSchema"]["json"])["properties"]["city"] == {
+        "type": "string"
+    }
+    system = s.upstream[2]["event"]["contentStart"]
+    assert (system["role"], system["type"], system["interactive"]) == ("SYSTEM", "TEXT", False)
+    assert s.upstream[3]["event"]["textInput"]["content"] == "You are terse."
+    assert {
+        e["event"][n].get("promptName") for e, n in zip(s.upstream[1:], s.names()[1:], strict=True)
+    } == {prompt["promptName"]}
+    updated = s.client[-1]
+    assert updated["type"] == "session.updated"
+    assert updated["session"]["audio"]["output"]["voice"] == "echo"
+    assert s.t.deadline is None
+
+
+def test_without_session_update_the_timer_starts_with_defaults() -> None:
+    s = Session(defaults=NovaDefaults(voice="amy", setup_timeout=1.0))
+    s.tick(0.5)
+    assert s.upstream == []
+    s.tick(0.6)
+    assert s.names() == ["sessionStart", "promptStart"]
+    assert s.upstream[1]["event"]["promptStart"]["audioOutputConfiguration"]["voiceId"] == "amy"
+
+
+def test_audio_opens_one_container_and_passes_pcm_base64_untouched() -> None:
+    s = Session()
+    pcm = bytes(range(256)) * 30
+    s.send(append(pcm))
+    s.send(append(pcm))
+    assert s.names() == ["sessionStart", "promptStart", "contentStart", "audioInput", "audioInput"]
+    config = s.upstream[2]["event"]["contentStart"]["audioInputConfiguration"]
+    assert config["sampleRateHertz"] == 24000
+    content_name = s.upstream[2]["event"]["contentStart"]["contentName"]
+    for event in s.upstream[3:]:
+        assert event["event"]["audioInput"]["contentName"] == content_name
+        assert base64.b64decode(event["event"]["audioInput"]["content"]) == pcm
+
+
+def test_g711_input_is_decoded_and_declared_at_8khz_and_output_reencoded() -> None:
+    s = Session()
+    s.send(
+        {
+            "type": "session.update",
+            "session": {
+                "audio": {
+                    "input": {"format": {"type": "audio/pcmu"}},
+                    "output": {"format": {"type": "audio/pcmu"}},
+                }
+            },
+        }
+    )
+    pcm = b"\x00\x10" * 80
+    s.send(append(pcm16_to_ulaw(pcm)))
+    assert (
+        s.upstream[1]["event"]["promptStart"]["audioOutputConfiguration"]["sampleRateHertz"] == 8000
+    )
+    audio_start = next(
+        e for e in s.upstream if e["event"].get("contentStart", {}).get("type") == "AUDIO"
+    )
+    assert (
+        audio_start["event"]["contentStart"]["audioInputConfiguration"]["sampleRateHertz"] == 8000
+    )
+    sent = base64.b64decode(s.upstream[-1]["event"]["audioInput"]["content"])
+    assert len(sent) == len(pcm)  # 16-bit linear again
+    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    s.nova("audioOutput", contentId="aud", content=base64.b64encode(b"\x00\x00" * 160).decode())
+    delta = next(e for e in s.client if e["type"] == "response.output_audio.delta")
+    assert len(base64.b64decode(delta["delta"])) == 160  # one byte per G.711 sample
+
+
+def test_a_spoken_turn_becomes_the_full_ga_sequence_with_one_transcript() -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 2400))  # 50 ms
+    s.take_client()
+    s.nova("completionStart", completionId="c1")
+    s.content("TEXT", "USER", "FINAL", ["what's up"], "END_TURN", "user1")
+    usage(s, 10, 0, 0, 0)
+    assert s.take_client() == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+        "conversation.item.done",
+    ]
+    assistant_turn(s, "Not much.")
+    kinds = s.types()
+    assert kinds == [
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+        "response.output_audio.delta",
+        "response.output_audio.delta",
+        "response.output_audio_transcript.delta",
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+    ]
+    assert kinds.count("response.output_audio_transcript.delta") == 1  # FINAL only, not SPECULATIVE
+    usage(s, 0, 0, 30, 5)
+    done = s.client[-1]
+    assert done["type"] == "response.done"
+    response = done["response"]
+    assert response["status"] == "completed"
+    assert response["output"][0]["content"] == [{"type": "audio", "transcript": "Not much."}]
+    assert response["usage"]["input_tokens"] == 10
+    assert response["usage"]["output_token_details"] == {"text_tokens": 5, "audio_tokens": 30}
+    assert s.usage[-1]["total_tokens"] == 45
+    ids = {e.get("response_id") for e in s.client if "response_id" in e}
+    assert ids == {response["id"]}
+
+
+def test_response_done_waits_briefly_for_usage_then_goes_without() -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 100))
+    assistant_turn(s)
+    assert "response.done" not in s.types()
+    s.tick(USAGE_GRACE + 0.01)
+    assert s.types()[-1] == "response.done"
+
+
+def test_barge_in_cancels_the_response_and_drops_the_rest_of_the_turn() -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 100))
+    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    s.nova("audioOutput", contentId="aud", content="AAAA")
+    s.take_client()
+    s.content("TEXT", "ASSISTANT", "FINAL", ['{ "interrupted" : true }'], "INTERRUPTED", "int")
+    kinds = s.take_client()
+    assert kinds[0] == "input_audio_buffer.speech_started"
+    assert kinds[-1] == "response.done"
+    assert "response.output_audio_transcript.delta" not in kinds
+    s.nova("audioOutput", contentId="aud", content="AAAA")  # late audio of the interrupted turn
+    assert s.take_client() == []
+    s.content("TEXT", "USER", "FINAL", ["wait"], "END_TURN", "u2")
+    kinds = s.take_client()
+    assert "input_audio_buffer.speech_started" not in kinds  # already announced at barge-in
+    assert kinds[0] == "input_audio_buffer.speech_stopped"
+    assistant_turn(s, "Sure.")
+    assert "response.created" in s.types()
+
+
+def test_cancelled_response_reports_barge_in_reason() -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 100))
+    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    s.nova("audioOutput", contentId="aud", content="AAAA")
+    s.nova("contentEnd", contentId="aud", type="AUDIO", stopReason="INTERRUPTED")
+    done = s.client[-1]
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    assert done["response"]["output"][0]["status"] == "incomplete"
+
+
+def test_tool_use_becomes_a_function_call_and_the_output_goes_back_as_tool_content() -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 100))
+    s.take_client()
+    s.nova("contentStart", contentId="tool", type="TOOL", role="TOOL")
+    s.nova(
+        "toolUse", contentId="tool", toolName="weather", toolUseId="tu-1", content='{"city":"Oslo"}'
+    )
+    s.nova("contentEnd", contentId="tool", type="TOOL", stopReason="TOOL_USE")
+    s.tick(USAGE_GRACE + 0.01)
+    kinds = s.types()
+    assert kinds == [
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
+    args = s.client[4]
+    assert (args["call_id"], args["name"], args["arguments"]) == (
+        "tu-1",
+        "weather",
+        '{"city":"Oslo"}',
+    )
+    assert s.client[-1]["response"]["output"][0]["type"] == "function_call"
+    s.upstream.clear()
+    s.send(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": "tu-1", "output": '{"temp":3}'},
+        }
+    )
+    assert s.names() == ["contentStart", "toolResult", "contentEnd"]
+    start = s.upstream[0]["event"]["contentStart"]
+    assert start["toolResultInputConfiguration"]["toolUseId"] == "tu-1"
+    assert (start["type"], start["role"]) == ("TOOL", "TOOL")
+    assert s.upstream[1]["event"]["toolResult"]["content"] == '{"temp":3}'
+
+
+def test_text_history_before_audio_and_refusal_after_on_v1() -> None:
+    s = Session()
+    s.send({"type": "session.update", "session": {"instructions": "hi"}})
+    s.upstream.clear()
+    s.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "I like tea"}],
+            },
+        }
+    )
+    assert s.names() == ["contentStart", "textInput", "contentEnd"]
+    assert s.upstream[0]["event"]["contentStart"]["role"] == "USER"
+    assert s.types()[-2:] == ["conversation.item.added", "conversation.item.done"]
+    s.send(append(b"\x01\x00" * 10))
+    s.upstream.clear()
+    s.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "more"}],
+            },
+        }
+    )
+    assert s.upstream == []
+    assert s.client[-1]["type"] == "error"
+
+
+def test_nova2_takes_typed_text_mid_session_as_interactive_input() -> None:
+    s = Session("amazon.nova-2-sonic-v1:0")
+    s.send(append(b"\x01\x00" * 10))
+    s.upstream.clear()
+    s.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "typed"}],
+            },
+        }
+    )
+    assert s.upstream[0]["event"]["contentStart"]["interactive"] is True
+
+
+def test_a_later_session_update_that_changes_nova_settings_is_reported() -> None:
+    s = Session()
+    s.send({"type": "session.update", "session": {"instructions": "one"}})
+    s.take_client()
+    s.send({"type": "session.update", "session": {"instructions": "one"}})
+    assert s.take_client() == ["session.updated"]
+    s.send({"type": "session.update", "session": {"instructions": "two"}})
+    kinds = s.types()
+    assert kinds == ["error", "session.updated"]
+    assert s.client[-1]["session"]["instructions"] == "one"
+
+
+def test_client_leaving_closes_content_prompt_and_session_in_order() -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 10))
+    s.upstream.clear()
+    s.client_closed()
+    assert s.names() == ["contentEnd", "promptEnd", "sessionEnd"]
+    s.client_closed()
+    assert len(s.upstream) == 3
+
+
+def test_throttling_surfaces_as_error_and_1013() -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 10))
+    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    s.nova("audioOutput", contentId="aud", content="AAAA")
+    s.upstream_closed(1013, "Too many requests", "ThrottlingException")
+    error = next(e for e in s.client if e["type"] == "error")
+    assert error["error"]["code"] == "ThrottlingException"
+    failed = next(e for e in s.client if e["type"] == "response.done")
+    assert failed["response"]["status"] == "failed"
+    assert s.closed == (1013, "Too many requests")
+
+
+def test_validation_closes_with_1008() -> None:
+    s = Session()
+    s.upstream_closed(1008, "bad voice", "ValidationException")
+    assert s.closed == (1008, "bad voice")
+    assert s.client[-1]["error"]["type"] == "invalid_request_error"
+
+
+def test_response_cancel_is_local() -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 10))
+    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    s.nova("audioOutput", contentId="aud", content="AAAA")
+    s.upstream.clear()
+    s.send({"type": "response.cancel"})
+    assert s.upstream == []
+    assert s.client[-1]["response"]["status_details"]["reason"] == "client_cancelled"
+    s.take_client()
+    s.nova("audioOutput", contentId="aud", content="AAAA")
+    assert s.client == []
+
+
+nova_names = st.sampled_from(
+    [
+        "completionStart",
+        "contentStart",
+        "textOutput",
+        "audioOutput",
+        "toolUse",
+        "contentEnd",
+        "usageEvent",
+        "completionEnd",
+        "other",
+    ]
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "contentId": st.sampled_from(["a", "b", 3]),
+        "type": st.sampled_from(["TEXT", "AUDIO", "TOOL", 1]),
+        "role": st.sampled_from(["USER", "ASSISTANT", "TOOL"]),
+        "content": st.sampled_from(["AAAA", '{ "interrupted" : true }', "hi", 5]),
+        "stopReason": st.sampled_from(["END_TURN", "PARTIAL_TURN", "INTERRUPTED", "TOOL_USE"]),
+        "additionalModelFields": st.sampled_from(
+            ['{"generationStage":"FINAL"}', '{"generationStage":"SPECULATIVE"}', 7]
+        ),
+        "details": json_values,
+        "extra": json_values,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(nova_names, bodies), max_size=25), st.booleans())
+def test_any_nova_event_sequence_keeps_the_ga_stream_well_formed(
+    events: list[tuple[str, dict[str, Any]]], barge: bool
+) -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 10))
+    for name, body in events:
+        s.nova(name, **body)
+        if barge:
+            s.tick(0.1)
+    s.upstream_closed(1000, "")
+    open_responses: set[str] = set()
+    for event in s.client:
+        if event["type"] == "response.created":
+            assert not open_responses, "one response at a time"
+            open_responses.add(event["response"]["id"])
+        elif event["type"] == "response.done":
+            open_responses.discard(event["response"]["id"])
+        elif "response_id" in event:
+            assert event["response_id"] in open_responses
+    assert not open_responses
+    assert s.closed is not None
