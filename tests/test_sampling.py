@@ -214,6 +214,21 @@ def test_secrets_are_scrubbed_from_every_string() -> None:
     assert event["error"]["message"].startswith("Incorrect API key provided: ")
 
 
+_KEY_PARTS = [
+    "sk-", "sk-proj-", "xai-", "AIza", "AKIA", "ASIA", "ek_", "ya29.", "Bearer ", "bearer\t",
+    "api-key=", "API_KEY: ", "apikey:", "key=", "abcdefghijKLMNOP0123456789", "_-.", " ", ",",
+]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(_KEY_PARTS) | st.text(max_size=8), max_size=8).map("".join))
+def test_the_scrub_prefilter_never_skips_a_string_scrub_would_change(text: str) -> None:
+    from rtgate.errors import scrub
+
+    if scrub(text) != text:
+        assert sampling.may_hold_secret(text)
+    assert Redactor().text(text) == scrub(text)
+
+
 # -- records --------------------------------------------------------------------------------
 
 INFO = SessionInfo(

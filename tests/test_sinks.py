@@ -414,3 +414,20 @@ async def test_event_log_to_file_and_http_end_to_end(
     snapshot = logger.snapshot()
     assert snapshot["sinks"]["file0"]["written"] == 120
     assert snapshot["sinks"]["http1"]["written"] == 120
+
+
+async def test_a_spooled_batch_the_collector_rejects_is_dropped_not_replayed_forever(
+    tmp_path: Path, collector: FakeCollector
+) -> None:
+    spool = Spool(str(tmp_path / "spool"), max_bytes=1 << 20)
+    await spool.open()
+    assert await spool.put(lines(0, 2))  # left over from an earlier outage
+    collector.statuses.append(422)
+    sink = fast_sink(HttpDestination(collector.url), spool)
+    with trio.fail_after(10):
+        await sink.handle(lines(2, 2))
+        await sink.destination.aclose()
+    assert collector.received() == [2, 3]
+    assert sink.counters.dropped == {"rejected": 2}
+    assert sink.counters.replayed == 0
+    assert len(spool) == 0

@@ -14,6 +14,7 @@ depends only on the session id, the type and n.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from rtgate.telemetry.tap import SessionInfo, SessionSummary
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _TWO64 = float(1 << 64)
+_NEVER = 1 << 62
 
 AUDIO_DELTA_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 """Server events whose ``delta`` is base64 audio (GA name, then the beta name)."""
@@ -58,34 +60,67 @@ def session_sampled(session_id: str, rate: float) -> bool:
     return _hash64("session", session_id) / _TWO64 < rate
 
 
+class _Gaps:
+    """Which events of one type one session keeps: Bernoulli(rate) drawn as geometric gaps.
+
+    Drawing the distance to the next kept event (rather than a coin per event)
+    makes a sampled-out event cost one comparison, which matters for audio deltas.
+    """
+
+    __slots__ = ("_draws", "_log_miss", "_next", "_seed", "index")
+
+    def __init__(self, seed: int, rate: float) -> None:
+        self._seed = seed
+        self._log_miss = math.log1p(-rate)
+        self._draws = 0
+        self.index = 0
+        self._next = self._gap()
+
+    def _gap(self) -> int:
+        self._draws += 1
+        u = _mix64((self._seed + self._draws * _GOLDEN) & _MASK64) / _TWO64
+        if self._log_miss == 0.0:  # a rate too small for a float: nothing is ever kept
+            return _NEVER
+        return int(min(math.log1p(-u) / self._log_miss, _NEVER))
+
+    def keep(self) -> bool:
+        i = self.index
+        self.index = i + 1
+        if i < self._next:
+            return False
+        self._next = i + 1 + self._gap()
+        return True
+
+
 class TypeSampler:
     """Keeps a share of each rate-limited event type of one session, deterministically.
 
-    The n-th event of type T is kept iff ``mix(seed(session, T) + n) < rate``: one
-    hash per type per session, then integer arithmetic per event. State is one
-    counter per configured type, so it is bounded by the configuration.
+    Whether the n-th event of type T is kept depends only on the session id, T
+    and n. State is a few numbers per configured type, so it is bounded by the
+    configuration, not by the session's length.
     """
 
-    __slots__ = ("_counts", "_rates", "_seeds", "_session_id")
+    __slots__ = ("_gaps", "_rates", "_session_id")
 
     def __init__(self, session_id: str, rates: Mapping[str, float]) -> None:
         self._session_id = session_id
-        self._rates = rates
-        self._seeds: dict[str, int] = {}
-        self._counts: dict[str, int] = {}
+        self._rates = {kind: rate for kind, rate in rates.items() if rate < 1.0}
+        self._gaps: dict[str, _Gaps | None] = {}
 
     def keep(self, event_type: str) -> bool:
-        rate = self._rates.get(event_type)
-        if rate is None or rate >= 1.0:
+        if event_type not in self._rates:
             return True
-        n = self._counts.get(event_type, 0)
-        self._counts[event_type] = n + 1
+        try:
+            gaps = self._gaps[event_type]
+        except KeyError:
+            gaps = self._gaps[event_type] = self._start(event_type)
+        return gaps is not None and gaps.keep()
+
+    def _start(self, event_type: str) -> _Gaps | None:
+        rate = self._rates[event_type]
         if rate <= 0.0:
-            return False
-        seed = self._seeds.get(event_type)
-        if seed is None:
-            seed = self._seeds[event_type] = _hash64("type", self._session_id, event_type)
-        return _mix64((seed + n * _GOLDEN) & _MASK64) / _TWO64 < rate
+            return None  # never kept
+        return _Gaps(_hash64("type", self._session_id, event_type), rate)
 
 
 def type_wanted(event_types: frozenset[str] | None, event_type: str | None) -> bool:
@@ -147,7 +182,10 @@ class Redactor:
         return event
 
     def text(self, value: str) -> str:
-        return scrub(value, self.secrets)
+        """``value`` scrubbed of keys and of this gateway's secrets."""
+        if may_hold_secret(value) or any(secret in value for secret in self.secrets):
+            return scrub(value, self.secrets)
+        return value
 
     def _walk_dict(self, obj: dict[str, Any]) -> None:
         for key, value in obj.items():
@@ -161,7 +199,7 @@ class Redactor:
                 if key == "image_url" and value.startswith("data:"):
                     obj[key] = f"<image {len(value)} chars>"
                     continue
-                obj[key] = scrub(value, self.secrets)
+                obj[key] = self.text(value)
             elif isinstance(value, dict):
                 self._walk_dict(value)
             elif isinstance(value, list):
@@ -170,11 +208,21 @@ class Redactor:
     def _walk_list(self, items: list[Any]) -> None:
         for i, value in enumerate(items):
             if isinstance(value, str):
-                items[i] = scrub(value, self.secrets)
+                items[i] = self.text(value)
             elif isinstance(value, dict):
                 self._walk_dict(value)
             elif isinstance(value, list):
                 self._walk_list(value)
+
+
+_SECRET_HINTS = ("sk-", "xai-", "aiza", "akia", "asia", "ek_", "ya29.", "bearer", "api", "key=")
+"""A literal each of :func:`rtgate.errors.scrub`'s key patterns contains (lower-cased):
+a cheap test that skips the regex for the ordinary strings of an event."""
+
+
+def may_hold_secret(text: str) -> bool:
+    lower = text.lower()
+    return any(hint in lower for hint in _SECRET_HINTS)
 
 
 def _redact_path(node: Any, path: tuple[str, ...]) -> None:

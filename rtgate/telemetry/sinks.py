@@ -21,7 +21,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Literal, Protocol
 
 import attrs
 import h11
@@ -425,11 +425,11 @@ class Sink:
         if self.spool is not None and len(self.spool) and not await self._replay():
             await self._spool_or_drop(batch, "down")
             return
-        if not await self._deliver(batch, 0 if self.draining else self.retries):
+        if await self._deliver(batch, 0 if self.draining else self.retries) == "failed":
             await self._spool_or_drop(batch, "down")
 
-    async def _deliver(self, batch: Batch, retries: int) -> bool:
-        """True when the batch is done with (written, or rejected for good)."""
+    async def _deliver(self, batch: Batch, retries: int) -> Literal["ok", "rejected", "failed"]:
+        """Try ``1 + retries`` times; "failed" marks the destination down for a growing pause."""
         for attempt in range(retries + 1):
             try:
                 await self.destination.deliver(batch)
@@ -439,7 +439,7 @@ class Sink:
                 if exc.permanent:
                     log.warning("event log sink %s rejected a batch: %s", self.name, exc.message)
                     self.counters.drop("rejected", len(batch))
-                    return True
+                    return "rejected"
                 if attempt < retries:
                     await trio.sleep(self.retry_backoff * 2**attempt)
                 continue
@@ -448,12 +448,12 @@ class Sink:
                 log.info("event log sink %s is back", self.name)
             self._down_until = -math.inf
             self._pause = self.down_backoff
-            return True
+            return "ok"
         if not self.down:
             log.warning("event log sink %s is down: %s", self.name, self.last_error)
         self._down_until = trio.current_time() + self._pause
         self._pause = min(self._pause * 2, self.down_backoff_max)
-        return False
+        return "failed"
 
     async def _replay(self) -> bool:
         """Deliver spooled batches oldest first; False when the destination failed again."""
@@ -462,9 +462,11 @@ class Sink:
             lines = await spool.oldest()
             if lines is None:
                 break
-            if not await self._deliver(lines, 0):
+            outcome = await self._deliver(lines, 0)
+            if outcome == "failed":
                 return False
-            self.counters.replayed += len(lines)
+            if outcome == "ok":
+                self.counters.replayed += len(lines)
             await spool.pop()
         return True
 
