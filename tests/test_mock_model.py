@@ -9,10 +9,12 @@ from typing import Any
 import orjson
 import pydantic
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.realtime import RealtimeServerEvent
 
+from rtgate.testing.gateway import open_gateway
 from rtgate.translate.base import Binary, Outbox
 from rtgate.translate.mock import (
     MockModel,
@@ -23,6 +25,7 @@ from rtgate.translate.mock import (
     audio_chunks,
     peak_level,
 )
+from tests.wsclient import connect, recv_json, recv_until, send_json
 
 GA_SERVER = pydantic.TypeAdapter(RealtimeServerEvent)
 
@@ -644,3 +647,49 @@ def test_chunk_duration_is_within_openai_range() -> None:
     chunk = base64.b64decode(audio_chunks("audio/pcm", 40)[0])
     assert 20 <= len(chunk) / 48 <= 40
     assert math.isclose(len(chunk) / 48, 40)
+
+
+# -- end to end through the gateway ------------------------------------------------
+
+MOCK_CONFIG = """
+model_list:
+  - model_name: mock-realtime
+    litellm_params:
+      model: mock/gpt-mock
+      reply_audio_ms: 200
+general_settings:
+  master_key: sk-client-test-key-000000
+"""
+MOCK_AUTH = {"Authorization": "Bearer sk-client-test-key-000000"}
+
+
+async def test_mock_provider_end_to_end_through_the_gateway() -> None:
+    with trio.fail_after(20):
+        async with open_gateway(MOCK_CONFIG) as gw:
+            url = gw.ws_url + "/v1/realtime?model=mock-realtime"
+            async with connect(url, MOCK_AUTH) as ws:
+                created = await recv_json(ws)
+                await send_json(ws, user_text("Hello gateway"))
+                await send_json(ws, {"type": "response.create"})
+                events = await recv_until(ws, "response.done")
+            async with connect(url, {**MOCK_AUTH, "OpenAI-Beta": "realtime=v1"}) as beta:
+                await send_json(
+                    beta, {"type": "response.create", "response": {"modalities": ["text"]}}
+                )
+                beta_events = await recv_until(beta, "response.done")
+    assert created["type"] == "session.created"
+    assert created["session"]["model"] == "gpt-mock"
+    for event in events:
+        GA_SERVER.validate_python(event)
+    response = events[events.index(next(e for e in events if e["type"] == "response.created")) :]
+    done = check_response(response, "audio")
+    assert transcript_of(response) == "You said: Hello gateway"
+    audio = [
+        base64.b64decode(e["delta"]) for e in response if e["type"] == "response.output_audio.delta"
+    ]
+    assert sum(map(len, audio)) == 200 * 48
+    assert done["response"]["usage"]["output_token_details"]["audio_tokens"] == 4
+    beta_kinds = types(beta_events)
+    assert "response.text.delta" in beta_kinds
+    assert "response.output_text.delta" not in beta_kinds
+    assert "conversation.item.done" not in beta_kinds
