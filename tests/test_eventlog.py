@@ -226,29 +226,39 @@ def test_per_type_sampling_in_the_tap() -> None:
     assert logger.counters.events_sampled_out == n - kept
 
 
-def test_record_never_blocks_and_memory_is_bounded_by_the_queue() -> None:
-    """10^5 records with no writer at all: queue_size kept, the rest dropped and counted."""
-    logger = EventLogger(EventLogSettings(event_types=None, queue_size=100), [])
-    tap = logger.open_session(info())
-    assert tap is not None
+async def test_record_never_blocks_and_memory_is_bounded_by_the_queue() -> None:
+    """10^5 records against a writer stuck on its sink: bounded memory, drops counted."""
+    logger, dest = make_log(event_types=None, queue_size=100, batch_size=10)
+    dest.gate = trio.Event()  # the sink never finishes a delivery
     data = frame("response.output_text.delta", delta="hello " * 20)
-    tracemalloc.start()
-    try:
-        for _ in range(1000):  # warm up allocator caches
-            tap.record("server", data, 0.0)
-        baseline, _ = tracemalloc.get_traced_memory()
-        for _ in range(100_000):
-            tap.record("server", data, 0.0)
-        current, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert logger.queued == 100
-    assert logger.counters.dropped["queue_full"] == 101_000 - 100
-    assert current - baseline < 64 * 1024  # nothing grows with the number of records
-    # Session records have their own slots and still get in.
-    logger.close_session(summary(info()))
-    assert logger.counters.sessions_queued == 1
-    assert logger.counters.sessions_dropped == 0
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(logger.run)
+            tap = logger.open_session(info())
+            assert tap is not None
+            tracemalloc.start()
+            try:
+                for round_ in range(100):
+                    if round_ == 20:  # steady state: queue and sink buffers full
+                        baseline, _ = tracemalloc.get_traced_memory()
+                    for _ in range(1000):
+                        tap.record("server", data, 0.0)  # synchronous: cannot wait
+                    await trio.sleep(0)  # the writer runs, and stays stuck
+                current, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert logger.queued == 100
+            in_flight = logger.counters.events_queued - logger.queued
+            assert in_flight <= 10 * (1 + 8 + 1)  # a batch in the writer, 8 queued, 1 in delivery
+            assert logger.counters.dropped["queue_full"] == 100_000 - logger.counters.events_queued
+            assert current - baseline < 64 * 1024  # nothing grows with the number of records
+            # Session records have their own slots and still get in.
+            logger.close_session(summary(info()))
+            assert logger.counters.sessions_queued == 1
+            dest.gate.set()
+            await logger.aclose()
+    assert len(dest.events()) == logger.counters.events_queued
+    assert dest.records()[-1]["record"] == "session"
 
 
 def test_queue_byte_budget() -> None:
