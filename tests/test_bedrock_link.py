@@ -137,6 +137,7 @@ async def test_a_spoken_turn_round_trips_with_valid_signatures(fake: FakeBedrock
         "contentStart",
     ]
     assert session.names()[-3:] == ["contentEnd", "promptEnd", "sessionEnd"]
+    assert session.names().count("sessionEnd") == 1  # the link did not add its own
     assert session.empty_frame and session.end_stream
     assert session.signed_events == len(session.events) + 1
     assert (
@@ -276,3 +277,21 @@ async def test_tool_call_round_trip(nursery: trio.Nursery) -> None:
     assert orjson.loads(call["arguments"]) == {"city": "Oslo"}  # type: ignore[arg-type]
     assert transcript["transcript"] == "It is cold."
     assert fake.sessions[0].errors == []
+
+
+async def test_a_session_ended_by_the_gateway_still_closes_nova_properly(fake: FakeBedrock) -> None:
+    with trio.fail_after(10):
+        d = await open_session(fake)
+        await d.client(append(SPEECH))
+        await d.link.aclose(1001, "gateway restarting")  # no on_client_closed first
+        with trio.move_on_after(5):
+            while not fake.sessions[0].end_stream:
+                await trio.sleep(0.01)
+    session = fake.sessions[0]
+    assert session.names()[-3:] == ["contentEnd", "promptEnd", "sessionEnd"]
+    audio = next(
+        e for e in session.events if e["event"].get("contentStart", {}).get("type") == "AUDIO"
+    )
+    closing = session.events[-3]["event"]["contentEnd"]
+    assert closing["contentName"] == audio["event"]["contentStart"]["contentName"]
+    assert session.empty_frame and session.end_stream and session.errors == []

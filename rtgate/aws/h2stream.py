@@ -334,6 +334,74 @@ def encode_chunk(nova_event: bytes) -> bytes:
     return encode_raw(_CHUNK_HEADERS, payload)
 
 
+_AUDIO_INPUT_PREFIX: Final = b'{"event":{"audioInput"'
+
+
+class NovaCloseGuard:
+    """Remembers which Nova prompt and contents are open, from the events sent.
+
+    Nova asks for ``contentEnd``, ``promptEnd`` and ``sessionEnd`` before the
+    stream ends ("skipping any of these closing events can result in
+    incomplete conversations or orphaned resources", NOVA-IO). The translator
+    sends them when the client leaves; when the session ends any other way
+    (limits, drain, errors) the link sends whatever is still missing.
+    Audio chunks, the bulk of the traffic, are recognised by prefix and not parsed.
+    """
+
+    def __init__(self) -> None:
+        self.session_started = False
+        self.session_ended = False
+        self.prompt: str | None = None
+        self.open_contents: list[str] = []
+
+    def observe(self, frame: bytes) -> None:
+        if frame.startswith(_AUDIO_INPUT_PREFIX):
+            return
+        try:
+            event = orjson.loads(frame).get("event")
+            ((name, body),) = event.items()
+        except (orjson.JSONDecodeError, AttributeError, ValueError, TypeError):
+            return
+        if not isinstance(body, dict):
+            return
+        if name == "sessionStart":
+            self.session_started = True
+        elif name == "promptStart":
+            self.prompt = str(body.get("promptName", ""))
+        elif name == "contentStart":
+            self.open_contents.append(str(body.get("contentName", "")))
+        elif name == "contentEnd":
+            name_ = str(body.get("contentName", ""))
+            if name_ in self.open_contents:
+                self.open_contents.remove(name_)
+        elif name == "promptEnd":
+            self.prompt = None
+            self.open_contents.clear()
+        elif name == "sessionEnd":
+            self.session_ended = True
+
+    def closing_events(self) -> list[bytes]:
+        if not self.session_started or self.session_ended:
+            return []
+        events: list[bytes] = []
+        if self.prompt is not None:
+            for content in self.open_contents:
+                events.append(
+                    orjson.dumps(
+                        {
+                            "event": {
+                                "contentEnd": {"promptName": self.prompt, "contentName": content}
+                            }
+                        }
+                    )
+                )
+            events.append(orjson.dumps({"event": {"promptEnd": {"promptName": self.prompt}}}))
+        events.append(b'{"event":{"sessionEnd":{}}}')
+        for event in events:
+            self.observe(event)
+        return events
+
+
 class BedrockLink:
     """``UpstreamLink`` over an open :class:`H2Stream` whose response is 200."""
 
@@ -355,6 +423,7 @@ class BedrockLink:
         self._pending_error: UpstreamClosed | None = None
         self._closed = False
         self._close_grace = close_grace
+        self._guard = NovaCloseGuard()
 
     async def receive(self) -> list[Frame]:
         while True:
@@ -417,12 +486,18 @@ class BedrockLink:
         async with self._send_lock:
             if self._signer.finished or not self._stream.can_send:
                 raise UpstreamClosed(1011, "the Bedrock request stream is already ended")
-            now = dt.datetime.now(dt.UTC)
-            sign = self._signer.sign
-            data = b"".join(
-                sign(encode_chunk(f.data if isinstance(f, Binary) else f), now) for f in frames
-            )
-            await self._stream.write(data)
+            await self._write_events([f.data if isinstance(f, Binary) else f for f in frames])
+
+    async def _write_events(self, events: list[bytes], *, end: bool = False) -> None:
+        now = dt.datetime.now(dt.UTC)
+        sign, observe = self._signer.sign, self._guard.observe
+        parts = []
+        for event in events:
+            observe(event)
+            parts.append(sign(encode_chunk(event), now))
+        if end:
+            parts.append(self._signer.sign_empty(now))
+        await self._stream.write(b"".join(parts), end=end)
 
     async def ping(self) -> None:
         try:
@@ -431,7 +506,8 @@ class BedrockLink:
             pass
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
-        """End the request stream (empty signed frame + END_STREAM), let Bedrock finish, close."""
+        """End the request stream (closing Nova events still missing, the empty signed
+        frame, END_STREAM), give Bedrock a moment to finish, close the connection."""
         if self._closed:
             return
         self._closed = True
@@ -439,8 +515,7 @@ class BedrockLink:
             try:
                 async with self._send_lock:
                     if not self._signer.finished and self._stream.can_send:
-                        end = self._signer.sign_empty(dt.datetime.now(dt.UTC))
-                        await self._stream.write(end, end=True)
+                        await self._write_events(self._guard.closing_events(), end=True)
                 while True:
                     await self._stream.read()
             except (StreamEnded, UpstreamClosed):
