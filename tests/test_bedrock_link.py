@@ -295,3 +295,41 @@ async def test_a_session_ended_by_the_gateway_still_closes_nova_properly(fake: F
     closing = session.events[-3]["event"]["contentEnd"]
     assert closing["contentName"] == audio["event"]["contentStart"]["contentName"]
     assert session.empty_frame and session.end_stream and session.errors == []
+
+
+def test_validate_names_missing_region_and_half_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    dep = Deployment(
+        model_name="nova",
+        provider="bedrock",
+        model="amazon.nova-sonic-v1:0",
+        id="v",
+        params={"aws_access_key_id": Secret(KEY_ID), "endpointing_sensitivity": "max"},
+    )
+    problems = PROVIDER.validate(dep)
+    assert len(problems) == 3
+    assert any("region" in p for p in problems)
+
+
+async def test_credentials_from_the_environment_chain(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeBedrock
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    dep = Deployment(
+        model_name="nova",
+        provider="bedrock",
+        model="amazon.nova-sonic-v1:0",
+        id="env-chain",
+        api_base=fake.base_url,
+        tls=TlsSettings(ca_bundle=fake.ca_bundle),
+    )
+    assert PROVIDER.validate(dep) == []
+    with trio.fail_after(10):
+        link = await PROVIDER.connect(dep, CTX)
+        await link.aclose()
+    assert fake.sessions[0].errors == []
