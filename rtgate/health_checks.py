@@ -5,7 +5,8 @@ a deployment whose cooldown just ended (the probe is its half-open trial, so
 no client pays for it) and a healthy one idle for its
 ``health_check_interval``. Never one that is still cooling down. This task
 only does the I/O: ``connect(dep)`` (supplied by the server) performs the
-upgrade and waits for the first server event, then the link is closed at once.
+upgrade and waits for the first server event, then the link is closed at once;
+:func:`provider_connect` is the usual one.
 
 Time is read from ``trio.current_time()`` so tests drive this with
 ``autojump_clock``.
@@ -21,7 +22,8 @@ import trio
 from rtgate.config.model import Deployment
 from rtgate.errors import UpstreamConnectError
 from rtgate.pool import Pool
-from rtgate.providers.base import UpstreamLink
+from rtgate.providers import get_provider
+from rtgate.providers.base import SessionContext, UpstreamLink
 
 log = logging.getLogger("rtgate.pool")
 
@@ -32,6 +34,22 @@ Connect = Callable[[Deployment], Awaitable[UpstreamLink]]
 POLL_SECONDS = 1.0
 # Floor of a sleep, so a deployment due "now" that could not be claimed never spins the loop.
 MIN_SLEEP_SECONDS = 0.05
+
+
+def provider_connect(pool: Pool) -> Connect:
+    """The usual ``connect``: dial through the deployment's provider, as a session would."""
+
+    async def connect(dep: Deployment) -> UpstreamLink:
+        limits = pool.config.server.limits
+        ctx = SessionContext(
+            session_id=f"health-check-{dep.id}",
+            model_group=dep.model_name,
+            connect_timeout=limits.connect_timeout,
+            max_message_bytes=limits.max_message_bytes,
+        )
+        return await get_provider(dep.provider).connect(dep, ctx)
+
+    return connect
 
 
 async def run_health_checks(

@@ -10,12 +10,14 @@ import pytest
 import trio
 import trio.testing
 
-from rtgate.config.model import Deployment, GatewayConfig, RouterSettings
+from rtgate.config.model import Deployment, GatewayConfig, RouterSettings, Secret
 from rtgate.errors import UpstreamConnectError, UpstreamRejected
-from rtgate.health_checks import run_health_checks
+from rtgate.health_checks import provider_connect, run_health_checks
 from rtgate.pool import Pool
 from rtgate.providers.base import UpstreamLink
+from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
 from rtgate.translate.base import Frame
+from tests.conftest import UPSTREAM_KEY
 
 
 @attrs.define
@@ -183,3 +185,27 @@ async def test_cancelled_probe_frees_its_claim(autojump_clock: trio.testing.Mock
     assert state(pool, "a")["last_error"] is None  # not judged
     assert pool.next_health_check_at(trio.current_time()) == 10.0
     assert [d.id for d in pool.claim_health_checks(10.0)] == ["a"]
+
+
+async def test_provider_connect_probes_real_sockets(nursery: trio.Nursery) -> None:
+    healthy = FakeRealtimeServer(api_key=UPSTREAM_KEY)
+    failing = FakeRealtimeServer(api_key=UPSTREAM_KEY, behaviour=FakeBehaviour(reject_status=500))
+    await nursery.start(healthy.serve)
+    await nursery.start(failing.serve)
+    deps = [
+        Deployment(model_name="rt", provider="openai", model="gpt-realtime", id=name,
+                   api_key=Secret(UPSTREAM_KEY), api_base=server.base_url)
+        for name, server in (("good", healthy), ("bad", failing))
+    ]  # fmt: skip
+    pool = make_pool(*deps, allowed_fails=1, health_check_interval=100)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as checks:
+            await checks.start(partial(run_health_checks, pool, connect=provider_connect(pool)))
+            while state(pool, "bad")["state"] != "ejected" or healthy.sessions == 0:
+                await trio.sleep(0.01)
+            checks.cancel_scope.cancel()
+    good = state(pool, "good")
+    assert (good["state"], good["last_error"]) == ("closed", None)
+    assert good["handshake_latency_ewma"] is not None
+    assert state(pool, "bad")["last_error"] == "rejected"
+    assert (healthy.dials, failing.dials) == (1, 1)
