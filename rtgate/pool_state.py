@@ -195,16 +195,22 @@ class DeploymentState:
         may_eject: bool,
     ) -> None:
         """A connect, probe or young session failed; eject if the rules say so."""
+        self.refresh(now)
         self.last_error = kind
         self.last_error_at = now
         if kind == EARLY_CLOSE:
             self.early_closes += 1
         else:
             self.connect_failures += 1
+        if self.phase is Phase.EJECTED:
+            # A dial that started before the ejection and failed after it: the
+            # deployment is already cooling; re-ejecting would stretch the
+            # cooldown once per dial that happened to be in flight.
+            return
         decision = self._ejection_for(now, kind, retry_after, settings)
         if decision is None:
             return
-        seconds, reason = decision
+        level, seconds, reason = decision
         if self.phase is not Phase.HALF_OPEN and not may_eject:
             # Envoy's max_ejection_percent: better to keep dialing a failing
             # deployment than to leave the group with too few to serve anyone.
@@ -216,42 +222,44 @@ class DeploymentState:
                     self.describe(), reason, settings.max_ejection_percent,
                 )  # fmt: skip
             return
-        self._eject(now, seconds, reason)
+        self._eject(now, level, seconds, reason)
 
     def _ejection_for(
         self, now: float, kind: str, retry_after: float | None, settings: RouterSettings
-    ) -> tuple[float, str] | None:
-        """(cooldown seconds, reason) if this failure ejects, else None."""
+    ) -> tuple[int, float, str] | None:
+        """(ejection level after it, cooldown seconds, reason) if this failure ejects."""
         if kind == "auth":
             # 401/403 do not heal by themselves; someone has to fix the key.
-            return settings.auth_cooldown_time, "upstream refused the credentials"
+            reason = "upstream refused the credentials"
+            return self.ejection_level, settings.auth_cooldown_time, reason
         if kind == "throttled":
+            # The provider says when; its hint is not a health verdict, so no growth.
             seconds = settings.cooldown_time if retry_after is None else retry_after
             seconds = min(max(seconds, 0.0), settings.cooldown_max)
-            return seconds, f"throttled by the provider (retry after {seconds:g}s)"
+            return (
+                self.ejection_level,
+                seconds,
+                f"throttled by the provider (retry after {seconds:g}s)",
+            )
         if self.phase is Phase.HALF_OPEN:
-            return self._grown_cooldown(now, settings), f"trial failed ({kind})"
-        if now < self.probation_until:
-            return self._grown_cooldown(
-                now, settings
-            ), f"failed again right after recovering ({kind})"
-        if self.connect_failures >= settings.allowed_fails:
+            reason = f"trial failed ({kind})"
+        elif now < self.probation_until:
+            reason = f"failed again right after recovering ({kind})"
+        elif self.connect_failures >= settings.allowed_fails:
             reason = f"{self.connect_failures} consecutive connect failures (last: {kind})"
-            return self._grown_cooldown(now, settings), reason
-        if self.early_closes >= settings.allowed_fails:
+        elif self.early_closes >= settings.allowed_fails:
             reason = f"{self.early_closes} consecutive sessions closed abnormally at once"
-            return self._grown_cooldown(now, settings), reason
-        return None
-
-    def _grown_cooldown(self, now: float, settings: RouterSettings) -> float:
+        else:
+            return None
         level = self.ejection_level
         if self.restored_at is not None and now - self.restored_at >= settings.cooldown_max:
             level = 0  # healthy long enough: forgive the past ejections
-        self.ejection_level = level + 1
-        return min(settings.cooldown_time * 2.0 ** (self.ejection_level - 1), settings.cooldown_max)
+        seconds = min(settings.cooldown_time * 2.0**level, settings.cooldown_max)
+        return level + 1, seconds, reason
 
-    def _eject(self, now: float, seconds: float, reason: str) -> None:
+    def _eject(self, now: float, level: int, seconds: float, reason: str) -> None:
         self.phase = Phase.EJECTED
+        self.ejection_level = level
         self.cooldown_until = now + seconds
         self.trial_in_flight = False
         self.ejection_suppressed = False

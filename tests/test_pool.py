@@ -289,6 +289,36 @@ def test_consecutive_failures_eject_and_cooldown_grows_to_the_max() -> None:
     assert stats(pool, "b", t)["state"] == "closed"
 
 
+def test_dials_in_flight_at_ejection_do_not_stretch_the_cooldown() -> None:
+    pool = make_pool(dep("a"), allowed_fails=2, cooldown_time=5, max_ejection_percent=100)
+    in_flight = []
+    for _ in range(6):  # six concurrent handshakes all dialing a
+        sel = pool.select("rt", 0)
+        d = sel.next(0)
+        assert d is not None
+        in_flight.append((sel, d))
+    for sel, d in in_flight:
+        sel.failed(d, 1, "refused")
+    s = stats(pool, "a", 1)
+    assert (s["ejections"], s["cooldown_remaining"], s["consecutive_failures"]) == (1, 5.0, 6)
+    fail_once(pool, now=6)  # the trial fails: the second ejection is the first growth
+    assert stats(pool, "a", 6)["cooldown_remaining"] == 10.0
+
+
+def test_suppressed_ejections_do_not_grow_the_cooldown() -> None:
+    pool = make_pool(dep("a"), dep("b"), allowed_fails=1, cooldown_time=5, max_ejection_percent=50)
+    walk(pool.select("rt", 0), 0, fail={"a", "b"})  # a ejected; b's ejection suppressed
+    for t in range(1, 5):
+        assert walk(pool.select("rt", t), t, fail={"b"})[0] == ["b"]  # suppressed again
+    assert walk(pool.select("rt", 5), 5, fail={"b"})[1] == "a"  # a's trial restores it
+    assert stats(pool, "b", 5)["state"] == "closed"
+    for _ in range(2):  # b's turn comes within two handshakes
+        walk(pool.select("rt", 6), 6, fail={"b"})
+    s = stats(pool, "b", 6)
+    # Five suppressed ejections left no mark: b's first real one is the base cooldown.
+    assert (s["state"], s["ejections"], s["cooldown_remaining"]) == ("ejected", 1, 5.0)
+
+
 def test_success_resets_the_consecutive_count() -> None:
     pool = make_pool(dep("a"), allowed_fails=3, max_ejection_percent=100)
     fail_once(pool)
