@@ -146,6 +146,7 @@ class Gateway:
         response = protocol.accept(request)
         if response.status_code != 101:
             await session.release(self, Outcome(1002, "handshake failed", 1000, "", "client"))
+            await session.link.aclose(1001, "client handshake failed")
             protocol.send_response(response)
             await _flush(stream, protocol)
             await trio.aclose_forcefully(stream)
@@ -221,7 +222,11 @@ class Gateway:
                 # The provider bounds each step; this guards the whole dial.
                 with trio.fail_after(ctx.connect_timeout * 2 + 1):
                     link = await provider.connect(deployment, ctx)
-            except (UpstreamConnectError, trio.TooSlowError) as exc:
+            except BaseException as exc:
+                if not isinstance(exc, UpstreamConnectError | trio.TooSlowError):
+                    # Cancelled (client left, shutdown) or a bug: free the slot, then propagate.
+                    selection.release(deployment, trio.current_time())
+                    raise
                 kind = exc.kind if isinstance(exc, UpstreamConnectError) else "timeout"
                 retry_after = exc.retry_after if isinstance(exc, UpstreamConnectError) else None
                 selection.failed(deployment, trio.current_time(), kind, retry_after)

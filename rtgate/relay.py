@@ -132,13 +132,13 @@ class Relay:
         tap = self.tap
         stats = self.stats
         counters = self.counters
-        batch_no = 0
+        batch_no = -1  # the first batch of a session is sampled
         while True:
             try:
                 frames = await client.receive()
             except ConnectionClosed as exc:
                 self._client_closed(exc, out)
-                await self._dispatch(out, final=True)
+                await self._say_goodbye_upstream(out)
                 return
             now = trio.current_time()
             translator = self.translator
@@ -162,7 +162,7 @@ class Relay:
     async def _pump_upstream(self) -> None:
         out = Outbox()
         counters = self.counters
-        batch_no = 0
+        batch_no = -1  # the first batch of a session is sampled
         while True:
             link = self.upstream
             try:
@@ -199,6 +199,17 @@ class Relay:
                 counters.latency.observe(trio.current_time() - now)
 
     # -- routing what translators produce ---------------------------------------------
+
+    async def _say_goodbye_upstream(self, out: Outbox) -> None:
+        """Send what the translator queued for a leaving client (e.g. Nova's sessionEnd), bounded."""
+        if out.to_upstream:
+            with trio.move_on_after(1.0):
+                try:
+                    await self.upstream.send(out.to_upstream)
+                except UpstreamClosed:
+                    pass
+        out.clear()
+        self._scope.cancel()
 
     async def _dispatch(self, out: Outbox, *, final: bool = False) -> None:
         try:
@@ -285,6 +296,9 @@ class Relay:
             deadline = now + interval if interval > 0 else math.inf
             if limits.max_session_seconds:
                 deadline = min(deadline, self._started + limits.max_session_seconds)
+            if limits.idle_timeout:
+                last = max(self.client.last_received, self._upstream_last)
+                deadline = min(deadline, last + limits.idle_timeout)
             if self.translator.deadline is not None:
                 deadline = min(deadline, self.translator.deadline)
             self._timer_scope = trio.CancelScope(deadline=deadline)

@@ -132,7 +132,7 @@ class FakeRealtimeServer:
             out.to_client.clear()  # xAI greets with conversation.created, not session.created
         await self._flush(ws, out)
         for frame in behaviour.send_on_connect:
-            await ws.send_message(frame)
+            await ws.send_message(frame.decode())
         count = 0
         try:
             while True:
@@ -157,12 +157,9 @@ class FakeRealtimeServer:
         from trio_websocket import WebSocketConnection
 
         assert isinstance(ws, WebSocketConnection)
-        for frame in out.to_client:
-            assert isinstance(frame, bytes)
-            if self.flavour == "xai":
-                frame = _xai_quirks(frame)
-                if frame is None:
-                    continue
+        for message in out.to_client:
+            assert isinstance(message, bytes)
+            frame = _xai_quirks(message) if self.flavour == "xai" else message
             await ws.send_message(frame.decode())
             self.frames_sent += 1
             if b'"response.done"' in frame[:40]:
@@ -170,7 +167,7 @@ class FakeRealtimeServer:
         out.clear()
 
 
-def _xai_quirks(frame: bytes) -> bytes | None:
+def _xai_quirks(frame: bytes) -> bytes:
     """Make a GA event look like xAI's: no indices on deltas, empty usage, pings."""
     event = orjson.loads(frame)
     kind = event.get("type", "")
