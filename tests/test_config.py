@@ -154,3 +154,21 @@ def test_cli_check_fails_with_location(tmp_path: Path) -> None:
 def test_cli_version() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0 and "rtgate" in result.output
+
+
+def test_bad_event_log_sink_is_a_config_error_with_line() -> None:
+    text = "model_list:\n  - model_name: m\n    litellm_params:\n      model: mock/x\nrtgate:\n  event_log:\n    sinks:\n      - type: kafka\n"
+    with pytest.raises(ConfigError) as info:
+        parse_text(text, path="c.yaml", env={})
+    assert str(info.value).startswith("c.yaml:7:")
+    assert "type must be one of" in str(info.value)
+
+
+def test_sink_headers_not_in_repr() -> None:
+    text = (
+        "model_list:\n  - model_name: m\n    litellm_params:\n      model: mock/x\n"
+        "rtgate:\n  event_log:\n    sinks:\n      - type: http\n        url: http://127.0.0.1:9/\n"
+        "        headers: {Authorization: Bearer sk-sink-token-123456}\n"
+    )
+    config = parse_text(text, env={}).config
+    assert "sk-sink-token-123456" not in repr(config)

@@ -403,6 +403,7 @@ def parse_config(
     if log_sec.has("event_types"):
         event_types = _event_types(log_sec.raw("event_types"), ctx, log_sec.line("event_types"))
     log_sec.warn_unknown()
+    _validate_sinks(ctx, log_values.get("sinks", ()), log_sec.line("sinks"))
     keys = _keys(ctx, own.raw("keys"), own.line("keys"))
     server_values = _fill_attrs(own, ServerSettings, skip=frozenset({"keys", "limits"}))
     server = ServerSettings(**server_values, keys=keys, limits=limits)
@@ -423,6 +424,19 @@ def parse_config(
         source=path,
     )
     return LoadResult(config, ctx.warnings, ctx.plaintext)
+
+
+def _validate_sinks(ctx: _Ctx, sinks: tuple[Mapping[str, object], ...], line: int | None) -> None:
+    """Build each event-log sink once so a bad entry fails here, with a line, not at start-up."""
+    from rtgate.telemetry.sinks import build_sink
+
+    for index, spec in enumerate(sinks):
+        if not isinstance(spec, Mapping):
+            raise ctx.error(line, f"rtgate.event_log.sinks[{index}] must be a mapping")
+        try:
+            build_sink(spec, index)
+        except ConfigError as exc:
+            raise ctx.error(line, exc.message) from None
 
 
 def _validate_providers(ctx: _Ctx, deployments: tuple[Deployment, ...], nodes: list[Any]) -> None:

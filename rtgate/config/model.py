@@ -146,7 +146,7 @@ class EventLogSettings:
     """Keep audio payloads in records (default: replaced by their byte length)."""
     redact_paths: tuple[str, ...] = ()
     """Extra JSON paths to redact, e.g. ``session.instructions``."""
-    sinks: tuple[Mapping[str, object], ...] = ()
+    sinks: tuple[Mapping[str, object], ...] = attrs.field(default=(), repr=False)
     """Sink definitions: ``{type: file, path: ...}``, ``{type: stderr}``, ``{type: http, url: ...}``."""
     queue_size: int = 10000
     """Records the relay may hand over before it starts dropping (and counting) them."""
