@@ -8,6 +8,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	if command -v npm >/dev/null; then (cd tests/node && npm install --no-audit --no-fund --silent); fi
 	touch $@
 
 install: $(VENV)/.installed
