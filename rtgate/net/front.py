@@ -79,7 +79,7 @@ class Front:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_copy, stream, control, nursery.cancel_scope)
                 nursery.start_soon(_copy, control, stream, nursery.cancel_scope)
-        await trio.aclose_forcefully(stream)
+        await _close_politely(stream)
 
 
 async def _copy(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:
@@ -90,6 +90,17 @@ async def _copy(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelSc
         pass
     finally:
         scope.cancel()
+
+
+async def _close_politely(stream: trio.abc.Stream) -> None:
+    """Close with a TLS close_notify where there is TLS (HTTPS clients read to EOF), bounded."""
+    with trio.move_on_after(1) as scope:
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+            pass
+    if scope.cancelled_caught:
+        await trio.aclose_forcefully(stream)
 
 
 async def _read_head(stream: trio.abc.Stream) -> bytes | None:
