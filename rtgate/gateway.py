@@ -169,8 +169,12 @@ class Gateway:
             raise Forbidden("origin not allowed")
         subprotocols = _offered_subprotocols(request.headers)
         principal = self.auth.authenticate(presented_key(headers, subprotocols, query))
-        group = query.get("model") or query.get("deployment")
         intent = query.get("intent")
+        group = query.get("model") or query.get("deployment")
+        if not group and intent == "transcription":
+            group = config.server.transcription_model
+            if not group:
+                raise BadRequest("no rtgate.transcription_model configured for intent=transcription")
         if not group:
             raise BadRequest("missing ?model=NAME")
         principal.check_model(group)

@@ -199,6 +199,8 @@ class ServerSettings:
     """Browser ``Origin`` allow-list (None: any)."""
     keys: tuple[VirtualKey, ...] = ()
     limits: Limits = attrs.field(factory=Limits)
+    transcription_model: str | None = None
+    """Model group serving ``?intent=transcription`` sessions that name no model."""
     log_level: str = "info"
     log_format: str = "text"
     """``text`` or ``json`` lines on stderr."""
