@@ -349,3 +349,15 @@ async def test_slow_client_pushes_back_to_the_upstream(fake_openai: FakeRealtime
                 assert fake_openai.response_done_sent == 0
                 # Reading resumes the flow.
                 await recv_until(ws, "response.done", timeout=20)
+
+
+async def test_transcription_intent_without_model(fake_openai: FakeRealtimeServer) -> None:
+    config = gateway_yaml(
+        openai_deployment("whisper", fake_openai.base_url),
+        extra="  transcription_model: whisper",
+    )
+    with trio.fail_after(10):
+        async with open_gateway(config) as gw:
+            async with connect(gw.ws_url + "/v1/realtime?intent=transcription", AUTH) as ws:
+                assert (await recv_json(ws))["type"] == "session.created"
+    assert fake_openai.paths == ["/v1/realtime?intent=transcription"]
