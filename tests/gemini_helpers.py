@@ -39,7 +39,9 @@ class Driver:
     """A translator plus a clock; collects and validates every frame."""
 
     def __init__(self, translator: GeminiTranslator | None = None, now: float = 100.0) -> None:
-        self.t = translator or GeminiTranslator(model_path=MODEL, model_group="gem", session_id="sess_1")
+        self.t = translator or GeminiTranslator(
+            model_path=MODEL, model_group="gem", session_id="sess_1"
+        )
         self.now = now
         self.client: list[dict[str, Any]] = []
         self.upstream: list[dict[str, Any]] = []
@@ -111,7 +113,9 @@ def append(data: bytes) -> dict[str, Any]:
 def model_audio(data: bytes) -> dict[str, Any]:
     return {
         "serverContent": {
-            "modelTurn": {"parts": [{"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": b64(data)}}]}
+            "modelTurn": {
+                "parts": [{"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": b64(data)}}]
+            }
         }
     }
 
@@ -146,7 +150,11 @@ def check_response_invariants(events: list[dict[str, Any]]) -> None:
             open_parts.add((rid, event["item_id"]))
         elif kind == "response.content_part.done":
             open_parts.discard((rid, event["item_id"]))
-        elif kind.startswith("response.") and kind.endswith((".delta", ".done")) and "item_id" in event:
+        elif (
+            kind.startswith("response.")
+            and kind.endswith((".delta", ".done"))
+            and "item_id" in event
+        ):
             assert rid in open_responses, kind
             assert event["item_id"] in open_items, kind
             if kind.startswith(("response.output_audio", "response.output_text")):

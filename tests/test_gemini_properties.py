@@ -18,8 +18,18 @@ _SESSIONS = [
     {"type": "realtime"},
     {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
     {"type": "realtime", "output_modalities": ["text"], "instructions": "x"},
-    {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}},
-    {"type": "realtime", "audio": {"input": {"transcription": {"model": "m"}}}, "instructions": "changed"},
+    {
+        "type": "realtime",
+        "audio": {
+            "input": {"format": {"type": "audio/pcmu"}},
+            "output": {"format": {"type": "audio/pcmu"}},
+        },
+    },
+    {
+        "type": "realtime",
+        "audio": {"input": {"transcription": {"model": "m"}}},
+        "instructions": "changed",
+    },
 ]
 
 client_events = st.one_of(
@@ -30,12 +40,29 @@ client_events = st.one_of(
     st.just({"type": "response.create"}),
     st.just({"type": "response.create", "response": {"instructions": "x"}}),
     st.just({"type": "response.cancel"}),
-    st.just({"type": "conversation.item.truncate", "item_id": "i", "content_index": 0, "audio_end_ms": 10}),
+    st.just(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": "i",
+            "content_index": 0,
+            "audio_end_ms": 10,
+        }
+    ),
     st.text(max_size=8).map(
-        lambda t: {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": t}]}}
+        lambda t: {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": t}],
+            },
+        }
     ),
     st.sampled_from(["c1", "c2", "zz"]).map(
-        lambda c: {"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": c, "output": "{}"}}
+        lambda c: {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": c, "output": "{}"},
+        }
     ),
     st.just({"type": "bogus"}),
 )
@@ -47,11 +74,20 @@ upstream_messages = st.one_of(
     st.text(max_size=6).map(lambda t: {"serverContent": {"inputTranscription": {"text": t}}}),
     st.text(max_size=6).map(lambda t: {"serverContent": {"modelTurn": {"parts": [{"text": t}]}}}),
     st.just({"serverContent": {"generationComplete": True}}),
-    st.just({"serverContent": {"turnComplete": True}, "usageMetadata": {"promptTokenCount": 3, "responseTokenCount": 2}}),
+    st.just(
+        {
+            "serverContent": {"turnComplete": True},
+            "usageMetadata": {"promptTokenCount": 3, "responseTokenCount": 2},
+        }
+    ),
     st.just({"serverContent": {"interrupted": True}}),
-    st.sampled_from(["c1", "c2"]).map(lambda c: {"toolCall": {"functionCalls": [{"id": c, "name": "f", "args": {"a": 1}}]}}),
+    st.sampled_from(["c1", "c2"]).map(
+        lambda c: {"toolCall": {"functionCalls": [{"id": c, "name": "f", "args": {"a": 1}}]}}
+    ),
     st.just({"toolCallCancellation": {"ids": ["c1"]}}),
-    st.text(max_size=4).map(lambda h: {"sessionResumptionUpdate": {"newHandle": h, "resumable": True}}),
+    st.text(max_size=4).map(
+        lambda h: {"sessionResumptionUpdate": {"newHandle": h, "resumable": True}}
+    ),
     st.sampled_from(["0s", "2s", "30s", "bad"]).map(lambda t: {"goAway": {"timeLeft": t}}),
     st.just({"usageMetadata": {"totalTokenCount": "12"}}),
 )

@@ -26,7 +26,11 @@ SESSION = {
     "audio": {
         "input": {
             "transcription": {"model": "gpt-4o-transcribe"},
-            "turn_detection": {"type": "server_vad", "silence_duration_ms": 700, "prefix_padding_ms": 200},
+            "turn_detection": {
+                "type": "server_vad",
+                "silence_duration_ms": 700,
+                "prefix_padding_ms": 200,
+            },
         },
         "output": {"voice": "alloy"},
     },
@@ -72,12 +76,15 @@ def test_first_session_update_builds_the_one_setup() -> None:
     d.start()
     d.take()
     d.send({"type": "session.update", "session": SESSION})
-    _, upstream = d.take()
+    client, upstream = d.take()
     assert len(upstream) == 1
     setup = upstream[0]["setup"]
     assert setup["model"] == MODEL
     assert setup["generationConfig"]["responseModalities"] == ["AUDIO"]
-    assert setup["generationConfig"]["speechConfig"]["voiceConfig"]["prebuiltVoiceConfig"]["voiceName"] == "Zephyr"
+    assert (
+        setup["generationConfig"]["speechConfig"]["voiceConfig"]["prebuiltVoiceConfig"]["voiceName"]
+        == "Zephyr"
+    )
     assert setup["generationConfig"]["maxOutputTokens"] == 512
     assert setup["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
     declaration = setup["tools"][0]["functionDeclarations"][0]
@@ -89,9 +96,9 @@ def test_first_session_update_builds_the_one_setup() -> None:
     assert setup["inputAudioTranscription"] == {} and setup["outputAudioTranscription"] == {}
     assert setup["sessionResumption"] == {}
     assert d.t.deadline is None
-    d.recv({"setupComplete": {}})
-    client, _ = d.take()
     assert [e["type"] for e in client] == ["session.updated"]
+    d.recv({"setupComplete": {}})
+    assert d.client == []
     echoed = client[0]["session"]
     assert echoed["instructions"] == "Be brief." and echoed["audio"]["output"]["voice"] == "alloy"
 
@@ -105,7 +112,9 @@ def test_without_session_update_the_default_setup_goes_after_the_wait() -> None:
     assert d.upstream == []
     d.tick(102.5)
     assert [next(iter(m)) for m in d.upstream] == ["setup"]
-    assert d.upstream[0]["setup"]["generationConfig"]["speechConfig"]["voiceConfig"]["prebuiltVoiceConfig"]
+    assert d.upstream[0]["setup"]["generationConfig"]["speechConfig"]["voiceConfig"][
+        "prebuiltVoiceConfig"
+    ]
     d.take()
     d.recv({"setupComplete": {}})
     client, upstream = d.take()
@@ -120,7 +129,16 @@ def test_audio_before_setup_complete_is_held_and_flushed_in_order() -> None:
     d.send(append(chunks[0]))
     d.send({"type": "session.update", "session": SESSION})
     d.send(append(chunks[1]))
-    d.send({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+    d.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "hi"}],
+            },
+        }
+    )
     d.send(append(chunks[2]))
     assert [next(iter(m)) for m in d.upstream] == ["setup"]
     d.take()
@@ -128,9 +146,16 @@ def test_audio_before_setup_complete_is_held_and_flushed_in_order() -> None:
     _, upstream = d.take()
     kinds = [next(iter(m)) for m in upstream]
     assert kinds == ["realtimeInput", "realtimeInput", "clientContent", "realtimeInput"]
-    sent = [base64.b64decode(m["realtimeInput"]["audio"]["data"]) for m in upstream if "realtimeInput" in m]
+    sent = [
+        base64.b64decode(m["realtimeInput"]["audio"]["data"])
+        for m in upstream
+        if "realtimeInput" in m
+    ]
     assert sent == chunks
-    assert upstream[2]["clientContent"] == {"turns": [{"role": "user", "parts": [{"text": "hi"}]}], "turnComplete": False}
+    assert upstream[2]["clientContent"] == {
+        "turns": [{"role": "user", "parts": [{"text": "hi"}]}],
+        "turnComplete": False,
+    }
 
 
 def test_held_input_is_bounded_and_overflow_is_reported_once() -> None:
@@ -161,7 +186,9 @@ def test_g711_output_is_resampled_and_encoded() -> None:
     delta = next(e for e in d.client if e["type"] == "response.output_audio.delta")
     alaw = base64.b64decode(delta["delta"])
     assert abs(len(alaw) - 800) <= 2  # 2400 samples at 24 kHz -> 800 at 8 kHz, one byte each
-    assert abs(int.from_bytes(audio.alaw_to_pcm16(alaw)[800:802], "little", signed=True) - 2000) < 200
+    assert (
+        abs(int.from_bytes(audio.alaw_to_pcm16(alaw)[800:802], "little", signed=True) - 2000) < 200
+    )
 
 
 def test_a_spoken_turn_becomes_the_full_ga_sequence() -> None:
@@ -181,7 +208,10 @@ def test_a_spoken_turn_becomes_the_full_ga_sequence() -> None:
                 "promptTokenCount": 100,
                 "responseTokenCount": 40,
                 "totalTokenCount": 140,
-                "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 90}, {"modality": "TEXT", "tokenCount": 10}],
+                "promptTokensDetails": [
+                    {"modality": "AUDIO", "tokenCount": 90},
+                    {"modality": "TEXT", "tokenCount": 10},
+                ],
                 "responseTokensDetails": [{"modality": "AUDIO", "tokenCount": 40}],
             },
         }
@@ -210,7 +240,9 @@ def test_a_spoken_turn_becomes_the_full_ga_sequence() -> None:
     check_response_invariants(d.client)
     user_item = d.client[0]["item_id"]
     assert d.client[2]["item_id"] == user_item
-    assert d.client[-1]["transcript"] == "what's the weather" and d.client[-1]["item_id"] == user_item
+    assert (
+        d.client[-1]["transcript"] == "what's the weather" and d.client[-1]["item_id"] == user_item
+    )
     done = d.client[-2]["response"]
     assert done["status"] == "completed"
     assert done["output"][0]["content"] == [{"type": "output_audio", "transcript": "Sunny."}]
@@ -226,7 +258,16 @@ def test_a_spoken_turn_becomes_the_full_ga_sequence() -> None:
 def test_vertex_usage_field_names_and_standalone_usage_frame() -> None:
     d = live_driver()
     d.recv(model_audio(pcm(48)))
-    d.recv({"usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": 5, "candidatesTokensDetails": [{"modality": "AUDIO", "tokenCount": 5}], "thoughtsTokenCount": 2}})
+    d.recv(
+        {
+            "usageMetadata": {
+                "promptTokenCount": 7,
+                "candidatesTokenCount": 5,
+                "candidatesTokensDetails": [{"modality": "AUDIO", "tokenCount": 5}],
+                "thoughtsTokenCount": 2,
+            }
+        }
+    )
     d.recv({"serverContent": {"turnComplete": True}})
     usage = d.client[-1]["response"]["usage"]
     assert usage["output_tokens"] == 7 and usage["total_tokens"] == 14
@@ -236,7 +277,13 @@ def test_vertex_usage_field_names_and_standalone_usage_frame() -> None:
 def test_text_modality_streams_output_text() -> None:
     d = live_driver({"type": "realtime", "output_modalities": ["text"]})
     assert "speechConfig" not in d.t.plan.setup["generationConfig"]
-    d.recv({"serverContent": {"modelTurn": {"parts": [{"text": "thinking", "thought": True}, {"text": "Hel"}]}}})
+    d.recv(
+        {
+            "serverContent": {
+                "modelTurn": {"parts": [{"text": "thinking", "thought": True}, {"text": "Hel"}]}
+            }
+        }
+    )
     d.recv({"serverContent": {"modelTurn": {"parts": [{"text": "lo"}]}}})
     d.recv({"serverContent": {"turnComplete": True}})
     kinds = d.types()
@@ -248,7 +295,13 @@ def test_text_modality_streams_output_text() -> None:
 
 def test_tool_call_round_trip_keeps_the_name() -> None:
     d = live_driver()
-    d.recv({"toolCall": {"functionCalls": [{"id": "fc_1", "name": "get_weather", "args": {"city": "Oslo"}}]}})
+    d.recv(
+        {
+            "toolCall": {
+                "functionCalls": [{"id": "fc_1", "name": "get_weather", "args": {"city": "Oslo"}}]
+            }
+        }
+    )
     client, _ = d.take()
     kinds = [e["type"] for e in client]
     assert kinds[0] == "response.created" and kinds[-1] == "response.done"
@@ -259,14 +312,24 @@ def test_tool_call_round_trip_keeps_the_name() -> None:
     check_response_invariants(client)
     d.recv({"serverContent": {"turnComplete": True}})  # Gemini's bare turn end: nothing to say
     assert d.client == []
-    d.send({"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": "fc_1", "output": '"sunny"'}})
+    d.send(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": "fc_1", "output": '"sunny"'},
+        }
+    )
     response = d.upstream[0]["toolResponse"]["functionResponses"][0]
     assert response == {"id": "fc_1", "name": "get_weather", "response": {"output": "sunny"}}
     assert [e["type"] for e in d.client] == ["conversation.item.added", "conversation.item.done"]
     d.take()
     d.send({"type": "response.create"})
     assert d.upstream == []  # Gemini continues after a tool response by itself
-    d.send({"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": "nope", "output": "{}"}})
+    d.send(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": "nope", "output": "{}"},
+        }
+    )
     assert d.client[-1]["type"] == "error"
 
 
@@ -293,7 +356,10 @@ def test_client_cancel_closes_now_and_suppresses_the_rest_of_the_turn() -> None:
     d.recv(model_audio(pcm(48)))
     d.send({"type": "response.cancel"})
     done = d.client[-1]
-    assert done["type"] == "response.done" and done["response"]["status_details"]["reason"] == "client_cancelled"
+    assert (
+        done["type"] == "response.done"
+        and done["response"]["status_details"]["reason"] == "client_cancelled"
+    )
     d.take()
     d.recv(model_audio(pcm(48)))
     d.recv({"serverContent": {"turnComplete": True}})
@@ -304,7 +370,9 @@ def test_client_cancel_closes_now_and_suppresses_the_rest_of_the_turn() -> None:
 
 def test_manual_turns_use_activity_markers() -> None:
     d = live_driver({"type": "realtime", "audio": {"input": {"turn_detection": None}}})
-    assert d.t.plan.setup["realtimeInputConfig"] == {"automaticActivityDetection": {"disabled": True}}
+    assert d.t.plan.setup["realtimeInputConfig"] == {
+        "automaticActivityDetection": {"disabled": True}
+    }
     d.send({"type": "input_audio_buffer.commit"})
     assert d.client[-1]["error"]["code"] == "input_audio_buffer_commit_empty"
     d.take()
@@ -313,7 +381,11 @@ def test_manual_turns_use_activity_markers() -> None:
     d.send({"type": "input_audio_buffer.commit"})
     kinds = [next(iter(m["realtimeInput"])) for m in d.upstream]
     assert kinds == ["activityStart", "audio", "audio", "activityEnd"]
-    assert [e["type"] for e in d.client] == ["input_audio_buffer.committed", "conversation.item.added", "conversation.item.done"]
+    assert [e["type"] for e in d.client] == [
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
     d.take()
     d.send({"type": "response.create"})
     assert d.upstream == [{"clientContent": {"turnComplete": True}}] or d.upstream == []
@@ -321,7 +393,16 @@ def test_manual_turns_use_activity_markers() -> None:
 
 def test_text_item_then_response_create_completes_the_turn() -> None:
     d = live_driver()
-    d.send({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello"}]}})
+    d.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Hello"}],
+            },
+        }
+    )
     d.send({"type": "response.create"})
     assert d.upstream[-1] == {"clientContent": {"turnComplete": True}}
     d.take()
@@ -339,7 +420,10 @@ def test_unhonourable_configuration_is_reported_not_dropped() -> None:
             "session": {
                 "type": "realtime",
                 "tool_choice": "required",
-                "audio": {"input": {"noise_reduction": {"type": "near_field"}}, "output": {"speed": 1.5}},
+                "audio": {
+                    "input": {"noise_reduction": {"type": "near_field"}},
+                    "output": {"speed": 1.5},
+                },
                 "tools": [{"type": "mcp", "server_label": "x"}],
             },
         }
@@ -352,7 +436,14 @@ def test_unhonourable_configuration_is_reported_not_dropped() -> None:
 
 def test_truncate_and_clear_are_acknowledged_locally() -> None:
     d = live_driver()
-    d.send({"type": "conversation.item.truncate", "item_id": "item_x", "content_index": 0, "audio_end_ms": 1500})
+    d.send(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": "item_x",
+            "content_index": 0,
+            "audio_end_ms": 1500,
+        }
+    )
     d.send({"type": "input_audio_buffer.clear"})
     assert d.types() == ["conversation.item.truncated", "input_audio_buffer.cleared"]
     assert d.client[0]["audio_end_ms"] == 1500
@@ -419,7 +510,10 @@ def test_later_session_update_without_handle_is_refused_with_an_error() -> None:
     out = d.send(
         {
             "type": "session.update",
-            "session": {"instructions": "New", "audio": {"output": {"format": {"type": "audio/pcmu"}}}},
+            "session": {
+                "instructions": "New",
+                "audio": {"output": {"format": {"type": "audio/pcmu"}}},
+            },
         }
     )
     assert out.reconnect is None
@@ -427,20 +521,33 @@ def test_later_session_update_without_handle_is_refused_with_an_error() -> None:
     assert kinds == ["error", "session.updated"]
     assert "systemInstruction" in d.client[0]["error"]["message"]
     echoed = d.client[1]["session"]
-    assert echoed["instructions"] == "Be brief." and echoed["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+    assert echoed["instructions"] == "Be brief." and echoed["audio"]["output"]["format"] == {
+        "type": "audio/pcmu"
+    }
 
 
 def test_session_update_changing_only_local_settings_needs_no_reconnect() -> None:
     d = live_driver()
-    out = d.send({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcma"}}}}})
+    out = d.send(
+        {
+            "type": "session.update",
+            "session": {"audio": {"input": {"format": {"type": "audio/pcma"}}}},
+        }
+    )
     assert out.reconnect is None and d.types() == ["session.updated"]
 
 
 @pytest.mark.parametrize(
     ("code", "client_code", "kind"),
-    [(1007, 1008, "invalid_request_error"), (1008, 1008, "invalid_request_error"), (1011, 1011, "server_error")],
+    [
+        (1007, 1008, "invalid_request_error"),
+        (1008, 1008, "invalid_request_error"),
+        (1011, 1011, "server_error"),
+    ],
 )
-def test_upstream_close_codes_become_an_error_then_a_close(code: int, client_code: int, kind: str) -> None:
+def test_upstream_close_codes_become_an_error_then_a_close(
+    code: int, client_code: int, kind: str
+) -> None:
     d = live_driver()
     d.recv(model_audio(pcm(48)))
     out = d.closed(code, "Request contains an invalid argument. key=AIzaSyFAKEFAKEFAKEFAKE")
@@ -472,7 +579,10 @@ def test_parse_duration() -> None:
 
 def test_text_frames_and_unknown_events_do_not_break_the_session() -> None:
     d = live_driver()
-    d.recv({"serverContent": {"modelTurn": {"parts": [{"text": "ignored in audio mode"}]}}}, binary=False)
+    d.recv(
+        {"serverContent": {"modelTurn": {"parts": [{"text": "ignored in audio mode"}]}}},
+        binary=False,
+    )
     d.recv({"somethingNew": {}})
     d.send({"type": "conversation.item.delete", "item_id": "x"})
     d.send({"type": "no.such.event"})

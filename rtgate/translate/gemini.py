@@ -388,8 +388,10 @@ class GeminiTranslator(Translator):
             )
         if self.phase == _CONFIG:
             self.session, self.plan = merged, plan
-            self._announce_update = True
             self._send_first_setup(out, now)
+            # Answered at once, like OpenAI, so it precedes the acks of later events; a setup
+            # Gemini rejects still ends in an error event and a close.
+            out.client_json(self._session_event("session.updated"))
             return
         changed = changed_setup_fields(self.sent_setup or {}, plan.setup)
         if not changed:
