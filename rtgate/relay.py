@@ -369,7 +369,12 @@ class Relay:
             self.translator.on_upstream(frame, out, trio.current_time())
         self._reconnecting = False
         await self._dispatch(out)
-        await old.aclose(1000, "reconnected")
+        # The upstream pump may be reading ``old`` right now, so it must not be read here.
+        abandon = getattr(old, "abandon", None)
+        if abandon is not None:
+            await abandon(1000, "reconnected")
+        else:
+            await old.aclose(1000, "reconnected")
 
     # -- endings -----------------------------------------------------------------
 

@@ -139,12 +139,6 @@ async def test_openai_sdk_session_against_fake_gemini(nursery: trio.Nursery) -> 
     assert len(fake.setups) == 1 and fake.close_codes == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rtgate.relay._reconnect closes the old upstream (WsConnection.close reads the socket) "
-    "while _pump_upstream is still reading it: trio.BusyResourceError ends the session. With the "
-    "old link closed without reading, this test passes (checked locally).",
-)
 async def test_goaway_reconnects_transparently_with_the_resumption_handle(
     nursery: trio.Nursery,
 ) -> None:

@@ -118,6 +118,10 @@ class WsUpstream:
     def pending_bytes(self) -> int:
         return self.conn.pending_bytes()
 
+    async def abandon(self, code: int = 1000, reason: str = "") -> None:
+        """Close without reading (another task may be reading): close frame, then the socket."""
+        await self.conn.abandon(code, reason)
+
     async def read_first(self, timeout: float) -> None:
         """Wait for the first server event; a close or silence counts as a failed dial."""
         try:

@@ -192,6 +192,19 @@ class WsConnection:
 
     # -- closing ---------------------------------------------------------------
 
+    async def abandon(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame if open and close the socket, never reading (safe while another
+        task reads: that reader then sees the connection end). Never raises."""
+        try:
+            with trio.move_on_after(1.0):
+                if self.protocol.state is OPEN:
+                    self.protocol.send_close(code, reason)
+                    await self._flush()
+        except ConnectionClosed:
+            pass
+        finally:
+            await trio.aclose_forcefully(self.stream)
+
     async def close(self, code: int = 1000, reason: str = "", *, grace: float = 1.0) -> None:
         """Start (or finish) the closing handshake, wait ``grace`` for the peer, close the socket.
 
