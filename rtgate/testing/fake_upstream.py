@@ -13,6 +13,8 @@ reading, dying mid-session. Every dial is counted.
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Sequence
 from functools import partial
 
@@ -41,6 +43,11 @@ class FakeBehaviour:
     reply_audio_ms: int = 200
     close_on_frame: tuple[int, str] | None = None
     """Close with this code and reason when the next client frame arrives."""
+    reset_after_frames: int | None = None
+    """Reset the TCP connection (RST, via SO_LINGER 0) after this many client frames."""
+    raw_on_connect: Sequence[bytes] = ()
+    """Bytes written verbatim to the socket after ``session.created`` (pre-framed WebSocket
+    frames trio-websocket cannot produce: invalid UTF-8 text, oversized frames)."""
 
 
 @attrs.define
@@ -133,6 +140,8 @@ class FakeRealtimeServer:
         await self._flush(ws, out)
         for frame in behaviour.send_on_connect:
             await ws.send_message(frame.decode())
+        for raw in behaviour.raw_on_connect:
+            await ws._stream.send_all(raw)
         count = 0
         try:
             while True:
@@ -144,6 +153,14 @@ class FakeRealtimeServer:
                 self.received.append(data)
                 if behaviour.die_after_frames is not None and count >= behaviour.die_after_frames:
                     await trio.aclose_forcefully(ws._stream)  # an abrupt TCP end, no close frame
+                    return
+                if (
+                    behaviour.reset_after_frames is not None
+                    and count >= behaviour.reset_after_frames
+                ):
+                    sock = ws._stream.socket  # type: ignore[attr-defined]
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    await trio.aclose_forcefully(ws._stream)
                     return
                 if behaviour.close_on_frame is not None:
                     await ws.aclose(*behaviour.close_on_frame)
