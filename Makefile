@@ -17,8 +17,8 @@ run: install
 	$(VENV)/bin/rtgate serve -c etc/config.yaml
 
 lint: install
-	$(VENV)/bin/ruff check rtgate tests bench
-	$(VENV)/bin/ruff format --check rtgate tests bench
+	$(VENV)/bin/ruff check rtgate tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check rtgate tests $(wildcard bench)
 	$(VENV)/bin/mypy
 
 test: install lint

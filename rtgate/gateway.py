@@ -203,12 +203,14 @@ class Gateway:
         if limit is not None and self.counters.sessions_active >= limit:
             self.counters.relay.limit("max_sessions")
             raise TooManySessions("the gateway is at its session limit", retry_after=1.0)
-        if principal.max_sessions is not None and principal.alias is not None:
-            if self.sessions_by_key.get(principal.alias, 0) >= principal.max_sessions:
-                self.counters.relay.limit("max_sessions_per_key")
-                raise TooManySessions(
-                    "this key is at its concurrent session limit", retry_after=1.0
-                )
+        alias = principal.alias
+        if (
+            principal.max_sessions is not None
+            and alias is not None
+            and self.sessions_by_key.get(alias, 0) >= principal.max_sessions
+        ):
+            self.counters.relay.limit("max_sessions_per_key")
+            raise TooManySessions("this key is at its concurrent session limit", retry_after=1.0)
 
     def _admit(self, principal: Principal) -> None:
         self.counters.sessions_total += 1

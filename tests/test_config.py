@@ -113,8 +113,9 @@ def test_errors_name_file_and_line(text: str, line: int, needle: str) -> None:
 )
 def test_loader_fuzz_only_clean_config_errors(data: object) -> None:
     """Arbitrary YAML-shaped data gives a config or a ConfigError, never a traceback."""
-    from ruamel.yaml import YAML
     import io
+
+    from ruamel.yaml import YAML
 
     buffer = io.StringIO()
     YAML().dump({"root": data}, buffer)
