@@ -49,14 +49,23 @@ router_settings:
   redis_host: somewhere
 """
 
-ENV = {"OPENAI_API_KEY": "sk-openai-secret-value", "AZURE_KEY": "azure-secret-value", "MASTER": "sk-master-1234"}
+ENV = {
+    "OPENAI_API_KEY": "sk-openai-secret-value",
+    "AZURE_KEY": "azure-secret-value",
+    "MASTER": "sk-master-1234",
+}
 
 
 def test_litellm_config_loads_with_env_and_defaults() -> None:
     result = parse_text(LITELLM_STYLE, env=ENV)
     config = result.config
     first, second = config.deployments
-    assert (first.provider, first.model, first.weight, first.max_parallel_requests) == ("openai", "gpt-realtime", 3.0, 10)
+    assert (first.provider, first.model, first.weight, first.max_parallel_requests) == (
+        "openai",
+        "gpt-realtime",
+        3.0,
+        10,
+    )
     assert first.api_key == Secret("sk-openai-secret-value")
     assert second.id == "azure-east" and second.rpm == 60
     assert config.master_key is not None and config.master_key.value == "sk-master-1234"
@@ -78,20 +87,48 @@ def test_secrets_never_in_repr() -> None:
 
 
 def test_default_event_types_are_litellm_seed() -> None:
-    config = parse_text("model_list:\n  - model_name: m\n    litellm_params:\n      model: mock/x\n").config
-    assert config.event_log.event_types == frozenset({"session.created", "response.create", "response.done"})
+    config = parse_text(
+        "model_list:\n  - model_name: m\n    litellm_params:\n      model: mock/x\n"
+    ).config
+    assert config.event_log.event_types == frozenset(
+        {"session.created", "response.create", "response.done"}
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "line", "needle"),
     [
-        ("model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/x\n      api_key: os.environ/NOPE\n", 5, "NOPE is not set"),
-        ("model_list:\n  - model_name: m\n    litellm_params:\n      model: nowhere/x\n", 4, "provider one of"),
-        ("model_list:\n  - model_name: m\n    litellm_params:\n      model: mock/x\n      weight: heavy\n", 5, "weight must be a number"),
-        ("model_list:\n  - model_name: m\n    litellm_params:\n      model: mock/x\n      weight: -1\n", 5, "must be >= 0"),
+        (
+            "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/x\n      api_key: os.environ/NOPE\n",
+            5,
+            "NOPE is not set",
+        ),
+        (
+            "model_list:\n  - model_name: m\n    litellm_params:\n      model: nowhere/x\n",
+            4,
+            "provider one of",
+        ),
+        (
+            "model_list:\n  - model_name: m\n    litellm_params:\n      model: mock/x\n      weight: heavy\n",
+            5,
+            "weight must be a number",
+        ),
+        (
+            "model_list:\n  - model_name: m\n    litellm_params:\n      model: mock/x\n      weight: -1\n",
+            5,
+            "must be >= 0",
+        ),
         ("model_list: []\n", 1, "non-empty"),
-        ("model_list:\n  - model_name: m\n    litellm_params:\n      model: mock/x\nrouter_settings:\n  routing_strategy: fastest\n", 6, "routing_strategy"),
-        ("model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/x\n", 2, "api_key"),
+        (
+            "model_list:\n  - model_name: m\n    litellm_params:\n      model: mock/x\nrouter_settings:\n  routing_strategy: fastest\n",
+            6,
+            "routing_strategy",
+        ),
+        (
+            "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/x\n",
+            2,
+            "api_key",
+        ),
         ("model_list: [\n", 2, "invalid YAML"),
     ],
 )
@@ -106,8 +143,32 @@ def test_errors_name_file_and_line(text: str, line: int, needle: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
-        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(["model_list", "model_name", "litellm_params", "model", "weight", "rtgate", "limits", "router_settings", "keys", "x"]), children, max_size=4),
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=10),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "model_list",
+                        "model_name",
+                        "litellm_params",
+                        "model",
+                        "weight",
+                        "rtgate",
+                        "limits",
+                        "router_settings",
+                        "keys",
+                        "x",
+                    ]
+                ),
+                children,
+                max_size=4,
+            )
+        ),
         max_leaves=20,
     )
 )

@@ -48,7 +48,9 @@ async def test_fragments_with_ping_between_are_reassembled_and_pong_sent() -> No
     assert messages == [b'{"type":"x"}', Binary(b"\x00\x01")]
     reply = await stream.receive_some(1024)
     client.receive_data(reply)
-    pongs = [f for f in client.events_received() if isinstance(f, Frame) and f.opcode is Opcode.PONG]
+    pongs = [
+        f for f in client.events_received() if isinstance(f, Frame) and f.opcode is Opcode.PONG
+    ]
     assert pongs and pongs[0].data == b"hi"
 
 
