@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 import trio
+import trio.testing
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
@@ -177,16 +179,20 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def task_count() -> int:
-    """Every trio task of this run (the root task's descendants)."""
-    count = 0
+def _tasks() -> list[trio.lowlevel.Task]:
+    found: list[trio.lowlevel.Task] = []
     stack = [trio.lowlevel.current_root_task()]
     while stack:
         task = stack.pop()
-        count += 1
+        found.append(task)
         for nursery in task.child_nurseries:
             stack.extend(nursery.child_tasks)
-    return count
+    return found
+
+
+def task_count() -> int:
+    """Every trio task of this run (the root task's descendants)."""
+    return len(_tasks())
 
 
 class LeakCheck:
@@ -194,7 +200,14 @@ class LeakCheck:
 
     def __init__(self) -> None:
         self.fds = open_fds()
-        self.tasks = task_count()
+        self.task_names = sorted(t.name for t in _tasks())
+        self.tasks = len(self.task_names)
+
+    @classmethod
+    async def start(cls) -> LeakCheck:
+        """A baseline taken once every task (a just-started listener too) is blocked."""
+        await trio.testing.wait_all_tasks_blocked(0.01)
+        return cls()
 
     async def settled(
         self, *, slack_fds: int = 0, slack_tasks: int = 0, timeout: float = 5
@@ -203,7 +216,9 @@ class LeakCheck:
             while open_fds() > self.fds + slack_fds or task_count() > self.tasks + slack_tasks:
                 await trio.sleep(0.02)
         assert open_fds() <= self.fds + slack_fds, f"fds: {self.fds} -> {open_fds()}"
-        assert task_count() <= self.tasks + slack_tasks, f"tasks: {self.tasks} -> {task_count()}"
+        now = sorted(t.name for t in _tasks())
+        extra = Counter(now) - Counter(self.task_names)
+        assert len(now) <= self.tasks + slack_tasks, f"tasks: {self.tasks} -> {len(now)}: {extra}"
 
 
 async def sessions_idle(gw: ServerHandle, timeout: float = 5) -> None:

@@ -183,7 +183,7 @@ async def test_upgrade_faults_fail_over_and_teach_the_pool(
         async with open_gateway(failover_yaml(bad.base_url, fake_openai.base_url)) as gw:
             await _session_works(gw)  # warm-up (and the first failover)
             await sessions_idle(gw)
-            leaks = LeakCheck()
+            leaks = await LeakCheck.start()
             for _ in range(3):
                 await _session_works(gw)
             await sessions_idle(gw)
@@ -207,7 +207,7 @@ async def _dial_fault_case(
         async with open_gateway(failover_yaml(bad_base, good_base, bad_params=bad_params)) as gw:
             await _session_works(gw)
             await sessions_idle(gw)
-            leaks = LeakCheck()
+            leaks = await LeakCheck.start()
             for _ in range(3):
                 await _session_works(gw)
             await sessions_idle(gw)
@@ -300,7 +300,7 @@ async def _mid_session_fault(
             await _session_works(gw)
             await sessions_idle(gw)
             fake.behaviour = behaviour  # armed after the warm-up session
-            leaks = LeakCheck()
+            leaks = await LeakCheck.start()
             ws = await RawWs.open(gw.port, PATH, AUTH)
             try:
                 if send:
