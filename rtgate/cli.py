@@ -71,7 +71,9 @@ def serve(
 
         async def run() -> None:
             listeners = [listener_from_fd(listen_fd)] if listen_fd is not None else None
-            await run_until_signalled(config_path, config, host=host, port=port, listeners=listeners)
+            await run_until_signalled(
+                config_path, config, host=host, port=port, listeners=listeners
+            )
 
         trio.run(run)
     except ConfigError as exc:

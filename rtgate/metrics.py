@@ -149,7 +149,9 @@ class GatewayCollector(Collector):
         info.add_metric([__version__, self.worker, str(os.getpid())], 1)
         yield info
         yield GaugeMetricFamily(
-            "rtgate_draining", "1 while the gateway drains for shutdown", value=int(gateway.draining)
+            "rtgate_draining",
+            "1 while the gateway drains for shutdown",
+            value=int(gateway.draining),
         )
         reloads = CounterMetricFamily(
             "rtgate_config_reloads", "Configuration reloads by result", labels=["result"]
@@ -199,7 +201,9 @@ def _handshakes(counters: Any) -> Iterator[Metric]:
         counters.dial_seconds,
     )
     rejected = CounterMetricFamily(
-        "rtgate_handshakes_rejected", "Client handshakes answered with an HTTP error", labels=["status"]
+        "rtgate_handshakes_rejected",
+        "Client handshakes answered with an HTTP error",
+        labels=["status"],
     )
     for status, n in sorted(counters.handshakes_rejected.items()):
         rejected.add_metric([str(status)], n)
@@ -247,7 +251,9 @@ _STATES = ("closed", "standby", "ejected", "half-open")
 def _pool(stats: Mapping[str, Any]) -> Iterator[Metric]:
     labels = ["model_group", "deployment", "provider"]
     active = GaugeMetricFamily(
-        "rtgate_deployment_active_sessions", "Sessions (and dials) held per deployment", labels=labels
+        "rtgate_deployment_active_sessions",
+        "Sessions (and dials) held per deployment",
+        labels=labels,
     )
     state = GaugeMetricFamily(
         "rtgate_deployment_state", "1 for the deployment's current health state",
@@ -307,7 +313,9 @@ def _event_log(event_log: object | None) -> Iterator[Metric]:
     sink_records = CounterMetricFamily(
         "rtgate_eventlog_sink_records", "Records per sink by outcome", labels=["sink", "outcome"]
     )
-    sink_down = GaugeMetricFamily("rtgate_eventlog_sink_down", "1 while a sink is down", labels=["sink"])
+    sink_down = GaugeMetricFamily(
+        "rtgate_eventlog_sink_down", "1 while a sink is down", labels=["sink"]
+    )
     for name, raw in sorted(dict(snap.get("sinks") or {}).items()):
         sink = dict(raw)
         for outcome in ("written", "spooled", "replayed"):

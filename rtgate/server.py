@@ -115,8 +115,8 @@ async def serve(
     host = config.server.host if host is None else host
     port = config.server.port if port is None else port
     check_exposure(config, host)
-    stop = stop or trio.Event()
-    hurry = hurry or trio.Event()
+    stop = trio.Event() if stop is None else stop
+    hurry = trio.Event() if hurry is None else hurry
     if metrics is None:
         from rtgate.metrics import PrometheusMetrics
 
@@ -251,7 +251,9 @@ async def run_until_signalled(
                         log.info("%s: draining", signal.Signals(signum).name)
                         stop.set()
                     elif terms == 2:
-                        log.info("second %s: closing every session now", signal.Signals(signum).name)
+                        log.info(
+                            "second %s: closing every session now", signal.Signals(signum).name
+                        )
                         hurry.set()
                     else:
                         log.warning("third signal: exiting without a drain")

@@ -211,7 +211,11 @@ class Supervisor:
         worker.started_at = trio.current_time()
         process = await trio.lowlevel.open_process(
             # Its own session: a terminal's Ctrl-C reaches the supervisor only, which forwards it.
-            command, env=env, pass_fds=(fd,), stdin=subprocess.DEVNULL, start_new_session=True
+            command,
+            env=env,
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         worker.process = process
         log.info("worker %d started (pid %d)", worker.number, process.pid)
