@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import trio
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
+from websockets.frames import Frame as WsFrame
 from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
@@ -175,7 +176,7 @@ async def _dial(
     protocol.send_request(request)
     try:
         await stream.send_all(b"".join(protocol.data_to_send()))
-        response = await _read_response(stream, protocol)
+        response, early = await _read_response(stream, protocol)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         await trio.aclose_forcefully(stream)
         raise UpstreamConnectError(
@@ -191,14 +192,18 @@ async def _dial(
         if response.status_code == 101:
             raise UpstreamConnectError("upstream upgrade response was invalid", kind="rejected")
         raise UpstreamRejected(response.status_code, body, retry_after=retry_after)
-    return WsUpstream(WsConnection(stream, protocol))
+    return WsUpstream(WsConnection(stream, protocol, early_events=early))
 
 
-async def _read_response(stream: trio.abc.Stream, protocol: ClientProtocol) -> Response:
+async def _read_response(
+    stream: trio.abc.Stream, protocol: ClientProtocol
+) -> tuple[Response, list[WsFrame]]:
+    """The upgrade response, and any frames that arrived in the same read (kept, not lost)."""
     while True:
-        for event in protocol.events_received():
+        events = protocol.events_received()
+        for index, event in enumerate(events):
             if isinstance(event, Response):
-                return event
+                return event, events[index + 1 :]  # type: ignore[return-value]
         if protocol.handshake_exc is not None and protocol.state is not protocol.state.CONNECTING:
             raise UpstreamConnectError("upstream sent an invalid upgrade response", kind="rejected")
         data = await stream.receive_some(READ_SIZE)
@@ -206,7 +211,7 @@ async def _read_response(stream: trio.abc.Stream, protocol: ClientProtocol) -> R
             protocol.receive_eof()
             for event in protocol.events_received():
                 if isinstance(event, Response):
-                    return event
+                    return event, []
             raise UpstreamConnectError("upstream closed during the upgrade", kind="closed")
         protocol.receive_data(data)
 

@@ -1,0 +1,252 @@
+"""A fast fake OpenAI Realtime upstream for benchmarks (one epoll loop, no framework).
+
+It must cost much less per message than the gateway under test, so it is a
+plain non-blocking socket loop around :mod:`bench.wsframes`: each read is
+parsed whole and every reply to it leaves in one ``send`` (batching).
+
+Behaviour (GA shape, enough for a realistic audio session):
+
+* upgrade on any path, answer 101, then ``session.created``;
+* ``input_audio_buffer.append`` -> ``response.output_audio.delta`` carrying the
+  same base64 audio (the echo a load generator measures);
+* ``rtgate.bench.probe`` events are echoed verbatim (latency probes);
+* ``session.update`` -> ``session.updated``; other events are ignored;
+* pings answered, close echoed.
+
+``python -m bench.fake_upstream --port 0`` prints the bound port on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import select
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.wsframes import (
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    FrameReader,
+    ProtocolError,
+    accept_for,
+    encode,
+    parse_head,
+)
+
+APPEND_PREFIX = b'{"type":"input_audio_buffer.append"'
+PROBE_PREFIX = b'{"type":"rtgate.bench.probe"'
+AUDIO_KEY = b'"audio":"'
+DELTA_HEAD = (
+    b'{"type":"response.output_audio.delta","event_id":"event_bench","response_id":"resp_bench",'
+    b'"item_id":"item_bench","output_index":0,"content_index":0,"delta":"'
+)
+DELTA_TAIL = b'"}'
+SESSION_CREATED = (
+    b'{"type":"session.created","event_id":"event_bench0","session":{"type":"realtime",'
+    b'"object":"realtime.session","id":"sess_bench","model":"gpt-realtime",'
+    b'"output_modalities":["audio"],"audio":{"input":{"format":{"type":"audio/pcm","rate":24000}},'
+    b'"output":{"format":{"type":"audio/pcm","rate":24000},"voice":"alloy"}}}}'
+)
+SESSION_UPDATED = SESSION_CREATED.replace(b"session.created", b"session.updated", 1)
+READ_SIZE = 256 * 1024
+
+
+class _Conn:
+    __slots__ = ("head", "out", "reader", "sock", "upgraded")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.head = b""
+        self.upgraded = False
+        self.reader = FrameReader()
+        self.out = b""
+
+
+class FakeUpstream:
+    """Serve until :meth:`stop`; ``port`` is set once bound."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.listener = socket.create_server((host, port), backlog=1024)
+        self.listener.setblocking(False)
+        self.port: int = self.listener.getsockname()[1]
+        self.sessions = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def serve(self) -> None:
+        ep = select.epoll()
+        conns: dict[int, _Conn] = {}
+        lfd = self.listener.fileno()
+        wfd = self._wake_r.fileno()
+        ep.register(lfd, select.EPOLLIN)
+        ep.register(wfd, select.EPOLLIN)
+        try:
+            while not self._stop.is_set():
+                for fd, mask in ep.poll(1.0):
+                    if fd == lfd:
+                        self._accept(ep, conns)
+                    elif fd == wfd:
+                        continue
+                    else:
+                        conn = conns.get(fd)
+                        if conn is None:
+                            continue
+                        if mask & select.EPOLLOUT:
+                            self._write(ep, conn, b"")
+                        readable = mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR)
+                        if readable and not self._read(ep, conn):
+                            self._drop(ep, conns, conn)
+        finally:
+            for conn in list(conns.values()):
+                conn.sock.close()
+            ep.close()
+            self.listener.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _accept(self, ep: select.epoll, conns: dict[int, _Conn]) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Conn(sock)
+            conns[sock.fileno()] = conn
+            ep.register(sock.fileno(), select.EPOLLIN)
+
+    def _drop(self, ep: select.epoll, conns: dict[int, _Conn], conn: _Conn) -> None:
+        fd = conn.sock.fileno()
+        conns.pop(fd, None)
+        try:
+            ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _read(self, ep: select.epoll, conn: _Conn) -> bool:
+        try:
+            data = conn.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        if not conn.upgraded:
+            conn.head += data
+            end = conn.head.find(b"\r\n\r\n")
+            if end < 0:
+                return len(conn.head) < 65536
+            head, rest = conn.head[: end + 4], conn.head[end + 4 :]
+            _, headers = parse_head(head)
+            key = headers.get(b"sec-websocket-key")
+            if key is None:
+                self._write(ep, conn, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                return False
+            conn.upgraded = True
+            self.sessions += 1
+            reply = (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_for(key) + b"\r\n\r\n"
+            )
+            self.frames_out += 1
+            self._write(ep, conn, reply + encode(SESSION_CREATED))
+            if not rest:
+                return True
+            data = rest
+        try:
+            frames = conn.reader.feed(data)
+        except ProtocolError:
+            return False
+        replies: list[bytes] = []
+        keep = True
+        for opcode, payload in frames:
+            if opcode == TEXT:
+                self.frames_in += 1
+                if payload.startswith(APPEND_PREFIX):
+                    start = payload.find(AUDIO_KEY) + len(AUDIO_KEY)
+                    end = payload.find(b'"', start)
+                    replies.append(encode(DELTA_HEAD + payload[start:end] + DELTA_TAIL))
+                elif payload.startswith(PROBE_PREFIX):
+                    replies.append(encode(payload))
+                elif payload.find(b'"session.update"', 0, 40) >= 0:
+                    replies.append(encode(SESSION_UPDATED))
+            elif opcode == PING:
+                replies.append(encode(payload, PONG))
+            elif opcode == CLOSE:
+                replies.append(encode(payload[:2], CLOSE))
+                keep = False
+        if replies:
+            self.frames_out += len(replies)
+            self._write(ep, conn, b"".join(replies))
+        if not keep:
+            try:
+                conn.sock.sendall(conn.out)
+            except OSError:
+                pass
+            return False
+        return True
+
+    def _write(self, ep: select.epoll, conn: _Conn, data: bytes) -> None:
+        buf = conn.out + data if conn.out else data
+        if not buf:
+            return
+        try:
+            sent = conn.sock.send(buf)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                conn.out = b""
+                return
+            raise
+        was_waiting = bool(conn.out)
+        conn.out = buf[sent:]
+        if conn.out and not was_waiting:
+            ep.modify(conn.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
+        elif not conn.out and was_waiting:
+            ep.modify(conn.sock.fileno(), select.EPOLLIN)
+
+
+def start_in_thread(host: str = "127.0.0.1") -> tuple[FakeUpstream, threading.Thread]:
+    """For tests: a fake upstream serving from a daemon thread."""
+    server = FakeUpstream(host)
+    thread = threading.Thread(target=server.serve, name="bench-fake-upstream", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    server = FakeUpstream(args.host, args.port)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    print(server.port, flush=True)
+    server.serve()
+
+
+if __name__ == "__main__":
+    main()
