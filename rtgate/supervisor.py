@@ -1,9 +1,13 @@
 """``rtgate serve --workers N``: one supervisor, N worker processes, one listening socket.
 
-The supervisor binds the public port once and every worker inherits that
-socket (``--listen-fd``): the kernel hands each connection to whichever
-worker accepts it, and a draining or restarting worker never strands
-connections queued for it (as a closed ``SO_REUSEPORT`` socket would).
+The supervisor binds one ``SO_REUSEPORT`` listening socket per worker on the
+same port and worker *i* inherits socket *i* (``--listen-fd``): the kernel
+spreads new connections evenly over the sockets (by 4-tuple hash), which a
+single shared socket does not do (the first worker to wake takes most). The
+supervisor keeps its copy of every socket open, so when a worker dies the
+connections queued on its socket wait for its replacement instead of being
+reset. On stop the supervisor closes its copies and each worker closes its
+own as its drain starts, so the port stops accepting.
 
 Workers are ordinary ``rtgate serve`` processes. Each reports to the
 supervisor over its own notify socket with the systemd protocol
@@ -66,12 +70,30 @@ def worker_count(value: str) -> int:
     return count
 
 
-def bind_listener(host: str, port: int, backlog: int = 4096) -> socket.socket:
-    """The one listening socket the workers share (inheritable, non-blocking)."""
+def bind_listeners(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` ``SO_REUSEPORT`` sockets on one port (port 0: the first one's port)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            socks.append(bind_listener(host, port, reuse_port=True))
+            port = socks[0].getsockname()[1]
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def bind_listener(
+    host: str, port: int, backlog: int = 4096, *, reuse_port: bool = False
+) -> socket.socket:
+    """A listening socket a worker can inherit (inheritable, non-blocking)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
@@ -128,7 +150,7 @@ class Supervisor:
         self.worker_args = tuple(worker_args)
         self.stopping = False
         self.workers: list[Worker] = []
-        self.listen_sock: socket.socket | None = None
+        self.listen_socks: list[socket.socket] = []
         self.bound_port = 0
         self._all_ready = trio.Event()
 
@@ -138,8 +160,8 @@ class Supervisor:
 
         check_exposure(self.config, self.host)
         runtime = tempfile.mkdtemp(prefix="rtgate-sup-")
-        self.listen_sock = bind_listener(self.host, self.port)
-        self.bound_port = self.listen_sock.getsockname()[1]
+        self.listen_socks = bind_listeners(self.host, self.port, self.count)
+        self.bound_port = self.listen_socks[0].getsockname()[1]
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
@@ -194,8 +216,9 @@ class Supervisor:
             worker.restarts += 1
 
     async def _run_once(self, worker: Worker) -> None:
-        assert self.listen_sock is not None
-        fd = self.listen_sock.fileno()
+        if not self.listen_socks:
+            return  # stopping already
+        fd = self.listen_socks[worker.number].fileno()
         env = dict(os.environ)
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"):
             env.pop(name, None)
@@ -323,9 +346,9 @@ class Supervisor:
                     pass
 
     def _close_listener(self) -> None:
-        if self.listen_sock is not None:
-            self.listen_sock.close()
-            self.listen_sock = None
+        for sock in self.listen_socks:
+            sock.close()
+        self.listen_socks = []
 
 
 async def supervise(

@@ -114,6 +114,7 @@ async def rtgate_process(
 ) -> AsyncIterator[Child]:
     """``python -m rtgate serve -c CONFIG ARGS`` in its own process group; always killed at the end."""
     config_path = tmp_path / "config.yaml"
+    config_path.touch(mode=0o600)  # the loader refuses world-readable files holding secrets
     config_path.write_text(config)
     log_path = tmp_path / "rtgate.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
