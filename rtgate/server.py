@@ -33,6 +33,7 @@ from rtgate.config.model import GatewayConfig
 from rtgate.control import ControlApp, MetricsRenderer
 from rtgate.errors import ConfigError
 from rtgate.gateway import Gateway
+from rtgate.health_checks import provider_connect, run_health_checks
 from rtgate.net.front import Front
 from rtgate.systemd import Notifier
 
@@ -138,6 +139,10 @@ async def serve(
                     shutdown_trigger=control_stop.wait,
                 )
             )
+            # Active health checks dial only deployments with a health_check_interval.
+            await nursery.start(
+                partial(run_health_checks, gateway.pool, connect=provider_connect(gateway.pool))
+            )
             if listeners is None:
                 listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
             front = Front(gateway, control_socket, server_tls_context(config))
@@ -173,8 +178,9 @@ async def serve(
 async def _drain(
     gateway: Gateway, listen_scope: trio.CancelScope, drain_seconds: float, hurry: trio.Event
 ) -> None:
+    # The port stays open while draining: new sessions get 503 at the handshake and
+    # /health/readiness answers 503, so load balancers see the drain; it closes after.
     gateway.draining = True
-    listen_scope.cancel()
     log.info("draining %d sessions (up to %.0fs)", gateway.counters.sessions_active, drain_seconds)
     with trio.move_on_after(drain_seconds):
         while gateway.counters.sessions_active > 0 and not hurry.is_set():
@@ -185,6 +191,7 @@ async def _drain(
     with trio.move_on_after(5):
         while gateway.counters.sessions_active > 0:
             await trio.sleep(0.02)
+    listen_scope.cancel()
 
 
 def _hypercorn_config(control_socket: str) -> HypercornConfig:

@@ -26,7 +26,7 @@ from tests.test_ops_support import (
     rtgate_process,
     value,
 )
-from tests.wsclient import connect, recv_json, send_json
+from tests.wsclient import connect, raw_handshake, recv_json, send_json
 
 AUTH = {"Authorization": f"Bearer {MASTER}"}
 
@@ -53,8 +53,14 @@ async def test_sigterm_drains_then_closes_1001_and_exits_0(tmp_path: Path) -> No
                 started = trio.current_time()
                 await trio.sleep(0.3)
                 await _still_relaying(ws)  # the session runs on during the drain
-                with pytest.raises(OSError):  # the listener is closed at once
-                    await http_get(port, "/health/readiness")
+                # Readiness turns 503 at once and new sessions are refused with 503,
+                # while the port stays open so probes can see it.
+                status, body = await http_get(port, "/health/readiness")
+                assert status == 503 and b'"draining":true' in body
+                refused, _, _ = await raw_handshake(
+                    f"http://127.0.0.1:{port}/v1/realtime?model=m", AUTH
+                )
+                assert refused == 503
                 error = await recv_json(ws, timeout=5)
                 with pytest.raises(ConnectionClosed) as info:
                     await ws.get_message()

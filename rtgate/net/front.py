@@ -56,6 +56,8 @@ class Front:
                 await stream.do_handshake()
             head = await _read_head(stream)
         if scope.cancelled_caught or head is None:
+            if scope.cancelled_caught:
+                self.gateway.counters.relay.limit("handshake_timeout")
             await trio.aclose_forcefully(stream)
             return
         target, is_upgrade = _route_facts(head)
