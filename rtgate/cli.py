@@ -27,6 +27,23 @@ def _load(path: str) -> LoadResult:
         raise click.ClickException(str(exc)) from None
 
 
+def world_readable_secrets(path: str, result: LoadResult) -> str | None:
+    """Why serving ``path`` would expose secrets (literal keys, readable by others), or None."""
+    if not result.plaintext_secrets or result.config.server.allow_world_readable_secrets:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if not mode & 0o044:
+        return None
+    return (
+        f"{path}: holds {len(result.plaintext_secrets)} secret(s) in plain text and is readable "
+        f"by other users (mode {mode & 0o777:o}): chmod 600 it, move the secrets to "
+        "os.environ/NAME, or set rtgate.allow_world_readable_secrets: true"
+    )
+
+
 def setup_logging(level: str, fmt: str) -> None:
     from rtgate.logs import configure
 
@@ -56,6 +73,9 @@ def serve(
     from rtgate.supervisor import listener_from_fd, supervise, worker_count
 
     result = _load(config_path)
+    exposed = world_readable_secrets(config_path, result)
+    if exposed is not None:
+        raise click.ClickException(exposed)
     config = result.config
     setup_logging(config.server.log_level, config.server.log_format)
     log = logging.getLogger("rtgate")
@@ -94,6 +114,9 @@ def check(config_path: str) -> None:
         click.echo(
             f"{location}: warning: secret written in plain text; use os.environ/NAME", err=True
         )
+    exposed = world_readable_secrets(config_path, result)
+    if exposed is not None:
+        click.echo(f"warning: {exposed}", err=True)
     click.echo(f"{config.source}: OK")
     auth = "master key" if config.master_key else "no master key"
     click.echo(

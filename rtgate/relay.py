@@ -19,10 +19,11 @@ import time
 from collections.abc import Sequence
 
 import attrs
+import orjson
 import trio
 
 from rtgate.config.model import Limits
-from rtgate.errors import UpstreamClosed, close_reason
+from rtgate.errors import UpstreamClosed, close_reason, scrub
 from rtgate.metrics import RELAY_SAMPLE_MASK, RelayCounters
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.protocol.beta import BetaBridge
@@ -248,6 +249,7 @@ class Relay:
 
     async def _send_client(self, frames: list[Frame]) -> None:
         self.stats.frames_to_client += len(frames)
+        _scrub_error_events(frames, self.secrets)
         tap = self.tap
         if tap is not None:
             wall = time.time()
@@ -407,6 +409,35 @@ def _upstream_code(client_code: int) -> int:
     if client_code in (1000, 1001) or 3000 <= client_code <= 4999:
         return client_code
     return 1001  # the client vanished or broke: the session is going away
+
+
+def _scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
+    """Remove keys from ``error`` events in place (a provider may echo the key it was sent).
+
+    Only error events are looked at (a bounded byte search per frame), and they
+    are scrubbed as JSON so the event stays valid.
+    """
+    for i, frame in enumerate(frames):
+        if type(frame) is bytes and frame.find(b'"error"', 0, 64) >= 0:
+            text = frame.decode("utf-8", "replace")
+            if scrub(text, secrets) == text:
+                continue
+            try:
+                event = orjson.loads(frame)
+            except orjson.JSONDecodeError:
+                frames[i] = scrub(text, secrets).encode()
+                continue
+            frames[i] = orjson.dumps(_scrub_strings(event, secrets))
+
+
+def _scrub_strings(value: object, secrets: tuple[str, ...]) -> object:
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, dict):
+        return {k: _scrub_strings(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_strings(v, secrets) for v in value]
+    return value
 
 
 def _size(frames: Sequence[Frame]) -> int:

@@ -206,6 +206,8 @@ class ServerSettings:
     """``text`` or ``json`` lines on stderr."""
     metrics_auth: bool = False
     """Require the master key for ``/metrics``."""
+    allow_world_readable_secrets: bool = False
+    """Serve even if the config file holds literal secrets and other users may read it."""
 
 
 @attrs.frozen
