@@ -4,15 +4,24 @@ Pure. Gemini has no response or item ids; :class:`ResponseWriter` mints them
 and guarantees the GA shape: ``response.created`` first, every item and content
 part ``added`` before its deltas and ``done`` after them, ``response.done``
 exactly once. It also maps Gemini ``usageMetadata`` (AI Studio and Vertex field
-names) onto GA ``usage``.
+names) onto GA ``usage``, and turns Gemini's audio (PCM16, 24 kHz) into the
+client's output format with :class:`ClientAudio`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
+from rtgate.translate import audio
 from rtgate.translate.base import Outbox, new_id
+from rtgate.translate.gemini_setup import OUTPUT_RATE, PCM24, AudioFormat
+
+_RATE: Final = re.compile(r"rate=(\d+)")
+_G711_RATE: Final = 8000
 
 
 class _MessageItem:
@@ -26,6 +35,10 @@ class _MessageItem:
         self.text: list[str] = []
         self.audio_seen = False
         self.audio_done = False
+
+    def part_fields(self) -> dict[str, object]:
+        """Where this item's one content part is, as every part event names it."""
+        return {"item_id": self.id, "output_index": self.output_index, "content_index": 0}
 
 
 class ResponseWriter:
@@ -110,27 +123,13 @@ class ResponseWriter:
                 else {"type": kind, "text": ""}
             )
             out.client_json(
-                self._event(
-                    "response.content_part.added",
-                    item_id=message.id,
-                    output_index=message.output_index,
-                    content_index=0,
-                    part=part,
-                )
+                self._event("response.content_part.added", **message.part_fields(), part=part)
             )
             self.items.append(item)
         return message
 
     def _delta(self, out: Outbox, kind: str, message: _MessageItem, delta: str) -> None:
-        out.client_json(
-            self._event(
-                kind,
-                item_id=message.id,
-                output_index=message.output_index,
-                content_index=0,
-                delta=delta,
-            )
-        )
+        out.client_json(self._event(kind, **message.part_fields(), delta=delta))
 
     # -- model output ----------------------------------------------------------------
 
@@ -161,14 +160,7 @@ class ResponseWriter:
         message = self._message
         if message is not None and message.kind == "output_audio" and not message.audio_done:
             message.audio_done = True
-            out.client_json(
-                self._event(
-                    "response.output_audio.done",
-                    item_id=message.id,
-                    output_index=message.output_index,
-                    content_index=0,
-                )
-            )
+            out.client_json(self._event("response.output_audio.done", **message.part_fields()))
 
     def finish_message(self, out: Outbox, status: str = "completed") -> None:
         """Close the open message item (its part, its item) if there is one."""
@@ -176,7 +168,7 @@ class ResponseWriter:
         if message is None:
             return
         self._message = None
-        common = {"item_id": message.id, "output_index": message.output_index, "content_index": 0}
+        common = message.part_fields()
         if message.kind == "output_audio":
             if not message.audio_done:
                 out.client_json(self._event("response.output_audio.done", **common))
@@ -260,6 +252,40 @@ class ResponseWriter:
                 ),
             }
         )
+
+
+class ClientAudio:
+    """Gemini's output audio in the client's output format, chunk by chunk."""
+
+    __slots__ = ("_resampler",)
+
+    def __init__(self) -> None:
+        self._resampler: audio.Resampler | None = None
+
+    def convert(self, data: str, mime: str, fmt: AudioFormat) -> str:
+        """One base64 chunk of ``mime`` audio as base64 in ``fmt`` ("" if it is not base64)."""
+        match = _RATE.search(mime)
+        rate = int(match.group(1)) if match else OUTPUT_RATE
+        if fmt == PCM24 and rate == OUTPUT_RATE:
+            return data  # the common case: passes through untouched
+        target = fmt.rate if fmt.encoding == "pcm" else _G711_RATE
+        resampler = self._resampler
+        if resampler is None or resampler.from_rate != rate or resampler.to_rate != target:
+            resampler = self._resampler = audio.Resampler(rate, target)
+        try:
+            pcm = resampler.convert(base64.b64decode(data))
+        except (binascii.Error, ValueError):
+            return ""
+        if fmt.encoding == "pcmu":
+            pcm = audio.pcm16_to_ulaw(pcm)
+        elif fmt.encoding == "pcma":
+            pcm = audio.pcm16_to_alaw(pcm)
+        return base64.b64encode(pcm).decode()
+
+    def reset(self) -> None:
+        """A response ended: the next chunk starts a new utterance."""
+        if self._resampler is not None:
+            self._resampler.reset()
 
 
 def _int(value: object) -> int:

@@ -259,7 +259,8 @@ def model_path(
     return model if model.startswith("models/") else f"models/{model}"
 
 
-def _get(mapping: object, *path: str) -> Any:
+def get_path(mapping: object, *path: str) -> Any:
+    """``mapping[path[0]][path[1]]...``, or None where a step is missing or not a mapping."""
     for key in path:
         if not isinstance(mapping, Mapping):
             return None
@@ -278,7 +279,7 @@ def build_plan(session: Mapping[str, Any], model: str) -> SessionPlan:
         ignored.append("output_modalities (Gemini answers in one modality; using audio)")
     generation["responseModalities"] = ["TEXT" if text_output else "AUDIO"]
 
-    client_voice = _get(session, "audio", "output", "voice")
+    client_voice = get_path(session, "audio", "output", "voice")
     voice_name = gemini_voice(client_voice)
     if client_voice is not None and voice_name is None:
         ignored.append("audio.output.voice (custom voices do not exist on Gemini)")
@@ -286,7 +287,7 @@ def build_plan(session: Mapping[str, Any], model: str) -> SessionPlan:
         generation["speechConfig"] = {
             "voiceConfig": {"prebuiltVoiceConfig": {"voiceName": voice_name or DEFAULT_VOICE}}
         }
-    speed = _get(session, "audio", "output", "speed")
+    speed = get_path(session, "audio", "output", "speed")
     if speed is not None and speed != 1.0:
         ignored.append("audio.output.speed (Gemini has no speaking-rate setting)")
 
@@ -311,20 +312,20 @@ def build_plan(session: Mapping[str, Any], model: str) -> SessionPlan:
             f"tool_choice={_short(tool_choice)} (Gemini Live always chooses tools itself)"
         )
 
-    input_format = parse_format(_get(session, "audio", "input", "format"))
+    input_format = parse_format(get_path(session, "audio", "input", "format"))
     if input_format is None:
         ignored.append("audio.input.format (unknown; using audio/pcm at 24 kHz)")
         input_format = PCM24
-    output_format = parse_format(_get(session, "audio", "output", "format"))
+    output_format = parse_format(get_path(session, "audio", "output", "format"))
     if output_format is None:
         ignored.append("audio.output.format (unknown; using audio/pcm at 24 kHz)")
         output_format = PCM24
 
-    turn = _get(session, "audio", "input", "turn_detection")
+    turn = get_path(session, "audio", "input", "turn_detection")
     manual, realtime_config = _activity_detection(turn, ignored)
     setup["realtimeInputConfig"] = realtime_config
 
-    transcription = _get(session, "audio", "input", "transcription")
+    transcription = get_path(session, "audio", "input", "transcription")
     transcribe_input = isinstance(transcription, Mapping)
     if transcribe_input:
         setup["inputAudioTranscription"] = {}
@@ -334,7 +335,7 @@ def build_plan(session: Mapping[str, Any], model: str) -> SessionPlan:
     # Without compression an audio session ends after 15 minutes (protocols.md §5.4).
     setup["contextWindowCompression"] = {"slidingWindow": {}}
 
-    noise = _get(session, "audio", "input", "noise_reduction")
+    noise = get_path(session, "audio", "input", "noise_reduction")
     if noise is not None:
         ignored.append("audio.input.noise_reduction (Gemini has no noise reduction setting)")
     for key, value in session.items():
