@@ -230,9 +230,10 @@ class Relay:
         finally:
             out.to_upstream.clear()
             out.to_client.clear()
-        if out.usage is not None:
-            self._add_usage(out.usage)
+        if out.responses_done:
+            self._add_usage(out.usage or {}, out.responses_done)
             out.usage = None
+            out.responses_done = 0
         if out.reconnect is not None and not self._reconnecting and self.reconnector is not None:
             self._reconnecting = True
             self._nursery.start_soon(self._reconnect)
@@ -281,8 +282,8 @@ class Relay:
                 converted.append(frame)
         return converted
 
-    def _add_usage(self, usage: dict[str, int]) -> None:
-        self.stats.responses += 1
+    def _add_usage(self, usage: dict[str, int], responses: int) -> None:
+        self.stats.responses += responses
         total = self.stats.usage
         for key, value in usage.items():
             total[key] = total.get(key, 0) + value

@@ -74,7 +74,9 @@ class Outbox:
     """Set once: close the client after sending ``to_client`` (and the upstream too)."""
     reconnect: Reconnect | None = None
     usage: dict[str, int] | None = None
-    """Token usage of a finished response, for the session record (added up by the relay)."""
+    """Token usage of the responses finished in this batch, summed (see :meth:`add_usage`)."""
+    responses_done: int = 0
+    """How many responses finished in this batch."""
 
     def client_json(self, event: dict[str, object]) -> None:
         """Queue one JSON event for the client."""
@@ -84,12 +86,25 @@ class Outbox:
         """Queue one JSON message for the upstream."""
         self.to_upstream.append(orjson.dumps(message))
 
+    def add_usage(self, usage: dict[str, int] | None) -> None:
+        """Record one finished response and its flattened usage (several may end in one batch)."""
+        self.responses_done += 1
+        if not usage:
+            return
+        if self.usage is None:
+            self.usage = dict(usage)
+        else:
+            total = self.usage
+            for key, value in usage.items():
+                total[key] = total.get(key, 0) + value
+
     def clear(self) -> None:
         self.to_client.clear()
         self.to_upstream.clear()
         self.close = None
         self.reconnect = None
         self.usage = None
+        self.responses_done = 0
 
 
 _ID_PREFIX: Final = os.urandom(4).hex()
@@ -183,7 +198,7 @@ class Translator:
     def on_upstream(self, frame: Frame, out: Outbox, now: float) -> None:
         """An upstream message. Default: relay it, noting usage from ``response.done``."""
         if type(frame) is bytes and frame.find(_RESPONSE_DONE, 0, 64) >= 0:
-            out.usage = usage_from_response_done(frame)
+            out.add_usage(usage_from_response_done(frame))
         out.to_client.append(frame)
 
     def on_timer(self, out: Outbox, now: float) -> None:

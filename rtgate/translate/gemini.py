@@ -522,7 +522,7 @@ class GeminiTranslator(Translator):
         usage = map_usage(self._usage) if with_usage and self._usage is not None else None
         if usage is not None:
             self._usage = None
-            out.usage = usage_record(usage)
+            out.add_usage(usage_record(usage))
         response.close(out, status, details, usage)
         if response.items:
             self.conversation.last_item = response.items[-1]["id"]

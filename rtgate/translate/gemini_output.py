@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from rtgate.translate import audio
-from rtgate.translate.base import Outbox, new_id
+from rtgate.translate.base import Outbox, flatten_usage, new_id
 from rtgate.translate.gemini_setup import OUTPUT_RATE, PCM24, AudioFormat
 
 _RATE: Final = re.compile(r"rate=(\d+)")
@@ -351,16 +351,6 @@ def map_usage(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def usage_record(usage: Mapping[str, Any]) -> dict[str, int]:
-    """Flat counters for :attr:`Outbox.usage` (the relay adds them up per session)."""
-    inp = usage.get("input_token_details") or {}
-    outp = usage.get("output_token_details") or {}
-    return {
-        "input_tokens": _int(usage.get("input_tokens")),
-        "output_tokens": _int(usage.get("output_tokens")),
-        "total_tokens": _int(usage.get("total_tokens")),
-        "input_text_tokens": _int(inp.get("text_tokens")),
-        "input_audio_tokens": _int(inp.get("audio_tokens")),
-        "input_cached_tokens": _int(inp.get("cached_tokens")),
-        "output_text_tokens": _int(outp.get("text_tokens")),
-        "output_audio_tokens": _int(outp.get("audio_tokens")),
-    }
+    """Flat counters for :attr:`Outbox.usage`, keyed like every provider's
+    (``input_token_details.audio_tokens``: :func:`rtgate.translate.base.flatten_usage`)."""
+    return flatten_usage(dict(usage))

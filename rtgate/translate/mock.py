@@ -947,9 +947,7 @@ class MockModel(Translator):
         response.update(status=status, status_details=status_details, output=[item], usage=usage)
         _emit(out, {"type": "response.done", "response": response})
         flat = flatten_usage(usage)
-        if out.usage is not None:  # several responses in one batch: add them up
-            flat = {key: out.usage.get(key, 0) + value for key, value in flat.items()}
-        out.usage = flat
+        out.add_usage(flat)
 
     def _reply_text(self, context: list[Json]) -> str:
         """Echo the latest user message: its text, else how much audio it held."""

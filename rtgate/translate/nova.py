@@ -1220,8 +1220,4 @@ class NovaTranslator(Translator):
         self._usage = {}
         body["usage"] = usage
         self._client_event(out, "response.done", response=body)
-        flat = flatten_usage(usage)
-        if out.usage:  # several responses ended in one batch: the relay adds per batch
-            for key, value in out.usage.items():
-                flat[key] = flat.get(key, 0) + value
-        out.usage = flat
+        out.add_usage(flatten_usage(usage))

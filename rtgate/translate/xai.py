@@ -245,7 +245,7 @@ class XaiTranslator(Translator):
         response = event.get("response")
         if not isinstance(response, dict):
             if kind == "response.done":
-                out.usage = {}
+                out.add_usage({})
             return False
         changed = False
         output = response.get("output")
@@ -259,7 +259,7 @@ class XaiTranslator(Translator):
                 response["usage"] = filled
                 changed = True
             if kind == "response.done":
-                out.usage = flatten_usage(filled)
+                out.add_usage(flatten_usage(filled))
         if kind == "response.done":
             response_id = _hashable(response.get("id"))
             for key in [k for k in self._parts if k[0] == response_id]:
