@@ -463,6 +463,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> LoadR
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the file is not UTF-8 text (byte {exc.start})", path=path) from None
     return parse_text(text, path=path, env=env)
 
 

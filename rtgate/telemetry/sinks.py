@@ -504,7 +504,7 @@ def build_sink(spec: Mapping[str, object], index: int = 0) -> Sink:
     """
     where = f"rtgate.event_log.sinks[{index}]"
     kind = spec.get("type")
-    if kind not in _BY_TYPE:
+    if not isinstance(kind, str) or kind not in _BY_TYPE:
         raise ConfigError(f"{where}.type must be one of {', '.join(_BY_TYPE)}, got {kind!r}")
     unknown = set(spec) - _COMMON - _BY_TYPE[str(kind)]
     if unknown:
