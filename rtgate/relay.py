@@ -14,6 +14,7 @@ codec produced unless a translator or the beta bridge changes them.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from rtgate.providers.base import UpstreamLink
 from rtgate.telemetry.tap import SessionTap
 from rtgate.translate.base import CloseClient, Frame, Outbox, Translator, error_event
 
+log = logging.getLogger("rtgate.relay")
 
 @attrs.define
 class Outcome:
@@ -147,15 +149,18 @@ class Relay:
             counters.add("client_in", len(frames), _size(frames))
             batch_no += 1
             wall = time.time() if tap is not None else 0.0
-            for frame in frames:
-                if bridge is not None and type(frame) is bytes:
-                    converted = bridge.client_to_ga(frame)
-                    if converted is None:
-                        continue
-                    frame = converted
-                if tap is not None and type(frame) is bytes:
-                    tap.record("client", frame, wall)
-                translator.on_client(frame, out, now)
+            try:
+                for frame in frames:
+                    if bridge is not None and type(frame) is bytes:
+                        converted = bridge.client_to_ga(frame)
+                        if converted is None:
+                            continue
+                        frame = converted
+                    if tap is not None and type(frame) is bytes:
+                        tap.record("client", frame, wall)
+                    translator.on_client(frame, out, now)
+            except Exception:
+                self._translator_failed(out)
             await self._dispatch(out)
             if batch_no & RELAY_SAMPLE_MASK == 0:
                 counters.latency.observe(trio.current_time() - now)
@@ -193,13 +198,29 @@ class Relay:
             counters.add("upstream_in", len(frames), _size(frames))
             batch_no += 1
             translator = self.translator
-            for frame in frames:
-                translator.on_upstream(frame, out, now)
+            try:
+                for frame in frames:
+                    translator.on_upstream(frame, out, now)
+            except Exception:
+                self._translator_failed(out)
             await self._dispatch(out)
             if batch_no & RELAY_SAMPLE_MASK == 0:
                 counters.latency.observe(trio.current_time() - now)
 
     # -- routing what translators produce ---------------------------------------------
+
+    def _translator_failed(self, out: Outbox) -> None:
+        """A translator bug must end only its own session, clearly, never the gateway."""
+        log.exception("translator failed; closing the session with 1011")
+        out.to_upstream.clear()
+        out.client_json(
+            error_event(
+                "rtgate failed to translate an event; the session is closed",
+                error_type="server_error",
+                code="translation_error",
+            )
+        )
+        out.close = CloseClient(1011, "internal translation error")
 
     async def _say_goodbye_upstream(self, out: Outbox) -> None:
         """Send what the translator queued for a leaving client (e.g. Nova's sessionEnd), bounded."""
@@ -317,7 +338,10 @@ class Relay:
             now = trio.current_time()
             t_deadline = self.translator.deadline
             if t_deadline is not None and now >= t_deadline:
-                self.translator.on_timer(out, now)
+                try:
+                    self.translator.on_timer(out, now)
+                except Exception:
+                    self._translator_failed(out)
                 await self._dispatch(out)
             await self._check_limits(out, now)
 

@@ -44,6 +44,10 @@ class Front:
             await self._handle(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
             await trio.aclose_forcefully(stream)
+        except Exception:
+            # A bug in one connection must never take the listener (and every session) down.
+            log.exception("connection handler failed")
+            await trio.aclose_forcefully(stream)
         finally:
             self.connections -= 1
 

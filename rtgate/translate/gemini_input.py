@@ -81,7 +81,13 @@ def append_audio(t: GeminiTranslator, frame: bytes, out: Outbox) -> None:
     if fmt.encoding == "pcm":
         rate = fmt.rate
     else:
-        data, rate = _g711_as_pcm16(data, fmt), _G711_RATE
+        try:
+            data, rate = _g711_as_pcm16(data, fmt), _G711_RATE
+        except (binascii.Error, ValueError):
+            out.client_json(
+                error_event("audio is not valid base64", code="invalid_value", param="audio")
+            )
+            return
     message = b'{"realtimeInput":{"audio":{"mimeType":"audio/pcm;rate=%d","data":"%s"}}}' % (
         rate,
         data,
@@ -225,7 +231,13 @@ def _parts(t: GeminiTranslator, content: object, out: Outbox) -> list[dict[str, 
         if kind in ("input_text", "text", "output_text") and isinstance(piece.get("text"), str):
             parts.append({"text": piece["text"]})
         elif kind == "input_audio" and isinstance(piece.get("audio"), str):
-            parts.append({"inlineData": _audio_blob(t, piece["audio"])})
+            try:
+                parts.append({"inlineData": _audio_blob(t, piece["audio"])})
+            except (binascii.Error, ValueError):
+                out.client_json(
+                    error_event("input_audio is not valid base64", param=f"item.content[{index}]")
+                )
+                return None
         elif kind == "input_image" and isinstance(piece.get("image_url"), str):
             blob = _data_url(piece["image_url"])
             if blob is None:
