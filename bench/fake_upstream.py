@@ -9,7 +9,9 @@ Behaviour (GA shape, enough for a realistic audio session):
 * upgrade on any path, answer 101, then ``session.created``;
 * ``input_audio_buffer.append`` -> ``response.output_audio.delta`` carrying the
   same base64 audio (the echo a load generator measures);
-* ``rtgate.bench.probe`` events are echoed verbatim (latency probes);
+* an append whose ``event_id`` is ``probe_N`` (a latency probe, empty audio)
+  -> a delta whose ``item_id`` is ``probe_N`` (so proxies that drop unknown
+  event types still carry probes);
 * ``session.update`` -> ``session.updated``; other events are ignored;
 * pings answered, close echoed.
 
@@ -43,7 +45,12 @@ from bench.wsframes import (
 )
 
 APPEND_PREFIX = b'{"type":"input_audio_buffer.append"'
-PROBE_PREFIX = b'{"type":"rtgate.bench.probe"'
+PROBE_ID = b'"event_id":"probe_'
+PROBE_HEAD = (
+    b'{"type":"response.output_audio.delta","event_id":"event_bench","response_id":"resp_bench",'
+    b'"item_id":"'
+)
+PROBE_TAIL = b'","output_index":0,"content_index":0,"delta":""}'
 AUDIO_KEY = b'"audio":"'
 DELTA_HEAD = (
     b'{"type":"response.output_audio.delta","event_id":"event_bench","response_id":"resp_bench",'
@@ -184,11 +191,15 @@ class FakeUpstream:
             if opcode == TEXT:
                 self.frames_in += 1
                 if payload.startswith(APPEND_PREFIX):
+                    probe = payload.find(PROBE_ID, 0, 80)
+                    if probe >= 0:  # a latency probe: answer with its id as the item id
+                        end = payload.find(b'"', probe + len(PROBE_ID))
+                        probe_id = payload[probe + len(PROBE_ID) - 6 : end]
+                        replies.append(encode(PROBE_HEAD + probe_id + PROBE_TAIL))
+                        continue
                     start = payload.find(AUDIO_KEY) + len(AUDIO_KEY)
                     end = payload.find(b'"', start)
                     replies.append(encode(DELTA_HEAD + payload[start:end] + DELTA_TAIL))
-                elif payload.startswith(PROBE_PREFIX):
-                    replies.append(encode(payload))
                 elif payload.find(b'"session.update"', 0, 40) >= 0:
                     replies.append(encode(SESSION_UPDATED))
             elif opcode == PING:

@@ -3,8 +3,9 @@
 Each session streams what a voice client streams: a 20 ms PCM16 24 kHz chunk
 (960 bytes, base64 in an ``input_audio_buffer.append`` event) 50 times a
 second, and reads the upstream's ``response.output_audio.delta`` events back.
-Every 100 ms it also sends a latency probe (``rtgate.bench.probe``, echoed by
-:mod:`bench.fake_upstream`) and times the round trip.
+Every 100 ms it also sends a latency probe (an empty append whose
+``event_id`` is ``probe_N``; :mod:`bench.fake_upstream` answers with a delta
+whose ``item_id`` is ``probe_N``) and times the round trip.
 
 The generator is one epoll loop over non-blocking sockets with pre-masked
 append frames, so it costs a few microseconds per message and is not the
@@ -58,7 +59,8 @@ SAMPLE_RATE = 24_000
 CHUNK_BYTES = SAMPLE_RATE * 2 * CHUNK_MS // 1000  # PCM16 mono: 960 bytes
 PROBE_EVERY = 5  # appends per probe: every 100 ms at 50 appends/s
 MASK = b"\x37\xfa\x21\x3d"  # fixed mask: frames are pre-masked once (RFC 6455 allows any key)
-PROBE_PREFIX = b'{"type":"rtgate.bench.probe","event_id":"p'
+PROBE_PREFIX = b'{"type":"input_audio_buffer.append","event_id":"probe_'
+PROBE_ECHO = b'"item_id":"probe_'
 SESSION_UPDATE = (
     b'{"type":"session.update","session":{"type":"realtime","output_modalities":["audio"],'
     b'"audio":{"input":{"format":{"type":"audio/pcm","rate":24000},"turn_detection":null},'
@@ -88,13 +90,27 @@ APPEND_FRAME = encode(APPEND, TEXT, MASK)
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU seconds of the processes (threads included)."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """CPU seconds the processes have run (all threads).
+
+    From the scheduler's nanosecond run time (``/proc/PID/task/TID/schedstat``),
+    not ``utime``/``stime``: those are sampled at clock ticks, which misprices a
+    process that wakes for 50 microseconds a few hundred times a second.
+    Falls back to ``/proc/PID/stat`` where schedstat is missing.
+    """
     total = 0.0
     for pid in pids:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / ticks
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                        total += int(f.read().split()[0]) / 1e9
+                except (FileNotFoundError, ProcessLookupError):
+                    continue  # the thread ended meanwhile
+        except FileNotFoundError:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
@@ -122,7 +138,9 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 class Target:
     """Where sessions go: host, port, request target, extra upgrade headers."""
 
-    def __init__(self, url: str, *, beta: bool = False) -> None:
+    def __init__(
+        self, url: str, *, beta: bool = False, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "ws" or parts.hostname is None:
             raise ValueError(f"need a ws:// URL, got {url!r}")
@@ -131,6 +149,7 @@ class Target:
         self.port = parts.port or 80
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.beta = beta
+        self.headers = tuple(headers)
 
     def request(self, key: bytes) -> bytes:
         lines = [
@@ -143,6 +162,7 @@ class Target:
         ]
         if self.beta:
             lines.append("OpenAI-Beta: realtime=v1")
+        lines.extend(f"{name}: {value}" for name, value in self.headers)
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -343,7 +363,7 @@ def run_load(
                 client.probe_seq += 1
                 seq = client.probe_seq
                 client.probes[seq] = perf()
-                probe = PROBE_PREFIX + str(seq).encode() + b'"}'
+                probe = PROBE_PREFIX + str(seq).encode() + b'","audio":""}'
                 _send(ep, client, APPEND_FRAME + encode(probe, TEXT, MASK))
                 client.sent += 2
             else:
@@ -359,7 +379,7 @@ def run_load(
             if not mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                 continue
             try:
-                data = client.sock.recv(262144)
+                data = client.sock.recv(65536)
             except BlockingIOError:
                 continue
             if not data:
@@ -368,10 +388,10 @@ def run_load(
             for opcode, payload in client.reader.feed(data):
                 if opcode == TEXT:
                     client.received += 1
-                    if payload.startswith(PROBE_PREFIX):
-                        seq = int(
-                            payload[len(PROBE_PREFIX) : payload.index(b'"', len(PROBE_PREFIX))]
-                        )
+                    at = payload.find(PROBE_ECHO, 0, 160)
+                    if at >= 0:
+                        at += len(PROBE_ECHO)
+                        seq = int(payload[at : payload.index(b'"', at)])
                         sent_at = client.probes.pop(seq, None)
                         if sent_at is not None and measuring:
                             latencies.append(arrived - sent_at)
