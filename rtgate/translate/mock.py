@@ -535,7 +535,7 @@ class MockModel(Translator):
             raise _missing("audio") if audio is None else _invalid("audio", audio)
         try:
             raw = binascii.a2b_base64(audio, strict_mode=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: non-ASCII text
             raise _Rejected(
                 "Invalid 'audio'. Expected base64-encoded audio bytes.", "invalid_value", "audio"
             )
@@ -682,7 +682,7 @@ class MockModel(Translator):
         stored: Json = {"id": item_id or new_id("item"), "type": kind, "object": "realtime.item"}
         if kind == "message":
             role = item.get("role")
-            if role not in _PART_TYPES:
+            if not isinstance(role, str) or role not in _PART_TYPES:
                 raise _invalid(f"{where}.role", role, _PART_TYPES)
             assert isinstance(role, str)
             content = item.get("content")
