@@ -14,7 +14,7 @@ import click
 import trio
 
 from rtgate import __version__
-from rtgate.config.load import LoadResult, load_config
+from rtgate.config.load import LoadResult, load_config, world_readable_secrets
 from rtgate.errors import ConfigError
 
 DEFAULT_CONFIG = "etc/config.yaml"
@@ -25,23 +25,6 @@ def _load(path: str) -> LoadResult:
         return load_config(path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def world_readable_secrets(path: str, result: LoadResult) -> str | None:
-    """Why serving ``path`` would expose secrets (literal keys, readable by others), or None."""
-    if not result.plaintext_secrets or result.config.server.allow_world_readable_secrets:
-        return None
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    if not mode & 0o044:
-        return None
-    return (
-        f"{path}: holds {len(result.plaintext_secrets)} secret(s) in plain text and is readable "
-        f"by other users (mode {mode & 0o777:o}): chmod 600 it, move the secrets to "
-        "os.environ/NAME, or set rtgate.allow_world_readable_secrets: true"
-    )
 
 
 def setup_logging(level: str, fmt: str) -> None:

@@ -320,11 +320,14 @@ class _ReloadState:
 
 def reload_config(path: str, running: GatewayConfig, host: str) -> GatewayConfig:
     """Load and validate ``path`` for a reload (raises :class:`ConfigError`, changes nothing)."""
-    from rtgate.config.load import load_config
+    from rtgate.config.load import load_config, world_readable_secrets
 
     result = load_config(path)
     for warning in result.warnings:
         log.warning("%s", warning)
+    exposed = world_readable_secrets(path, result)
+    if exposed is not None:
+        raise ConfigError(exposed.removeprefix(f"{path}: "), path=path)
     new = result.config
     check_exposure(new, host)
     old_server, new_server = running.server, new.server

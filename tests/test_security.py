@@ -287,8 +287,7 @@ def test_world_readable_config_with_literal_secrets_is_refused(tmp_path: Path) -
 
 
 def test_private_or_env_only_configs_are_accepted(tmp_path: Path) -> None:
-    from rtgate.cli import world_readable_secrets
-    from rtgate.config.load import load_config
+    from rtgate.config.load import load_config, world_readable_secrets
 
     literal = (
         "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/x\n"

@@ -482,3 +482,20 @@ def parse_text(
     if not isinstance(data, CommentedMap):
         raise ConfigError("the file must be a YAML mapping with a model_list", path=path, line=1)
     return parse_config(data, path=path, env=env)
+
+
+def world_readable_secrets(path: str, result: LoadResult) -> str | None:
+    """Why serving ``path`` would expose secrets (literal keys, readable by others), or None."""
+    if not result.plaintext_secrets or result.config.server.allow_world_readable_secrets:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if not mode & 0o044:
+        return None
+    return (
+        f"{path}: holds {len(result.plaintext_secrets)} secret(s) in plain text and is readable "
+        f"by other users (mode {mode & 0o777:o}): chmod 600 it, move the secrets to "
+        "os.environ/NAME, or set rtgate.allow_world_readable_secrets: true"
+    )
