@@ -60,7 +60,7 @@ CHUNK_BYTES = SAMPLE_RATE * 2 * CHUNK_MS // 1000  # PCM16 mono: 960 bytes
 PROBE_EVERY = 5  # appends per probe: every 100 ms at 50 appends/s
 MASK = b"\x37\xfa\x21\x3d"  # fixed mask: frames are pre-masked once (RFC 6455 allows any key)
 PROBE_PREFIX = b'{"type":"input_audio_buffer.append","event_id":"probe_'
-PROBE_ECHO = b'"item_id":"probe_'
+PROBE_ECHO = b'"probe_'  # the item id; proxies that re-serialise JSON may add spaces around it
 SESSION_UPDATE = (
     b'{"type":"session.update","session":{"type":"realtime","output_modalities":["audio"],'
     b'"audio":{"input":{"format":{"type":"audio/pcm","rate":24000},"turn_detection":null},'
