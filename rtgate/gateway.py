@@ -174,7 +174,9 @@ class Gateway:
         if not group and intent == "transcription":
             group = config.server.transcription_model
             if not group:
-                raise BadRequest("no rtgate.transcription_model configured for intent=transcription")
+                raise BadRequest(
+                    "no rtgate.transcription_model configured for intent=transcription"
+                )
         if not group:
             raise BadRequest("missing ?model=NAME")
         principal.check_model(group)

@@ -252,7 +252,11 @@ def test_a_spoken_turn_becomes_the_full_ga_sequence() -> None:
     audio_delta = d.client[9]
     assert base64.b64decode(audio_delta["delta"]) == pcm(480)  # 24 kHz PCM passes through
     usage = d.outboxes[-1].usage
-    assert usage is not None and usage["total_tokens"] == 140 and usage["input_token_details.audio_tokens"] == 90
+    assert (
+        usage is not None
+        and usage["total_tokens"] == 140
+        and usage["input_token_details.audio_tokens"] == 90
+    )
 
 
 def test_vertex_usage_field_names_and_standalone_usage_frame() -> None:
