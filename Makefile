@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test check lint bench
+.PHONY: install run test lint bench bench-quick soak
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,4 +25,10 @@ test: install lint
 	$(VENV)/bin/pytest
 
 bench: install
-	$(PY) bench/loadgen.py --sessions 50 --seconds 20
+	$(PY) bench/run_all.py
+
+bench-quick: install
+	$(PY) bench/run_all.py --quick
+
+soak: install
+	$(PY) bench/soak.py
