@@ -56,15 +56,10 @@ FORWARDED_HEADERS = ("openai-safety-identifier",)
 class GatewayCounters:
     """Plain counters the metrics endpoint reads (one process)."""
 
-    sessions_total: int = 0
     sessions_active: int = 0
     handshakes_rejected: dict[int, int] = attrs.field(factory=dict)
     dial_failures: dict[str, int] = attrs.field(factory=dict)
-    outcomes: dict[str, int] = attrs.field(factory=dict)
     close_codes: dict[int, int] = attrs.field(factory=dict)
-    frames_from_client: int = 0
-    frames_to_client: int = 0
-    bytes_from_client: int = 0
     # Read by rtgate.metrics at scrape time (plain numbers: nothing prometheus on the hot path).
     sessions_started: dict[tuple[str, str], int] = attrs.field(factory=dict)
     """Accepted sessions by (model group, deployment id)."""
@@ -215,7 +210,6 @@ class Gateway:
             raise TooManySessions("this key is at its concurrent session limit", retry_after=1.0)
 
     def _admit(self, principal: Principal) -> None:
-        self.counters.sessions_total += 1
         self.counters.sessions_active += 1
         if principal.alias is not None:
             self.sessions_by_key[principal.alias] = self.sessions_by_key.get(principal.alias, 0) + 1
@@ -296,10 +290,6 @@ class _Session:
             outcome = outcome or relay.outcome or Outcome(1011, "internal error", 1011, "", "error")
             await self.release(gateway, outcome)
             stats = relay.stats
-            counters = gateway.counters
-            counters.frames_from_client += stats.frames_from_client
-            counters.frames_to_client += stats.frames_to_client
-            counters.bytes_from_client += client.bytes_received
             if gateway.event_log is not None:
                 now = time.time()
                 gateway.event_log.close_session(
@@ -323,7 +313,6 @@ class _Session:
         now = trio.current_time()
         counters = gateway.counters
         counters.sessions_active -= 1
-        counters.outcomes[outcome.closed_by] = counters.outcomes.get(outcome.closed_by, 0) + 1
         counters.close_codes[outcome.client_code] = (
             counters.close_codes.get(outcome.client_code, 0) + 1
         )
