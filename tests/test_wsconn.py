@@ -1,14 +1,22 @@
-"""WsConnection over in-memory streams: batching, fragments, control frames, UTF-8, close."""
+"""WsConnection over in-memory streams: batching, fragments, control frames, UTF-8, close;
+the frame fast path proven equivalent to the library (Hypothesis)."""
 
 from __future__ import annotations
+
+import itertools
+import struct
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN, Side
 from websockets.protocol import Protocol as WsProtocol
+from websockets.streams import StreamReader
 
+from rtgate.net.fastframes import MessageReader, encode_text, library_idle
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.translate.base import Binary
 
@@ -125,3 +133,143 @@ async def test_write_timeout_when_peer_never_reads() -> None:
     with trio.fail_after(2), pytest.raises(ConnectionClosed) as info:
         await server.send([b"x" * 1000])
     assert info.value.code == 1011
+
+
+# -- the frame fast path (rtgate.net.fastframes) against the library -----------------------
+
+
+_MAX = 200  # a small size limit so oversize frames are common
+
+
+def _raw_frame(b0: int, payload: bytes, *, masked: bool, mask: bytes, lie: int | None) -> bytes:
+    """Frame bytes as any peer could send them (``lie`` overrides the declared length)."""
+    n = len(payload) if lie is None else lie
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes((b0, bit | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, bit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, bit | 127, n)
+    if masked:
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        return head + mask + body
+    return head + payload
+
+
+_payloads = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=30).map(lambda t: t.encode()),
+    st.sampled_from(
+        [b"\xff\xfe", b"caf\xc3", b'{"type":"x"}', b"\x03\xe8bye", b"\x03\xe7", b"x" * 300]
+    ),
+    st.integers(0, 400).map(lambda n: b"a" * n),
+)
+_first_bytes = st.one_of(
+    st.sampled_from([0x81, 0x82, 0x81, 0x82, 0x01, 0x02, 0x00, 0x80, 0x89, 0x8A, 0x88, 0x09]),
+    st.integers(0, 255),
+)
+
+
+@st.composite
+def _streams(draw: st.DrawFn) -> tuple[bool, bytes, list[int], bool]:
+    server = draw(st.booleans())
+    frames = []
+    for _ in range(draw(st.integers(0, 8))):
+        masked = server if draw(st.integers(0, 9)) else not server
+        lie = draw(st.none() | st.sampled_from([126, 70000, 5]))
+        if draw(st.booleans()):
+            lie = None
+        frames.append(
+            _raw_frame(
+                draw(_first_bytes),
+                draw(_payloads),
+                masked=masked,
+                mask=draw(st.binary(min_size=4, max_size=4)),
+                lie=lie if draw(st.integers(0, 9)) == 0 else None,
+            )
+        )
+    data = b"".join(frames)
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
+    return server, data, cuts, draw(st.booleans())
+
+
+def _reader(server: bool, *, fast: bool) -> MessageReader:
+    side = Side.SERVER if server else Side.CLIENT
+    return MessageReader(WsProtocol(side, state=OPEN, max_size=_MAX), fast=fast)
+
+
+def _unmasked_writes(proto: WsProtocol) -> list[tuple[int, bytes, bool]]:
+    """What the protocol queued to send, as (opcode, payload, fin): client masks are random."""
+    data = b"".join(proto.data_to_send())
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    out = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=proto.side is Side.CLIENT)
+        try:
+            while True:
+                next(parser)
+        except StopIteration as done:
+            frame = done.value
+        out.append((int(frame.opcode), bytes(frame.data), frame.fin))
+    return out
+
+
+def _state(proto: WsProtocol) -> tuple[object, ...]:
+    return (
+        proto.state,
+        proto.close_rcvd,
+        proto.close_sent,
+        type(proto.parser_exc),
+        proto.eof_sent,
+    )
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_streams())
+def test_fast_path_matches_the_library_for_any_frames_and_chunking(
+    case: tuple[bool, bytes, list[int], bool],
+) -> None:
+    server, data, cuts, eof = case
+    reference = _reader(server, fast=False)
+    fast = _reader(server, fast=True)
+    bounds = [0, *cuts, len(data)]
+    for a, b in itertools.pairwise(bounds):
+        if a == b:
+            continue
+        chunk = data[a:b]
+        assert fast.feed(chunk) == reference.feed(chunk)
+        assert _unmasked_writes(fast.protocol) == _unmasked_writes(reference.protocol)
+        assert _state(fast.protocol) == _state(reference.protocol)
+    if eof:
+        assert fast.feed_eof() == reference.feed_eof()
+        assert _unmasked_writes(fast.protocol) == _unmasked_writes(reference.protocol)
+        assert _state(fast.protocol) == _state(reference.protocol)
+
+
+@given(st.binary(max_size=70000), st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_encoded_text_frames_parse_back_with_the_library(payload: bytes, mask: bool) -> None:
+    reader = StreamReader()
+    reader.feed_data(encode_text(payload, mask=mask))
+    parser = Frame.parse(reader.read_exact, mask=mask)
+    with pytest.raises(StopIteration) as done:
+        while True:
+            next(parser)
+    frame = done.value.value
+    assert frame.opcode is Opcode.TEXT and frame.fin and bytes(frame.data) == payload
+    assert not reader.buffer
+
+
+def test_fast_path_resumes_after_a_control_frame() -> None:
+    reader = _reader(True, fast=True)
+    ping = _raw_frame(0x89, b"hi", masked=True, mask=b"abcd", lie=None)
+    text = _raw_frame(0x81, b"hello", masked=True, mask=b"wxyz", lie=None)
+    assert reader.feed(ping + text[:3]) == []
+    assert library_idle(reader.protocol) is False  # the library holds half a frame
+    assert reader.feed(text[3:]) == [b"hello"]
+    assert library_idle(reader.protocol)
+    assert reader.feed(text + text) == [b"hello", b"hello"]
+    assert not reader._library  # back on the fast path

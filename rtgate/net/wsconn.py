@@ -1,12 +1,12 @@
 """One WebSocket endpoint: the ``websockets`` sans-IO protocol driven over a trio stream.
 
-This is the data plane's hot path. ``receive`` does one socket read, feeds it
-to the protocol and returns *every* complete message it yielded (batching:
-no task switch per message); ``send`` serialises a batch and writes it with one
-``send_all``. RFC 6455 mechanics (framing, masking, control frames between
-fragments, close handshake, size limit) are the library's; this module adds
-only what the sans-IO layer leaves to its driver: reassembling fragments,
-UTF-8 validation of text messages (1007), and flushing automatic replies.
+This is the data plane's hot path. ``receive`` does one socket read, turns it
+into *every* complete message it holds (batching: no task switch per message)
+and ``send`` serialises a batch and writes it with one ``send_all``. Plain
+data frames are decoded and text frames encoded by :mod:`rtgate.net.fastframes`;
+RFC 6455 mechanics beyond that (control frames, fragments, close handshake,
+size limit, protocol errors) are the library's. This module drives the socket
+and flushes the library's automatic replies.
 
 Two tasks may use one connection (one reads, both write), so writes go through
 a FIFO lock; reads must come from one task at a time.
@@ -19,9 +19,10 @@ import os
 from collections.abc import Sequence
 
 import trio
-from websockets.frames import Close, Frame, Opcode
-from websockets.protocol import CLOSED, OPEN, Protocol
+from websockets.frames import Close, Frame
+from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 
+from rtgate.net.fastframes import MessageReader, encode_text
 from rtgate.translate.base import Binary
 from rtgate.translate.base import Frame as Message
 
@@ -60,12 +61,13 @@ class WsConnection:
         self.stream = stream
         self._raw = _RawSocket(stream.socket) if type(stream) is trio.SocketStream else None
         # Frames the peer sent in the same read as its handshake (already parsed).
-        self._early_events = list(early_events)
+        self._early_events: list[Frame] = [*early_events, *protocol.events_received()]  # type: ignore[list-item]
         self.protocol = protocol
+        self._reader = MessageReader(protocol)
+        self._fast_send = not protocol.extensions
+        self._mask = protocol.side is CLIENT
         self.write_timeout = write_timeout
         self._send_lock = trio.StrictFIFOLock()
-        self._fragments: list[bytes] = []
-        self._fragment_opcode: Opcode | None = None
         self.last_received = trio.current_time()
         self.bytes_received = 0
         self._eof_sent = False
@@ -75,12 +77,12 @@ class WsConnection:
     async def receive(self) -> list[Message]:
         """Every complete message of the next read(s); raises :class:`ConnectionClosed`."""
         protocol = self.protocol
+        reader = self._reader
+        messages: list[Message] = []
+        if self._early_events:
+            messages = reader.assemble(self._early_events)
+            self._early_events = []
         while True:
-            events = protocol.events_received()
-            if self._early_events:
-                events = self._early_events + events
-                self._early_events = []
-            messages = self._assemble(events) if events else []  # type: ignore[arg-type]
             if protocol.writes:
                 await self._flush()  # pongs, close echo, failure close
             if messages:
@@ -93,51 +95,9 @@ class WsConnection:
             self.last_received = trio.current_time()
             if data:
                 self.bytes_received += len(data)
-                protocol.receive_data(data)
+                messages = reader.feed(data if type(data) is bytes else bytes(data))
             else:
-                protocol.receive_eof()
-
-    def _assemble(self, events: list[Frame]) -> list[Message]:
-        # After the handshake the protocol only yields frames.
-        out: list[Message] = []
-        for frame in events:
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                if frame.fin:
-                    data = frame.data
-                    if opcode is Opcode.TEXT:
-                        text = self._checked_text(bytes(data))
-                        if text is None:
-                            return out
-                        out.append(text)
-                    else:
-                        out.append(Binary(bytes(data)))
-                else:
-                    self._fragment_opcode = opcode
-                    self._fragments = [bytes(frame.data)]
-            elif opcode is Opcode.CONT:
-                self._fragments.append(bytes(frame.data))
-                if frame.fin:
-                    data = b"".join(self._fragments)
-                    self._fragments = []
-                    if self._fragment_opcode is Opcode.TEXT:
-                        text = self._checked_text(data)
-                        if text is None:
-                            return out
-                        out.append(text)
-                    else:
-                        out.append(Binary(data))
-        return out
-
-    def _checked_text(self, data: bytes) -> bytes | None:
-        # JSON from SDKs is ASCII almost always; only non-ASCII needs the decode.
-        if not data.isascii():
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
-                self.protocol.fail(1007, "invalid UTF-8 in text message")
-                return None
-        return data
+                messages = reader.feed_eof()
 
     def _raise_if_closed(self) -> None:
         protocol = self.protocol
@@ -162,9 +122,15 @@ class WsConnection:
         if protocol.state is not OPEN:
             self._raise_if_closed()
             raise ConnectionClosed(1006, "connection lost", by_peer=True)
+        fast = self._fast_send and not protocol.expect_continuation_frame
+        writes = protocol.writes
+        mask = self._mask
         for message in messages:
             if type(message) is bytes:
-                protocol.send_text(message)
+                if fast:
+                    writes.append(encode_text(message, mask=mask))
+                else:
+                    protocol.send_text(message)
             else:
                 assert isinstance(message, Binary)
                 protocol.send_binary(message.data)
@@ -257,6 +223,7 @@ class WsConnection:
 
         Must not run while another task reads this connection. Never raises.
         """
+        self._reader.release()  # the library reads the closing handshake itself
         try:
             with trio.move_on_after(grace):
                 if self.protocol.state is OPEN:
