@@ -34,6 +34,7 @@ from rtgate.translate.base import CloseClient, Frame, Outbox, Translator, error_
 
 log = logging.getLogger("rtgate.relay")
 
+
 @attrs.define
 class Outcome:
     """How the session ended."""
@@ -143,27 +144,38 @@ class Relay:
                 self._client_closed(exc, out)
                 await self._say_goodbye_upstream(out)
                 return
-            now = trio.current_time()
+            now = client.last_received  # the clock read the receive already made
             translator = self.translator
             stats.frames_from_client += len(frames)
             counters.add("client_in", len(frames), _size(frames))
             batch_no += 1
-            wall = time.time() if tap is not None else 0.0
             try:
-                for frame in frames:
-                    if bridge is not None and type(frame) is bytes:
-                        converted = bridge.client_to_ga(frame)
-                        if converted is None:
-                            continue
-                        frame = converted
-                    if tap is not None and type(frame) is bytes:
-                        tap.record("client", frame, wall)
-                    translator.on_client(frame, out, now)
+                if bridge is None and tap is None:
+                    for frame in frames:
+                        translator.on_client(frame, out, now)
+                else:
+                    self._client_frames(frames, out, now)
             except Exception:
                 self._translator_failed(out)
             await self._dispatch(out)
             if batch_no & RELAY_SAMPLE_MASK == 0:
                 counters.latency.observe(trio.current_time() - now)
+
+    def _client_frames(self, frames: list[Frame], out: Outbox, now: float) -> None:
+        """The client batch when a beta bridge or a tap is in the way."""
+        bridge = self.bridge
+        tap = self.tap
+        wall = time.time() if tap is not None else 0.0
+        translator = self.translator
+        for frame in frames:
+            if bridge is not None and type(frame) is bytes:
+                converted = bridge.client_to_ga(frame)
+                if converted is None:
+                    continue
+                frame = converted
+            if tap is not None and type(frame) is bytes:
+                tap.record("client", frame, wall)
+            translator.on_client(frame, out, now)
 
     async def _pump_upstream(self) -> None:
         out = Outbox()
@@ -246,11 +258,23 @@ class Relay:
             )
         except ConnectionClosed as exc:
             if not exc.by_peer and exc.code == 1011:
-                self.counters.limit("slow_consumer")  # the write timeout: the client stopped reading
+                self.counters.limit(
+                    "slow_consumer"
+                )  # the write timeout: the client stopped reading
             self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
         finally:
             out.to_upstream.clear()
             out.to_client.clear()
+        if out.responses_done or out.reconnect is not None or out.close is not None:
+            self._after_dispatch(out)
+        deadline = self.translator.deadline
+        if deadline is not None and deadline < self._timer_scope.deadline:
+            self._timer_scope.deadline = deadline
+        if self.outcome is not None:
+            self._scope.cancel()
+
+    def _after_dispatch(self, out: Outbox) -> None:
+        """The rare parts of a dispatch: usage, a reconnect request, a close."""
         if out.responses_done:
             self._add_usage(out.usage or {}, out.responses_done)
             out.usage = None
@@ -259,15 +283,10 @@ class Relay:
             self._reconnecting = True
             self._nursery.start_soon(self._reconnect)
         out.reconnect = None
-        deadline = self.translator.deadline
-        if deadline is not None and deadline < self._timer_scope.deadline:
-            self._timer_scope.deadline = deadline
         if out.close is not None:
             close = out.close
             out.close = None
             self._set_outcome(Outcome(close.code, close.reason, 1000, "", "gateway"))
-        if self.outcome is not None:
-            self._scope.cancel()
 
     async def _send_client(self, frames: list[Frame]) -> None:
         self.stats.frames_to_client += len(frames)
@@ -282,12 +301,18 @@ class Relay:
             frames = self._to_beta(frames)
         size = _size(frames)
         self.counters.add("client_out", len(frames), size)
+        if size <= self.limits.max_pending_bytes:
+            await self.client.send(frames)
+            return
         for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
             await self.client.send(chunk)
 
     async def _send_upstream(self, frames: list[Frame]) -> None:
         size = _size(frames)
         self.counters.add("upstream_out", len(frames), size)
+        if size <= self.limits.max_pending_bytes:
+            await self.upstream.send(frames)
+            return
         for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
             await self.upstream.send(chunk)
 
@@ -467,6 +492,10 @@ def _scrub_strings(value: object, secrets: tuple[str, ...]) -> object:
 
 def _size(frames: Sequence[Frame]) -> int:
     """Payload bytes of a batch (one ``len`` per message, no copy)."""
+    try:
+        return sum(map(len, frames))  # type: ignore[arg-type]
+    except TypeError:  # a Binary in the batch
+        pass
     total = 0
     for frame in frames:
         total += len(frame) if type(frame) is bytes else len(frame.data)  # type: ignore[union-attr]
