@@ -15,6 +15,12 @@ Behaviour (GA shape, enough for a realistic audio session):
 * ``session.update`` -> ``session.updated``; other events are ignored;
 * pings answered, close echoed.
 
+On a Gemini Live path (``...BidiGenerateContent``) it speaks Gemini instead,
+in binary frames as Gemini does: nothing until ``setup``, then
+``setupComplete``; ``realtimeInput.audio`` -> ``serverContent.modelTurn`` with
+the same base64 ``inlineData`` (probes are audio too, so they come back the
+same way); other messages (``activityStart``...) are ignored.
+
 ``python -m bench.fake_upstream --port 0`` prints the bound port on stdout.
 """
 
@@ -33,6 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.wsframes import (
+    BINARY,
     CLOSE,
     PING,
     PONG,
@@ -65,13 +72,24 @@ SESSION_CREATED = (
 )
 SESSION_UPDATED = SESSION_CREATED.replace(b"session.created", b"session.updated", 1)
 READ_SIZE = 256 * 1024
+GEMINI_PATH = b"BidiGenerateContent"
+GEMINI_SETUP = b'{"setup"'
+GEMINI_AUDIO = b'"realtimeInput":{"audio"'
+GEMINI_DATA = b'"data":"'
+SETUP_COMPLETE = b'{"setupComplete":{}}'
+MODEL_TURN_HEAD = (
+    b'{"serverContent":{"modelTurn":{"role":"model","parts":[{"inlineData":'
+    b'{"mimeType":"audio/pcm;rate=24000","data":"'
+)
+MODEL_TURN_TAIL = b'"}}]}}}'
 
 
 class _Conn:
-    __slots__ = ("head", "out", "reader", "sock", "upgraded")
+    __slots__ = ("gemini", "head", "out", "reader", "sock", "upgraded")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.gemini = False
         self.head = b""
         self.upgraded = False
         self.reader = FrameReader()
@@ -165,7 +183,8 @@ class FakeUpstream:
             if end < 0:
                 return len(conn.head) < 65536
             head, rest = conn.head[: end + 4], conn.head[end + 4 :]
-            _, headers = parse_head(head)
+            request_line, headers = parse_head(head)
+            conn.gemini = GEMINI_PATH in request_line
             key = headers.get(b"sec-websocket-key")
             if key is None:
                 self._write(ep, conn, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
@@ -176,8 +195,10 @@ class FakeUpstream:
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_for(key) + b"\r\n\r\n"
             )
-            self.frames_out += 1
-            self._write(ep, conn, reply + encode(SESSION_CREATED))
+            if not conn.gemini:  # Gemini says nothing before the setup
+                reply += encode(SESSION_CREATED)
+                self.frames_out += 1
+            self._write(ep, conn, reply)
             if not rest:
                 return True
             data = rest
@@ -188,7 +209,16 @@ class FakeUpstream:
         replies: list[bytes] = []
         keep = True
         for opcode, payload in frames:
-            if opcode == TEXT:
+            if conn.gemini and opcode in (TEXT, BINARY):
+                self.frames_in += 1
+                if payload.find(GEMINI_AUDIO, 0, 40) >= 0:
+                    start = payload.find(GEMINI_DATA) + len(GEMINI_DATA)
+                    end = payload.find(b'"', start)
+                    reply = MODEL_TURN_HEAD + payload[start:end] + MODEL_TURN_TAIL
+                    replies.append(encode(reply, BINARY))
+                elif payload.startswith(GEMINI_SETUP):
+                    replies.append(encode(SETUP_COMPLETE, BINARY))
+            elif opcode == TEXT:
                 self.frames_in += 1
                 if payload.startswith(APPEND_PREFIX):
                     probe = payload.find(PROBE_ID, 0, 80)

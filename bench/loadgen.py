@@ -61,6 +61,10 @@ PROBE_EVERY = 5  # appends per probe: every 100 ms at 50 appends/s
 MASK = b"\x37\xfa\x21\x3d"  # fixed mask: frames are pre-masked once (RFC 6455 allows any key)
 PROBE_PREFIX = b'{"type":"input_audio_buffer.append","event_id":"probe_'
 PROBE_ECHO = b'"probe_'  # the item id; proxies that re-serialise JSON may add spaces around it
+# Through a translator (Gemini) only audio survives, so the probe *is* the audio: base64
+# text that names the probe ("PRB" + 13 digits, 12 bytes of PCM16) and comes back as a delta.
+AUDIO_PROBE_PREFIX = b'{"type":"input_audio_buffer.append","audio":"PRB'
+AUDIO_PROBE_ECHO = b'"PRB'
 SESSION_UPDATE = (
     b'{"type":"session.update","session":{"type":"realtime","output_modalities":["audio"],'
     b'"audio":{"input":{"format":{"type":"audio/pcm","rate":24000},"turn_detection":null},'
@@ -139,7 +143,12 @@ class Target:
     """Where sessions go: host, port, request target, extra upgrade headers."""
 
     def __init__(
-        self, url: str, *, beta: bool = False, headers: Sequence[tuple[str, str]] = ()
+        self,
+        url: str,
+        *,
+        beta: bool = False,
+        headers: Sequence[tuple[str, str]] = (),
+        audio_probes: bool = False,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "ws" or parts.hostname is None:
@@ -150,6 +159,8 @@ class Target:
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.beta = beta
         self.headers = tuple(headers)
+        self.audio_probes = audio_probes
+        """Probes carried as audio (for translated sessions, e.g. ``gemini/``)."""
 
     def request(self, key: bytes) -> bytes:
         lines = [
@@ -336,6 +347,7 @@ def run_load(
     k = 0
     errors = 0
     perf = time.perf_counter_ns
+    audio_probes = target.audio_probes
 
     while True:
         now = perf()
@@ -363,7 +375,10 @@ def run_load(
                 client.probe_seq += 1
                 seq = client.probe_seq
                 client.probes[seq] = perf()
-                probe = PROBE_PREFIX + str(seq).encode() + b'","audio":""}'
+                if audio_probes:
+                    probe = AUDIO_PROBE_PREFIX + b"%013d" % seq + b'"}'
+                else:
+                    probe = PROBE_PREFIX + str(seq).encode() + b'","audio":""}'
                 _send(ep, client, APPEND_FRAME + encode(probe, TEXT, MASK))
                 client.sent += 2
             else:
@@ -388,9 +403,15 @@ def run_load(
             for opcode, payload in client.reader.feed(data):
                 if opcode == TEXT:
                     client.received += 1
-                    at = payload.find(PROBE_ECHO, 0, 160)
+                    if audio_probes:
+                        at = payload.find(AUDIO_PROBE_ECHO)
+                        if at >= 0:
+                            at += len(AUDIO_PROBE_ECHO)
+                    else:
+                        at = payload.find(PROBE_ECHO, 0, 160)
+                        if at >= 0:
+                            at += len(PROBE_ECHO)
                     if at >= 0:
-                        at += len(PROBE_ECHO)
                         seq = int(payload[at : payload.index(b'"', at)])
                         sent_at = client.probes.pop(seq, None)
                         if sent_at is not None and measuring:
@@ -475,13 +496,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--beta", action="store_true", help="connect as a beta-protocol client")
+    parser.add_argument(
+        "--gemini", action="store_true", help="without --url: relay through the gemini/ deployment"
+    )
     parser.add_argument("--pid", type=int, action="append", default=[], help="process to measure")
     parser.add_argument("--setups", type=int, default=0, help="measure N sequential setups instead")
     args = parser.parse_args(argv)
     if args.url is None:
         from bench.run_all import standalone
 
-        report = standalone(args.sessions, args.seconds, beta=args.beta)
+        report = standalone(args.sessions, args.seconds, beta=args.beta, gemini=args.gemini)
     elif args.setups:
         report = setup_rate(Target(args.url, beta=args.beta), args.setups, args.pid)
     else:

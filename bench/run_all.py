@@ -60,6 +60,7 @@ LITELLM_ANCHORS = {
 TARGETS = {
     "cpu_s_per_1000_messages": 0.04,
     "beta_over_passthrough": 1.5,
+    "gemini_over_passthrough": 3.0,
     "sessions_per_core_p99_50ms": 200,
     "added_latency_ms_p50_1_session": 0.3,
     "added_latency_ms_p99_1_session": 2.0,
@@ -132,6 +133,13 @@ model_list:
       model: openai/gpt-realtime
       api_base: ws://127.0.0.1:{upstream_port}/v1
       api_key: sk-bench-not-a-real-key
+    model_info:
+      mode: realtime
+  - model_name: bench-gemini
+    litellm_params:
+      model: gemini/gemini-2.0-flash-live-001
+      api_base: ws://127.0.0.1:{upstream_port}
+      api_key: bench-not-a-real-gemini-key
     model_info:
       mode: realtime
   - model_name: mock-realtime
@@ -301,6 +309,7 @@ def measure_proxy(
     fake_pid: int,
     *,
     beta: bool = True,
+    gemini: bool = False,
     mock_url: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
@@ -353,6 +362,23 @@ def measure_proxy(
         if ga.get("cpu_s_per_1000_messages") and bridged.get("cpu_s_per_1000_messages"):
             out["beta_over_passthrough"] = round(
                 bridged["cpu_s_per_1000_messages"] / ga["cpu_s_per_1000_messages"], 2
+            )
+    if gemini:
+        # The same audio stream, translated to Gemini Live and back (bench.fake_upstream
+        # answers realtimeInput.audio with a modelTurn carrying the same audio).
+        translated = loadgen.run_load(
+            Target(url_for("bench-gemini"), headers=headers, audio_probes=True),
+            plan.cpu_sessions,
+            plan.cpu_seconds,
+            warmup=plan.warmup,
+            pids=pids,
+            other_pids=[fake_pid],
+        )
+        out["gemini"] = translated
+        out["gemini_cpu_s_per_1000_messages"] = translated.get("cpu_s_per_1000_messages")
+        if ga.get("cpu_s_per_1000_messages") and translated.get("cpu_s_per_1000_messages"):
+            out["gemini_over_passthrough"] = round(
+                translated["cpu_s_per_1000_messages"] / ga["cpu_s_per_1000_messages"], 2
             )
     sweep: list[dict[str, Any]] = []
     capacity = 0
@@ -440,6 +466,8 @@ ROWS = [
     ("CPU-s per 1000 relayed messages (GA passthrough)", "cpu_s_per_1000_messages", "<= 0.04"),
     ("CPU-s per 1000 messages, beta-bridged", "beta_cpu_s_per_1000_messages", ""),
     ("beta-bridged / passthrough CPU", "beta_over_passthrough", "<= 1.5"),
+    ("CPU-s per 1000 messages, Gemini-translated", "gemini_cpu_s_per_1000_messages", ""),
+    ("Gemini-translated / passthrough CPU", "gemini_over_passthrough", "<= 3"),
     ("sessions per core at added p99 < 50 ms", "sessions_per_core_p99_50ms", ">= 200"),
     ("added latency p50, 1 session (ms)", "added_latency_ms_p50_1_session", "<= 0.3"),
     ("added latency p99, 1 session (ms)", "added_latency_ms_p99_1_session", "<= 2"),
@@ -525,6 +553,7 @@ def run(plan: Plan, out_dir: Path, *, with_nginx: bool, with_litellm: bool) -> d
                     plan,
                     direct,
                     fake_pid,
+                    gemini=True,
                     mock_url=base + "mock-realtime",
                 )
             )
@@ -562,7 +591,9 @@ def run(plan: Plan, out_dir: Path, *, with_nginx: bool, with_litellm: bool) -> d
     return results
 
 
-def standalone(sessions: int, seconds: float, *, beta: bool = False) -> dict[str, Any]:
+def standalone(
+    sessions: int, seconds: float, *, beta: bool = False, gemini: bool = False
+) -> dict[str, Any]:
     """One load run through a fresh pinned rtgate (what ``make bench`` runs)."""
     workdir = Path(tempfile.mkdtemp(prefix="rtgate-bench-"))
     try:
@@ -570,9 +601,14 @@ def standalone(sessions: int, seconds: float, *, beta: bool = False) -> dict[str
             fake_upstream(workdir) as (fake_port, fake_pid),
             rtgate(workdir, fake_port) as (port, pid),
         ):
-            url = f"ws://127.0.0.1:{port}/v1/realtime?model=bench-openai"
+            model = "bench-gemini" if gemini else "bench-openai"
+            url = f"ws://127.0.0.1:{port}/v1/realtime?model={model}"
             return loadgen.run_load(
-                Target(url, beta=beta), sessions, seconds, pids=[pid], other_pids=[fake_pid]
+                Target(url, beta=beta, audio_probes=gemini),
+                sessions,
+                seconds,
+                pids=[pid],
+                other_pids=[fake_pid],
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
