@@ -361,3 +361,53 @@ async def test_transcription_intent_without_model(fake_openai: FakeRealtimeServe
             async with connect(gw.ws_url + "/v1/realtime?intent=transcription", AUTH) as ws:
                 assert (await recv_json(ws))["type"] == "session.created"
     assert fake_openai.paths == ["/v1/realtime?intent=transcription"]
+
+
+MOCK_GROUP = f"""
+model_list:
+  - model_name: mock-realtime
+    litellm_params:
+      model: mock/gpt-realtime
+      reply_audio_ms: 100
+      max_parallel_requests: 1
+general_settings:
+  master_key: {CLIENT_KEY}
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/realtime?model=mock-realtime", AUTH),
+        ("/v1/realtime?model=mock-realtime", AUTH),
+        ("/openai/v1/realtime?model=mock-realtime", {"api-key": CLIENT_KEY}),
+        (
+            f"/openai/realtime?deployment=mock-realtime&api-version=2025-04-01-preview&api-key={CLIENT_KEY}",
+            {},
+        ),
+    ],
+)
+async def test_every_client_path_and_key_form(path: str, headers: dict[str, str]) -> None:
+    with trio.fail_after(10):
+        async with open_gateway(MOCK_GROUP) as gw:
+            async with connect(gw.ws_url + path, headers) as ws:
+                assert (await recv_json(ws))["type"] == "session.created"
+
+
+async def test_every_deployment_at_capacity_is_429_with_retry_after() -> None:
+    with trio.fail_after(10):
+        async with open_gateway(MOCK_GROUP) as gw:
+            async with connect(gw.ws_url + "/v1/realtime?model=mock-realtime", AUTH) as ws:
+                await recv_json(ws)
+                status, headers, body = await raw_handshake(
+                    gw.http_url + "/v1/realtime?model=mock-realtime", AUTH
+                )
+                assert status == 429
+                assert int(headers["retry-after"]) >= 1
+                assert orjson.loads(body)["error"]["code"] == "rate_limit_exceeded"
+            # The slot is free again once the first session ended.
+            with trio.fail_after(2):
+                while gw.gateway.counters.sessions_active:
+                    await trio.sleep(0.01)
+            async with connect(gw.ws_url + "/v1/realtime?model=mock-realtime", AUTH) as ws:
+                assert (await recv_json(ws))["type"] == "session.created"
