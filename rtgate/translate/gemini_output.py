@@ -21,6 +21,11 @@ from rtgate.translate.base import Outbox, flatten_usage, new_id
 from rtgate.translate.gemini_setup import OUTPUT_RATE, PCM24, AudioFormat
 
 _RATE: Final = re.compile(r"rate=(\d+)")
+_BASE64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_AUDIO_DELTA: Final = (
+    b'{"type":"response.output_audio.delta","event_id":"%s","response_id":"%s",'
+    b'"item_id":"%s","output_index":%d,"content_index":0,"delta":"%s"}'
+)
 _G711_RATE: Final = 8000
 
 
@@ -139,7 +144,23 @@ class ResponseWriter:
         if message.kind != "output_audio":
             return
         message.audio_seen = True
-        self._delta(out, "response.output_audio.delta", message, data)
+        raw = data.encode("ascii", "replace")
+        if raw.translate(None, _BASE64_ALPHABET):
+            # Not plain base64 (it came from Gemini as is): let the encoder escape it.
+            self._delta(out, "response.output_audio.delta", message, data)
+            return
+        # The hot path: the event spelled out as bytes, no dict and no JSON encoder
+        # (ids are ours and base64 needs no escaping).
+        out.to_client.append(
+            _AUDIO_DELTA
+            % (
+                new_id("event").encode(),
+                self.id.encode(),
+                message.id.encode(),
+                message.output_index,
+                raw,
+            )
+        )
 
     def transcript(self, out: Outbox, text: str) -> None:
         message = self._message
