@@ -16,15 +16,8 @@ from openai.types.realtime import RealtimeServerEvent
 
 from rtgate.testing.gateway import open_gateway
 from rtgate.translate.base import Binary, Outbox
-from rtgate.translate.mock import (
-    MockModel,
-    _alaw,
-    _alaw_decode,
-    _ulaw,
-    _ulaw_decode,
-    audio_chunks,
-    peak_level,
-)
+from rtgate.translate.mock import MockModel, audio_chunks, peak_level
+from rtgate.translate.mock_audio import decode_alaw, decode_ulaw, encode_alaw, encode_ulaw
 from tests.wsclient import connect, recv_json, recv_until, send_json
 
 GA_SERVER = pydantic.TypeAdapter(RealtimeServerEvent)
@@ -496,8 +489,8 @@ def test_audio_chunks_and_g711_codecs() -> None:
     assert [len(base64.b64decode(c)) for c in audio_chunks("audio/pcm", 100)] == [1920, 1920, 960]
     assert audio_chunks("audio/pcm", 0) == []
     for sample in range(-32768, 32768, 97):
-        assert abs(_ulaw_decode(_ulaw(sample)) - sample) <= max(8, abs(sample) // 16)
-        assert abs(_alaw_decode(_alaw(sample)) - sample) <= max(16, abs(sample) // 16)
+        assert abs(decode_ulaw(encode_ulaw(sample)) - sample) <= max(8, abs(sample) // 16)
+        assert abs(decode_alaw(encode_alaw(sample)) - sample) <= max(16, abs(sample) // 16)
     assert peak_level("audio/pcm", b"\x00\x00" * 10) == 0
     assert peak_level("audio/pcm", (16000).to_bytes(2, "little", signed=True)) == 62
 
