@@ -1,0 +1,280 @@
+"""GA client events turned into Nova Sonic input: the ``on_client`` handlers.
+
+Owns what each client event means for a Nova stream (protocols.md 9.3):
+``session.update`` (applied before the stream opens, reported when a later
+one would need a new stream), audio appends into the one AUDIO content
+container (PCM16 base64 passed through untouched, G.711 decoded to PCM16),
+text and function-output items as Nova content blocks, and the local
+acknowledgements for events Nova has no equivalent of (commit, clear,
+cancel, truncate). Functions take the
+:class:`~rtgate.translate.nova.NovaTranslator` whose state they advance.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from rtgate.translate.audio import alaw_to_pcm16, ulaw_to_pcm16
+from rtgate.translate.base import Outbox, error_event, new_id
+from rtgate.translate.nova_response import (
+    announce_item,
+    client_event,
+    finish_response,
+    message_item,
+)
+from rtgate.translate.nova_setup import (
+    audio_content_start,
+    merge_update,
+    send_session,
+    send_upstream,
+    text_content,
+    tool_result_content,
+)
+
+if TYPE_CHECKING:
+    from rtgate.translate.nova import NovaTranslator
+
+_APPEND_KEYS: Final = (b'"audio":"', b'"audio": "')
+
+
+def audio_field(frame: bytes) -> bytes | None:
+    """The base64 ``audio`` of an append event, sliced out without decoding the JSON."""
+    for key in _APPEND_KEYS:
+        start = frame.find(key)
+        if start >= 0:
+            start += len(key)
+            end = frame.find(b'"', start)
+            if end >= 0 and frame.find(b"\\", start, end) < 0:
+                return frame[start:end]
+    return None
+
+
+def append_audio(t: NovaTranslator, audio_b64: bytes, out: Outbox) -> None:
+    """One ``audioInput`` into the AUDIO container (opened on the first append)."""
+    if not t.started:
+        t.open_stream(out)
+    if t.closed_upstream:
+        return
+    if t.audio_content is None:
+        content = t.audio_content = str(uuid.uuid4())
+        out.upstream_json(audio_content_start(t.prompt, content, t.input_rate))
+        t.audio_prefix = (
+            b'{"event":{"audioInput":{"promptName":"'
+            + t.prompt.encode()
+            + b'","contentName":"'
+            + content.encode()
+            + b'","content":"'
+        )
+    fmt = t.config.input_format["type"]
+    if fmt == "audio/pcm":
+        pcm_bytes = len(audio_b64) * 3 // 4 - audio_b64[-2:].count(b"=")
+    else:
+        try:
+            raw = base64.b64decode(audio_b64, validate=True)
+        except ValueError:
+            out.client_json(error_event("audio is not valid base64", code="invalid_value"))
+            return
+        pcm = ulaw_to_pcm16(raw) if fmt == "audio/pcmu" else alaw_to_pcm16(raw)
+        pcm_bytes = len(pcm)
+        audio_b64 = base64.b64encode(pcm)
+    t.input_ms += pcm_bytes / (t.input_rate * 2) * 1000
+    out.to_upstream.append(t.audio_prefix + audio_b64 + b'"}}}')
+
+
+def session_update(
+    t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None
+) -> None:
+    """Merge before the stream opens (then open it); afterwards keep only what Nova allows."""
+    session = event.get("session")
+    if not isinstance(session, Mapping):
+        out.client_json(error_event("session.update needs a session", event_id=event_id))
+        return
+    if not t.started:
+        problems = merge_update(t.config, session)
+        _report(problems, out, event_id)
+        t.open_stream(out)
+    else:
+        trial = copy.deepcopy(t.config)
+        problems = merge_update(trial, session)
+        if trial.nova_fields() != t.config.nova_fields():
+            problems.append(
+                "changes to instructions, voice, formats, tools or sampling once audio or text "
+                "has started (Nova Sonic takes them once per stream)"
+            )
+            # Keep what Nova does not depend on (echoed settings like transcription).
+            t.config.transcription = trial.transcription
+        else:
+            t.config = trial
+        _report(problems, out, event_id)
+    send_session(out, "session.updated", t.config, t.session_id)
+
+
+def _report(problems: list[str], out: Outbox, event_id: str | None) -> None:
+    if problems:
+        out.client_json(
+            error_event(
+                "not applied with Amazon Nova Sonic: " + "; ".join(problems),
+                code="unsupported_session_config",
+                event_id=event_id,
+            )
+        )
+
+
+def _unsupported_item(out: Outbox, message: str, event_id: str | None) -> None:
+    out.client_json(error_event(message, code="unsupported_item", event_id=event_id))
+
+
+def _function_output(
+    t: NovaTranslator, item: Mapping[str, Any], item_id: str, out: Outbox, event_id: str | None
+) -> dict[str, Any] | None:
+    """Send a ``function_call_output`` as TOOL content; the item to echo, or None if refused."""
+    call_id, output = item.get("call_id"), item.get("output")
+    if not isinstance(call_id, str) or not isinstance(output, str):
+        out.client_json(
+            error_event("function_call_output needs call_id and output", event_id=event_id)
+        )
+        return None
+    send_upstream(out, tool_result_content(t.prompt, str(uuid.uuid4()), call_id, output))
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call_output",
+        "call_id": call_id,
+        "output": output,
+        "status": "completed",
+    }
+
+
+def _text_message(
+    t: NovaTranslator, item: Mapping[str, Any], item_id: str, out: Outbox, event_id: str | None
+) -> dict[str, Any] | None:
+    """Send a text ``message`` as TEXT content; the item to echo, or None if refused."""
+    role = item.get("role", "user")
+    raw_parts = item.get("content")
+    parts: list[Any] = raw_parts if isinstance(raw_parts, list) else []
+    texts = [
+        p["text"]
+        for p in parts
+        if isinstance(p, Mapping)
+        and isinstance(p.get("text"), str)
+        and p.get("type") in ("input_text", "output_text", "text")
+    ]
+    if role not in ("user", "assistant", "system") or not texts or len(texts) != len(parts):
+        _unsupported_item(
+            out,
+            "Amazon Nova Sonic takes text message items only (audio goes through "
+            "input_audio_buffer.append)",
+            event_id,
+        )
+        return None
+    text = "\n".join(texts)
+    if t.audio_content is None:
+        # History: allowed once, before audio streaming begins (protocols.md 7.3).
+        send_upstream(out, text_content(t.prompt, str(uuid.uuid4()), role.upper(), text))
+    elif "nova-2" in t.config.model and role == "user":
+        # Nova 2 cross-modal input: typed text during a live audio session.
+        send_upstream(
+            out, text_content(t.prompt, str(uuid.uuid4()), "USER", text, interactive=True)
+        )
+    else:
+        _unsupported_item(
+            out, "this Nova Sonic model takes text items only before audio starts", event_id
+        )
+        return None
+    return message_item(item_id, role, "completed", copy.deepcopy(parts))
+
+
+def item_create(
+    t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None
+) -> None:
+    item = event.get("item")
+    if not isinstance(item, Mapping):
+        out.client_json(error_event("conversation.item.create needs an item", event_id=event_id))
+        return
+    item_type = item.get("type", "message")
+    given_id = item.get("id")
+    item_id = given_id if isinstance(given_id, str) else new_id("item")
+    if item_type == "function_call_output":
+        echoed = _function_output(t, item, item_id, out, event_id)
+    elif item_type == "message":
+        echoed = _text_message(t, item, item_id, out, event_id)
+    else:
+        _unsupported_item(
+            out, f"{item_type} items are not supported with Amazon Nova Sonic", event_id
+        )
+        return
+    if echoed is None:
+        return
+    announce_item(t, out, "conversation.item.added", echoed)
+    announce_item(t, out, "conversation.item.done", echoed)
+    t.last_item = item_id
+
+
+def _append(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+    audio = event.get("audio")
+    if isinstance(audio, str):
+        append_audio(t, audio.encode(), out)
+    else:
+        out.client_json(error_event("missing audio", code="invalid_value", event_id=event_id))
+
+
+def _commit(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+    # Nova ends turns itself; acknowledge so manual-turn clients carry on.
+    item = t.pending_user_item = t.pending_user_item or new_id("item")
+    client_event(out, "input_audio_buffer.committed", previous_item_id=t.last_item, item_id=item)
+
+
+def _clear(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+    client_event(out, "input_audio_buffer.cleared")
+
+
+def _ignore(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+    """Nothing to do: ``response.create`` (Nova answers on its own once it hears the end
+    of a turn) and ``output_audio_buffer.clear`` (WebRTC only; a WebSocket client owns
+    its playback buffer)."""
+
+
+def _cancel(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+    if t.response is not None:
+        finish_response(t, out, "cancelled", reason="client_cancelled")
+        t.suppress = True
+
+
+def _truncate(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+    client_event(
+        out,
+        "conversation.item.truncated",
+        item_id=event.get("item_id"),
+        content_index=event.get("content_index", 0),
+        audio_end_ms=event.get("audio_end_ms", 0),
+    )
+
+
+def unsupported(
+    t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None
+) -> None:
+    out.client_json(
+        error_event(
+            f"{event['type']} is not supported with Amazon Nova Sonic",
+            code="unsupported_event",
+            event_id=event_id,
+        )
+    )
+
+
+Handler = Callable[["NovaTranslator", dict[str, Any], Outbox, "str | None"], None]
+HANDLERS: Final[dict[str, Handler]] = {
+    "input_audio_buffer.append": _append,
+    "input_audio_buffer.commit": _commit,
+    "input_audio_buffer.clear": _clear,
+    "conversation.item.create": item_create,
+    "response.create": _ignore,
+    "response.cancel": _cancel,
+    "conversation.item.truncate": _truncate,
+    "output_audio_buffer.clear": _ignore,
+}
+"""Client event type -> handler, once the stream is open (``session.update`` comes first)."""
