@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 if __package__ in (None, ""):
@@ -264,7 +265,7 @@ def open_sessions(target: Target, count: int) -> list[Client]:
 # -- measurements ----------------------------------------------------------------------
 
 
-def setup_rate(target: Target, count: int, pids: Sequence[int] = ()) -> dict[str, object]:
+def setup_rate(target: Target, count: int, pids: Sequence[int] = ()) -> dict[str, Any]:
     """``count`` sequential sessions: upgrade, first event, close. Rate and CPU per setup."""
     cpu0 = cpu_seconds(pids) if pids else 0.0
     started = time.perf_counter()
@@ -289,7 +290,7 @@ def setup_rate(target: Target, count: int, pids: Sequence[int] = ()) -> dict[str
 
 def idle_memory(
     target: Target, count: int, pids: Sequence[int], settle: float = 1.0
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """RSS before and after opening ``count`` idle sessions."""
     before = rss_bytes(pids)
     clients = open_sessions(target, count)
@@ -314,7 +315,7 @@ def run_load(
     pids: Sequence[int] = (),
     other_pids: Sequence[int] = (),
     rss_every: float = 0.0,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Stream audio on ``sessions`` sessions; measure over ``seconds`` after ``warmup``.
 
     ``pids``: the process(es) under test (CPU, RSS); ``other_pids``: processes

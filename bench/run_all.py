@@ -457,7 +457,7 @@ def measure_direct(fake_port: int, fake_pid: int, plan: Plan) -> dict[str, Any]:
 def _minus(a: Any, b: Any) -> float | None:
     if a is None or b is None:
         return None
-    return round(max(0.0, a - b), 3)
+    return round(max(0.0, float(a) - float(b)), 3)
 
 
 # -- report ----------------------------------------------------------------------------
