@@ -303,7 +303,7 @@ class _Session:
                         frames_from_client=stats.frames_from_client,
                         frames_to_client=stats.frames_to_client,
                         bytes_from_client=client.bytes_received,
-                        bytes_to_client=0,
+                        bytes_to_client=stats.bytes_to_client,
                         usage=dict(stats.usage),
                         responses=stats.responses,
                     )

@@ -53,6 +53,7 @@ class Outcome:
 class RelayStats:
     frames_from_client: int = 0
     frames_to_client: int = 0
+    bytes_to_client: int = 0
     responses: int = 0
     usage: dict[str, int] = attrs.field(factory=dict)
 
@@ -300,6 +301,7 @@ class Relay:
         if self.bridge is not None:
             frames = self._to_beta(frames)
         size = _size(frames)
+        self.stats.bytes_to_client += size
         self.counters.add("client_out", len(frames), size)
         if size <= self.limits.max_pending_bytes:
             await self.client.send(frames)

@@ -92,6 +92,7 @@ async def test_default_event_types_and_session_record(tmp_path: Path) -> None:
     assert session["responses"] == 1
     assert session["usage"]["total_tokens"] > 0
     assert session["frames_from_client"] >= 3
+    assert session["bytes_to_client"] > session["frames_to_client"] > 0
     assert session["events_logged"] == 3
     assert KEY not in path.read_text()
 
