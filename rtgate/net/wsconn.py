@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 from websockets.frames import Close, Frame
@@ -161,7 +161,7 @@ class WsConnection:
                 return
             self._send_lock.acquire_nowait()  # free (checked above, no await since)
             try:
-                await self._write_rest(raw, memoryview(payload)[sent:], chunks[-1] == b"")
+                await self._write(raw.send_all, memoryview(payload)[sent:], chunks[-1] == b"")
             finally:
                 self._send_lock.release()
             return
@@ -169,25 +169,20 @@ class WsConnection:
             chunks = self.protocol.data_to_send()
             if not chunks:
                 return
-            eof = chunks[-1] == b""
-            payload = b"".join(chunks)
-            try:
-                if payload:
-                    with trio.fail_after(self.write_timeout):
-                        await self.stream.send_all(payload)
-                if eof and not self._eof_sent:
-                    self._eof_sent = True
-                    await self._send_eof()
-            except trio.TooSlowError:
-                raise ConnectionClosed(1011, "peer is not reading", by_peer=False) from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ConnectionClosed(1006, "connection lost", by_peer=True) from None
+            await self._write(self.stream.send_all, b"".join(chunks), chunks[-1] == b"")
 
-    async def _write_rest(self, raw: _RawSocket, rest: memoryview, eof: bool) -> None:
+    async def _write(
+        self,
+        send_all: Callable[[bytes | memoryview], Awaitable[None]],
+        payload: bytes | memoryview,
+        eof: bool,
+    ) -> None:
+        """Write ``payload`` within the write timeout (a peer that stops reading gets 1011),
+        then half-close if the protocol asked for it."""
         try:
-            if rest:
+            if payload:
                 with trio.fail_after(self.write_timeout):
-                    await raw.send_all(rest)
+                    await send_all(payload)
             if eof and not self._eof_sent:
                 self._eof_sent = True
                 await self._send_eof()
@@ -290,7 +285,7 @@ class _RawSocket:
         except OSError as exc:
             raise trio.BrokenResourceError(f"socket write failed: {exc}") from exc
 
-    async def send_all(self, data: memoryview) -> None:
+    async def send_all(self, data: bytes | memoryview) -> None:
         while data:
             if self.sock.fileno() < 0:
                 raise trio.ClosedResourceError("socket was closed")
