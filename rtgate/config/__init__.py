@@ -1,0 +1,1 @@
+"""Configuration: the model (pure) and the LiteLLM-format loader."""
