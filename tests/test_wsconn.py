@@ -127,6 +127,46 @@ async def test_send_batches_into_one_write() -> None:
     assert len(client.events_received()) == 21
 
 
+async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    dialled = await trio.open_tcp_stream("127.0.0.1", port)
+    accepted = await listener.accept()
+    await listener.aclose()
+    return accepted, dialled
+
+
+async def test_tcp_single_message_sends_keep_order_with_queued_replies() -> None:
+    """Over a real socket a one-message send skips the library's write queue; a reply the
+    library queued first (a pong) must still reach the wire first, then the messages."""
+    with trio.fail_after(5):
+        accepted, dialled = await _tcp_pair()
+        server = WsConnection(accepted, WsProtocol(Side.SERVER, state=OPEN))
+        assert server._raw is not None  # the os.read/os.write path under test
+        peer = WsProtocol(Side.CLIENT, state=OPEN)
+        await server.send([b'{"n":1}'])
+        peer.send_ping(b"hi")
+        peer.send_text(b'{"n":2}')
+        await dialled.send_all(b"".join(peer.data_to_send()))
+        assert await server.receive() == [b'{"n":2}']
+        server.protocol.send_ping(b"queued")  # sits in the library's queue
+        await server.send([b'{"n":3}'])
+        await server.send([b'{"n":4}'])
+        received: list[Frame] = []
+        while len(received) < 5:
+            peer.receive_data(await dialled.receive_some(65536))
+            received += peer.events_received()  # type: ignore[arg-type]
+        assert [(f.opcode, f.data) for f in received] == [
+            (Opcode.TEXT, b'{"n":1}'),
+            (Opcode.PONG, b"hi"),
+            (Opcode.PING, b"queued"),
+            (Opcode.TEXT, b'{"n":3}'),
+            (Opcode.TEXT, b'{"n":4}'),
+        ]
+        await accepted.aclose()
+        await dialled.aclose()
+
+
 async def test_write_timeout_when_peer_never_reads() -> None:
     server_stream, _client_stream = trio.testing.lockstep_stream_pair()
     server = WsConnection(server_stream, WsProtocol(Side.SERVER, state=OPEN), write_timeout=0.2)

@@ -87,7 +87,8 @@ class WsConnection:
                 await self._flush()  # pongs, close echo, failure close
             if messages:
                 return messages
-            self._raise_if_closed()
+            if protocol.state is not OPEN or protocol.parser_exc is not None:
+                self._raise_if_closed()
             try:
                 data = await (self._raw or self.stream).receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -125,6 +126,13 @@ class WsConnection:
         fast = self._fast_send and not protocol.expect_continuation_frame
         writes = protocol.writes
         mask = self._mask
+        if fast and len(messages) == 1 and not writes and self._raw is not None:
+            message = messages[0]
+            if type(message) is bytes and not self._send_lock.locked():
+                # The common batch (one event): its frame goes straight to the socket,
+                # without the library's write queue.
+                await self._write_now(self._raw, encode_text(message, mask=mask))
+                return
         for message in messages:
             if type(message) is bytes:
                 if fast:
@@ -150,26 +158,29 @@ class WsConnection:
             # Fast path (plain TCP): one non-blocking write, which the kernel takes
             # whole almost always; no lock round trip, no timer, no task switch.
             chunks = self.protocol.data_to_send()
-            if not chunks:
-                return
-            payload = b"".join(chunks)
-            try:
-                sent = raw.try_send(payload) if payload else 0
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ConnectionClosed(1006, "connection lost", by_peer=True) from None
-            if sent == len(payload) and chunks[-1] != b"":
-                return
-            self._send_lock.acquire_nowait()  # free (checked above, no await since)
-            try:
-                await self._write(raw.send_all, memoryview(payload)[sent:], chunks[-1] == b"")
-            finally:
-                self._send_lock.release()
+            if chunks:
+                await self._write_now(raw, b"".join(chunks), chunks[-1] == b"")
             return
         async with self._send_lock:
             chunks = self.protocol.data_to_send()
             if not chunks:
                 return
             await self._write(self.stream.send_all, b"".join(chunks), chunks[-1] == b"")
+
+    async def _write_now(self, raw: _RawSocket, payload: bytes, eof: bool = False) -> None:
+        """One non-blocking write, which the kernel takes whole almost always; only a
+        remainder (or a half-close) waits, under the send lock. The lock must be free."""
+        try:
+            sent = raw.try_send(payload) if payload else 0
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed(1006, "connection lost", by_peer=True) from None
+        if sent == len(payload) and not eof:
+            return
+        self._send_lock.acquire_nowait()  # free (checked by the caller, no await since)
+        try:
+            await self._write(raw.send_all, memoryview(payload)[sent:], eof)
+        finally:
+            self._send_lock.release()
 
     async def _write(
         self,
@@ -259,11 +270,13 @@ class _RawSocket:
         self.sock = sock
 
     async def receive_some(self, max_bytes: int) -> bytes:
+        sock = self.sock
         while True:
-            if self.sock.fileno() < 0:
+            fd = sock.fileno()
+            if fd < 0:
                 raise trio.ClosedResourceError("socket was closed")
-            await trio.lowlevel.wait_readable(self.sock)
-            fd = self.sock.fileno()
+            await trio.lowlevel.wait_readable(fd)
+            fd = sock.fileno()  # closed by another task meanwhile?
             if fd < 0:
                 raise trio.ClosedResourceError("socket was closed")
             try:
