@@ -18,6 +18,7 @@ import orjson
 import trio
 
 from rtgate import __version__
+from rtgate.auth import presented_key
 from rtgate.gateway import Gateway
 
 Scope = MutableMapping[str, Any]
@@ -63,8 +64,6 @@ class ControlApp:
             await _json(send, 404, {"error": f"no route {path}"})
 
     def _is_master(self, headers: dict[str, str]) -> bool:
-        from rtgate.auth import presented_key
-
         return self.gateway.auth.is_master(presented_key(headers, (), {}))
 
     async def _readiness(self, send: Send) -> None:

@@ -9,9 +9,11 @@ error with a JSON body (503, or 429 with ``Retry-After``).
 
 from __future__ import annotations
 
+import http
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
@@ -41,7 +43,7 @@ from rtgate.pool import Pool
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
-from rtgate.relay import Outcome, Reconnector, Relay
+from rtgate.relay import Outcome, Relay
 from rtgate.telemetry.tap import EventLog, SessionInfo, SessionSummary
 from rtgate.translate.base import new_id
 
@@ -73,16 +75,6 @@ class GatewayCounters:
     )
     relay: RelayCounters = attrs.field(factory=RelayCounters)
     reloads: dict[str, int] = attrs.field(factory=dict)
-
-
-class _Redial(Reconnector):
-    def __init__(self, gateway: Gateway, deployment: Deployment, ctx: SessionContext) -> None:
-        self.gateway, self.deployment, self.ctx = gateway, deployment, ctx
-
-    async def __call__(self) -> UpstreamLink:
-        provider = get_provider(self.deployment.provider)
-        with trio.fail_after(self.ctx.connect_timeout + 1):
-            return await provider.connect(self.deployment, self.ctx)
 
 
 class Gateway:
@@ -278,7 +270,7 @@ class _Session:
             limits=gateway.config.server.limits,
             bridge=BetaBridge() if self.beta else None,
             tap=tap,
-            reconnect=_Redial(gateway, self.deployment, self.ctx),
+            reconnect=partial(_redial, self.deployment, self.ctx),
             secrets=gateway.secrets + self.deployment.secret_values(),
             shutdown=gateway.shutdown,
             counters=gateway.counters.relay,
@@ -326,6 +318,12 @@ class _Session:
         )
 
 
+async def _redial(deployment: Deployment, ctx: SessionContext) -> UpstreamLink:
+    """Dial the same deployment again (a translator asked for a fresh upstream)."""
+    with trio.fail_after(ctx.connect_timeout + 1):
+        return await get_provider(deployment.provider).connect(deployment, ctx)
+
+
 # -- handshake helpers ---------------------------------------------------------------
 
 
@@ -356,9 +354,7 @@ def _json_response(
     )
     for name, value in (extra or {}).items():
         headers[name] = value
-    reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-              429: "Too Many Requests", 502: "Bad Gateway", 503: "Service Unavailable"}  # fmt: skip
-    return Response(status, reason.get(status, "Error"), headers, body)
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
 
 
 def _error_response(exc: RtgateError, secrets: tuple[str, ...]) -> Response:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 import orjson
@@ -58,11 +58,8 @@ class RelayStats:
     usage: dict[str, int] = attrs.field(factory=dict)
 
 
-class Reconnector:
-    """How the relay redials the same deployment when a translator asks (see ``Reconnect``)."""
-
-    async def __call__(self) -> UpstreamLink:
-        raise TypeError("no reconnect available for this session")
+Redial = Callable[[], Awaitable[UpstreamLink]]
+"""How the relay redials the same deployment when a translator asks (see ``Reconnect``)."""
 
 
 class Relay:
@@ -77,7 +74,7 @@ class Relay:
         limits: Limits,
         bridge: BetaBridge | None = None,
         tap: SessionTap | None = None,
-        reconnect: Reconnector | None = None,
+        reconnect: Redial | None = None,
         secrets: tuple[str, ...] = (),
         shutdown: trio.Event | None = None,
         counters: RelayCounters | None = None,

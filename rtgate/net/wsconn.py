@@ -216,13 +216,16 @@ class WsConnection:
         task reads: that reader then sees the connection end). Never raises."""
         try:
             with trio.move_on_after(1.0):
-                if self.protocol.state is OPEN:
-                    self.protocol.send_close(code, reason)
-                    await self._flush()
+                await self._send_close(code, reason)
         except ConnectionClosed:
             pass
         finally:
             await trio.aclose_forcefully(self.stream)
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        if self.protocol.state is OPEN:
+            self.protocol.send_close(code, reason)
+            await self._flush()
 
     async def close(self, code: int = 1000, reason: str = "", *, grace: float = 1.0) -> None:
         """Start (or finish) the closing handshake, wait ``grace`` for the peer, close the socket.
@@ -232,9 +235,7 @@ class WsConnection:
         self._reader.release()  # the library reads the closing handshake itself
         try:
             with trio.move_on_after(grace):
-                if self.protocol.state is OPEN:
-                    self.protocol.send_close(code, reason)
-                    await self._flush()
+                await self._send_close(code, reason)
                 while self.protocol.state is not CLOSED:
                     if self.protocol.writes:
                         await self._flush()

@@ -21,15 +21,9 @@ def sniff_type(frame: bytes) -> str | None:
             end = frame.find(b'"', start)
             if end > start and frame.find(b"\\", start, end) < 0:
                 return frame[start:end].decode("ascii", "replace")
-    try:
-        event = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(event, dict):
-        kind = event.get("type")
-        if isinstance(kind, str):
-            return kind
-    return None
+    event = parse_event(frame)
+    kind = event.get("type") if event is not None else None
+    return kind if isinstance(kind, str) else None
 
 
 def parse_event(frame: bytes) -> dict[str, object] | None:

@@ -11,7 +11,6 @@ from urllib.parse import urlencode
 from rtgate.config.model import Deployment
 from rtgate.providers.base import SessionContext
 from rtgate.providers.websocket import WebSocketProvider, WsTarget
-from rtgate.translate.base import Translator
 
 DEFAULT_BASE = "wss://api.openai.com/v1"
 
@@ -40,9 +39,6 @@ class OpenAIProvider(WebSocketProvider):
         }
         headers.update(ctx.forwarded_headers)
         return WsTarget(f"{base}/realtime?{realtime_query(deployment, ctx)}", headers)
-
-    def translator(self, deployment: Deployment, ctx: SessionContext) -> Translator:
-        return Translator()
 
 
 PROVIDER = OpenAIProvider()

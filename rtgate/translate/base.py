@@ -33,6 +33,8 @@ from typing import Final
 import attrs
 import orjson
 
+from rtgate.protocol.events import parse_event
+
 
 @attrs.frozen(slots=True)
 class Binary:
@@ -153,11 +155,8 @@ def flatten_usage(usage: dict[str, object], prefix: str = "") -> dict[str, int]:
 
 def usage_from_response_done(frame: bytes) -> dict[str, int] | None:
     """Flattened integer usage of a ``response.done`` event, or None."""
-    try:
-        event = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(event, dict) or event.get("type") != "response.done":
+    event = parse_event(frame)
+    if event is None or event.get("type") != "response.done":
         return None
     response = event.get("response")
     usage = response.get("usage") if isinstance(response, dict) else None

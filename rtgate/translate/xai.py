@@ -69,16 +69,10 @@ _NEEDS_OUTPUT_INDEX: Final = frozenset(
     }
 )
 _NEEDS_CONTENT_INDEX: Final = frozenset(
-    {
-        "response.content_part.added",
-        "response.content_part.done",
-        "response.output_text.delta",
-        "response.output_text.done",
-        "response.output_audio.delta",
-        "response.output_audio.done",
-        "response.output_audio_transcript.delta",
-        "response.output_audio_transcript.done",
-    }
+    kind
+    for kind in _NEEDS_OUTPUT_INDEX
+    if kind.startswith(("response.content_part.", "response.output_"))
+    and not kind.startswith("response.output_item.")
 )
 _ITEM_EVENTS: Final = frozenset(
     {
