@@ -18,8 +18,10 @@ async def fake_openai(nursery: trio.Nursery) -> FakeRealtimeServer:
     return server
 
 
-def gateway_yaml(*deployments: str, extra: str = "") -> str:
-    """A config with a master key and the given ``model_list`` entries (YAML snippets)."""
+def gateway_yaml(
+    *deployments: str, extra: str = "", limits: str = "    connect_timeout: 2\n    ping_interval: 0"
+) -> str:
+    """A config with a master key, the given ``model_list`` entries (YAML snippets) and limits."""
     body = "\n".join(deployments)
     return f"""
 model_list:
@@ -28,8 +30,7 @@ general_settings:
   master_key: {CLIENT_KEY}
 rtgate:
   limits:
-    connect_timeout: 2
-    ping_interval: 0
+{limits}
 {extra}
 """
 

@@ -6,29 +6,16 @@ import trio
 
 from rtgate.testing.fake_upstream import FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway
-from tests.conftest import UPSTREAM_KEY
+from tests.conftest import CLIENT_KEY, gateway_yaml, openai_deployment
 from tests.test_faults_support import RawWs
 from tests.wsclient import connect, recv_json, send_json
 
-MASTER = "sk-keepalive-master-0001"
-AUTH = {"Authorization": f"Bearer {MASTER}"}
+AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 
 
 def _config(base_url: str) -> str:
-    return f"""
-model_list:
-  - model_name: gpt-realtime
-    litellm_params:
-      model: openai/gpt-realtime
-      api_key: {UPSTREAM_KEY}
-      api_base: {base_url}
-general_settings:
-  master_key: {MASTER}
-rtgate:
-  limits:
-    ping_interval: 0.3
-    ping_timeout: 0.3
-"""
+    limits = "    ping_interval: 0.3\n    ping_timeout: 0.3"
+    return gateway_yaml(openai_deployment("gpt-realtime", base_url), limits=limits)
 
 
 async def test_silent_client_is_dropped_and_upstream_closed(

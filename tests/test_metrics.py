@@ -7,16 +7,10 @@ import trio
 
 from rtgate.metrics import LatencyHistogram, PrometheusMetrics, RelayCounters, _event_log
 from rtgate.testing.gateway import open_gateway
-from tests.test_ops_support import MASTER, http_get, parse_metrics, value
+from tests.test_ops_support import MASTER, UPGRADE, http_get, parse_metrics, value
 from tests.wsclient import connect, recv_json, recv_until, send_json
 
 AUTH = {"Authorization": f"Bearer {MASTER}"}
-UPGRADE = {
-    "Upgrade": "websocket",
-    "Connection": "Upgrade",
-    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-    "Sec-WebSocket-Version": "13",
-}
 
 
 def mock_yaml(extra: str = "") -> str:

@@ -9,16 +9,10 @@ from trio_websocket import ConnectionClosed
 from rtgate.relay import _bounded
 from rtgate.testing.gateway import open_gateway
 from rtgate.translate.base import Binary, Frame
-from tests.test_ops_support import MASTER, http_get, parse_metrics, value
+from tests.test_ops_support import MASTER, UPGRADE, http_get, parse_metrics, value
 from tests.wsclient import connect, recv_json, send_json
 
 AUTH = {"Authorization": f"Bearer {MASTER}"}
-UPGRADE = {
-    "Upgrade": "websocket",
-    "Connection": "Upgrade",
-    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-    "Sec-WebSocket-Version": "13",
-}
 
 
 def limits_yaml(limits: str, *, keys: str = "", params: str = "") -> str:
