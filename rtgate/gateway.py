@@ -39,13 +39,14 @@ from rtgate.errors import (
 )
 from rtgate.metrics import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
 from rtgate.net.wsconn import _QUIET, WsConnection
-from rtgate.pool import Pool
+from rtgate.pool import Pool, Selection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
 from rtgate.relay import Outcome, Relay
 from rtgate.telemetry.tap import EventLog, SessionInfo, SessionSummary
 from rtgate.translate.base import new_id
+from rtgate.warm_pool import WarmPools
 
 log = logging.getLogger("rtgate.gateway")
 
@@ -90,6 +91,8 @@ class Gateway:
         self.draining = False
         self.shutdown = trio.Event()
         self.secrets = config.secret_values()
+        self.warm = WarmPools(self)
+        """Pre-opened upstream connections (``warm_pool``); the server runs it."""
 
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new config to new sessions; running sessions keep theirs."""
@@ -101,6 +104,7 @@ class Gateway:
         self.config = config
         self.auth = Authenticator(config)
         self.secrets = config.secret_values()
+        self.warm.reconfigure(config)
 
     # -- handshake ---------------------------------------------------------------
 
@@ -209,7 +213,14 @@ class Gateway:
     async def _dial(self, group: str, ctx: SessionContext) -> tuple[Deployment, UpstreamLink]:
         """Walk the pool until a deployment connects; raise when none can."""
         selection = self.pool.select(group, trio.current_time())
-        while (deployment := selection.next(trio.current_time())) is not None:
+        while (deployment := selection.next(reserved_at := trio.current_time())) is not None:
+            if deployment.warm_pool is not None:
+                warm = await self._warm_link(selection, deployment, ctx, reserved_at)
+                if warm is not None:
+                    return deployment, warm
+                if not self.pool.fresh_dial_allowed(deployment, trio.current_time()):
+                    selection.release(deployment, trio.current_time())
+                    continue
             provider = get_provider(deployment.provider)
             started = trio.current_time()
             try:
@@ -235,6 +246,29 @@ class Gateway:
             selection.succeeded(deployment, now, now - started)
             return deployment, link
         raise selection.exhausted()
+
+    async def _warm_link(
+        self, selection: Selection, deployment: Deployment, ctx: SessionContext, reserved_at: float
+    ) -> UpstreamLink | None:
+        """A warm connection for this session, or None after making room for a fresh dial.
+
+        A half-open trial always dials (its verdict must come from a real dial). A
+        session that dials fresh first closes warm connections above the cap.
+        """
+        link = None
+        try:
+            if not selection.is_trial(deployment):
+                link = await self.warm.take(deployment, ctx, reserved_at)
+            if link is None:
+                excess = self.pool.warm_excess(deployment)
+                if excess:
+                    await self.warm.shed(deployment, excess)
+        except BaseException:
+            selection.release(deployment, trio.current_time())
+            raise
+        if link is not None:
+            selection.adopted(deployment)
+        return link
 
     def _count_reject(self, status: int) -> None:
         rejected = self.counters.handshakes_rejected

@@ -138,6 +138,7 @@ class GatewayCollector(Collector):
         yield from _handshakes(counters)
         yield from _relay(counters.relay)
         yield from _pool(gateway.pool.statistics(now))
+        yield from _warm(getattr(gateway, "warm", None))
         yield from _event_log(gateway.event_log)
 
     def _info(self, gateway: Gateway) -> Iterator[Metric]:
@@ -285,6 +286,38 @@ def _pool(stats: Mapping[str, Any]) -> Iterator[Metric]:
         if s.get("handshake_latency_ewma") is not None:
             ewma.add_metric(values, float(s["handshake_latency_ewma"]))
     yield from (active, state, cooldown, failures, ejections, ewma)
+
+
+def _warm(warm: Any) -> Iterator[Metric]:
+    """Warm pools (``litellm_params.warm_pool``): idle connections, hand-outs, misses, discards."""
+    if warm is None:
+        return
+    labels = ["model_group", "deployment"]
+    idle = GaugeMetricFamily(
+        "rtgate_warm_idle_connections", "Pre-opened upstream connections waiting for a session",
+        labels=labels,
+    )  # fmt: skip
+    for dep_id, (group, n) in sorted(warm.idle_counts().items()):
+        idle.add_metric([group, dep_id], n)
+    yield idle
+    counters = warm.counters
+    handouts = CounterMetricFamily(
+        "rtgate_warm_handouts", "Sessions that took a warm connection", labels=["deployment"]
+    )
+    for dep_id, n in sorted(counters.handouts.items()):
+        handouts.add_metric([dep_id], n)
+    yield handouts
+    for name, doc, label, counts in (
+        ("rtgate_warm_misses", "Sessions of a warm deployment that dialed fresh, by reason",
+         "reason", counters.misses),
+        ("rtgate_warm_discards", "Warm connections closed unused, by reason", "reason",
+         counters.discards),
+        ("rtgate_warm_dials", "Warm dials by result", "result", counters.dials),
+    ):  # fmt: skip
+        family = CounterMetricFamily(name, doc, labels=["deployment", label])
+        for key, n in sorted(counts.items()):
+            family.add_metric(list(key), n)
+        yield family
 
 
 def _event_log(event_log: object | None) -> Iterator[Metric]:

@@ -132,6 +132,14 @@ class Selection:
         if was_trial and state.phase is Phase.HALF_OPEN:
             state.trial_in_flight = False
 
+    def is_trial(self, dep: Deployment) -> bool:
+        """Is this reservation of ``dep`` its half-open trial? (A trial always dials fresh.)"""
+        return dep.id in self._trials
+
+    def adopted(self, dep: Deployment) -> None:
+        """``dep``'s slot became a live session on a warm connection (no dial to judge)."""
+        self._settle(dep)
+
     def exhausted(self) -> NoDeploymentAvailable:
         """The error to give the client once :meth:`next` returned None."""
         group = self._group
@@ -160,7 +168,12 @@ def _min(a: float | None, b: float | None) -> float | None:
 def _dial_identity(dep: Deployment) -> Deployment:
     """The deployment without its routing knobs: a change here resets health on reload."""
     return attrs.evolve(
-        dep, weight=1.0, max_parallel_requests=None, rpm=None, health_check_interval=None
+        dep,
+        weight=1.0,
+        max_parallel_requests=None,
+        rpm=None,
+        health_check_interval=None,
+        warm_pool=None,
     )
 
 
@@ -392,6 +405,110 @@ class Pool:
         if state.phase is Phase.HALF_OPEN:
             state.trial_in_flight = False
 
+    # -- warm connections (rtgate.warm_pool does the I/O) -------------------------------
+
+    def _current(self, dep: Deployment) -> DeploymentState | None:
+        """The state of ``dep`` if it is configured now exactly as given (not retired)."""
+        state = self._states.get(dep.id)
+        return state if state is not None and state.deployment == dep else None
+
+    def may_keep_warm(self, dep: Deployment, now: float) -> bool:
+        """May ``dep`` hold warm connections? Only while configured and healthy (closed
+        phase): cooldowns and half-open trials stay exactly as they are without them."""
+        state = self._current(dep)
+        if state is None:
+            return False
+        state.refresh(now)
+        return state.phase is Phase.CLOSED
+
+    def claim_warm_dial(self, dep: Deployment, now: float) -> bool:
+        """Reserve a warm dial of ``dep`` now, if health, capacity and rpm allow it.
+
+        Capacity: sessions, reserved dials and every warm connection (idle or
+        dialing) stay within ``max_parallel_requests``. A warm dial is a new
+        upstream session for ``rpm``. Settle with :meth:`warm_dial_done` or
+        :meth:`warm_dial_abandoned`.
+        """
+        state = self._current(dep)
+        if state is None or not self.may_keep_warm(dep, now):
+            return False
+        cap = dep.max_parallel_requests
+        if cap is not None and state.active + state.warm_idle + state.warm_dialing >= cap:
+            return False
+        if dep.rpm is not None and len(state.recent_starts) >= dep.rpm:
+            return False
+        state.warm_dialing += 1
+        state.recent_starts.append(now)
+        state.last_activity = now
+        return True
+
+    def warm_dial_done(
+        self,
+        dep: Deployment,
+        now: float,
+        *,
+        ok: bool,
+        handshake_seconds: float | None = None,
+        kind: str = "error",
+        retry_after: float | None = None,
+    ) -> None:
+        """A claimed warm dial ended: it is idle now (``ok``), or its failure is judged
+        like any dial's (failures in a row, cooldowns)."""
+        state = self._lookup(dep)
+        if state is None:
+            return
+        state.warm_dialing = max(state.warm_dialing - 1, 0)
+        if ok:
+            state.warm_idle += 1
+            state.record_success(now, handshake_seconds, "warm dial connected", self.settings)
+        else:
+            state.record_failure(now, kind, retry_after, self.settings, self._may_eject(state))
+
+    def warm_dial_abandoned(self, dep: Deployment) -> None:
+        """A claimed warm dial was cancelled (room for a session, reload, shutdown)."""
+        state = self._lookup(dep)
+        if state is not None:
+            state.warm_dialing = max(state.warm_dialing - 1, 0)
+
+    def warm_closed(self, dep: Deployment) -> None:
+        """An idle warm connection of ``dep`` was closed (expired, dead, displaced)."""
+        state = self._lookup(dep)
+        if state is not None:
+            state.warm_idle = max(state.warm_idle - 1, 0)
+
+    def warm_taken(self, dep: Deployment, reserved_at: float) -> None:
+        """A session reserved at ``reserved_at`` took an idle warm connection of ``dep``.
+
+        Its slot already counts the connection; its own ``rpm`` entry goes, since
+        nothing new was dialed (the warm dial was counted when it started).
+        """
+        state = self._lookup(dep)
+        if state is None:
+            return
+        state.warm_idle = max(state.warm_idle - 1, 0)
+        try:
+            state.recent_starts.remove(reserved_at)
+        except ValueError:
+            pass
+
+    def warm_excess(self, dep: Deployment) -> int:
+        """Warm connections of ``dep`` to close before a session dials fresh, so
+        sessions plus warm connections stay within ``max_parallel_requests``."""
+        state = self._lookup(dep)
+        cap = dep.max_parallel_requests
+        if state is None or cap is None:
+            return 0
+        return max(state.active + state.warm_idle + state.warm_dialing - cap, 0)
+
+    def fresh_dial_allowed(self, dep: Deployment, now: float) -> bool:
+        """May a session that reserved ``dep`` dial it fresh under ``rpm``? (It may have
+        passed the gate only because a warm connection was idle.)"""
+        state = self._lookup(dep)
+        if state is None or dep.rpm is None:
+            return True
+        state.refresh(now)
+        return len(state.recent_starts) <= dep.rpm
+
     # -- visibility -----------------------------------------------------------------
 
     def readiness(self, now: float) -> dict[str, bool]:
@@ -411,6 +528,14 @@ class Pool:
 
 
 def _describe(state: DeploymentState, now: float) -> dict[str, object]:
+    described = _describe_health(state, now)
+    if state.deployment.warm_pool is not None:
+        described["warm_idle"] = state.warm_idle
+        described["warm_dialing"] = state.warm_dialing
+    return described
+
+
+def _describe_health(state: DeploymentState, now: float) -> dict[str, object]:
     state.refresh(now)
     dep = state.deployment
     phase = state.phase.value

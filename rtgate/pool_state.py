@@ -70,6 +70,12 @@ class DeploymentState:
 
     active: int = 0
     """Reserved dials plus live sessions."""
+    warm_idle: int = 0
+    """Warm connections open and waiting for a session (``warm_pool``)."""
+    warm_dialing: int = 0
+    """Warm dials in flight. Idle plus dialing warm connections count against
+    ``max_parallel_requests`` when the warm pool grows, never when a session arrives
+    (the session takes one, or one is closed to make room: :meth:`Pool.warm_excess`)."""
     recent_starts: deque[float] = attrs.field(factory=deque)
     """Start times of dials within the last minute (for ``rpm``)."""
     last_activity: float = -math.inf
@@ -126,7 +132,8 @@ class DeploymentState:
         waits: list[float] = []
         if dep.max_parallel_requests is not None and self.active >= dep.max_parallel_requests:
             waits.append(BUSY_RETRY_SECONDS)
-        if dep.rpm is not None and len(self.recent_starts) >= dep.rpm:
+        if dep.rpm is not None and len(self.recent_starts) >= dep.rpm and not self.warm_idle:
+            # (An idle warm connection's start is already counted: taking it starts nothing.)
             # The slot frees when the start that is rpm-th from the end leaves the window.
             oldest_counted = self.recent_starts[len(self.recent_starts) - dep.rpm]
             waits.append(max(oldest_counted + RPM_WINDOW_SECONDS - now, 0.001))

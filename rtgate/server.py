@@ -143,6 +143,8 @@ async def serve(
             await nursery.start(
                 partial(run_health_checks, gateway.pool, connect=provider_connect(gateway.pool))
             )
+            # Warm pools (deployments with litellm_params.warm_pool) dial from here on.
+            await nursery.start(gateway.warm.run)
             if listeners is None:
                 listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
             front = Front(gateway, control_socket, server_tls_context(config))
@@ -164,6 +166,7 @@ async def serve(
             await stop.wait()
             if on_stopping is not None:
                 await on_stopping()
+            await gateway.warm.drain()  # idle warm connections: closed politely (1001)
             # The drain length is the config in force now (a reload may have changed it).
             await _drain(gateway, listen_scope, gateway.config.server.limits.drain_seconds, hurry)
             control_stop.set()

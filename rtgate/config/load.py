@@ -29,6 +29,7 @@ from rtgate.config.model import (
     ServerSettings,
     TlsSettings,
     VirtualKey,
+    WarmPoolSettings,
 )
 from rtgate.errors import ConfigError
 
@@ -249,7 +250,7 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
     for key in info.node:
         info.used.add(key)
     known = {"model", "api_key", "api_base", "api_version", "weight", "max_parallel_requests",
-             "rpm", "ssl_verify", "ca_bundle", "health_check_interval"}  # fmt: skip
+             "rpm", "ssl_verify", "ca_bundle", "health_check_interval", "warm_pool"}  # fmt: skip
     extra: dict[str, object] = {}
     for key in params.node:
         if key in known:
@@ -278,10 +279,37 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
         ),
         params=extra,
         health_check_interval=params.positive("health_check_interval", float),
+        warm_pool=_warm_pool(ctx, params, index),
     )
     entry.warn_unknown()
     params.warn_unknown()
     return deployment
+
+
+def _warm_pool(ctx: _Ctx, params: _Section, index: int) -> WarmPoolSettings | None:
+    """``litellm_params.warm_pool``: a mapping, or an integer meaning its ``size``."""
+    if not params.has("warm_pool"):
+        params.used.add("warm_pool")
+        return None
+    raw = params.raw("warm_pool")
+    where = f"model_list[{index}].litellm_params.warm_pool"
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = {"size": raw}
+    if not isinstance(raw, Mapping):
+        raise ctx.error(params.line("warm_pool"), f"{where} must be a mapping or an integer size")
+    sec = _Section(ctx, raw, where, params.line("warm_pool"))
+    size = sec.get("size", int)
+    if size is None or size < 1:
+        raise ctx.error(
+            sec.line("size") or params.line("warm_pool"), f"{where}.size must be an integer >= 1"
+        )
+    values: dict[str, Any] = {"size": size}
+    for field in attrs.fields(WarmPoolSettings):
+        if field.name != "size" and sec.has(field.name):
+            allow_zero = field.name == "ping_interval_seconds"
+            values[field.name] = sec.positive(field.name, float, allow_zero=allow_zero)
+    sec.warn_unknown()
+    return WarmPoolSettings(**values)
 
 
 def _keys(ctx: _Ctx, node: object, line: int | None) -> tuple[VirtualKey, ...]:
@@ -441,6 +469,7 @@ def _validate_sinks(ctx: _Ctx, sinks: tuple[Mapping[str, object], ...], line: in
 
 def _validate_providers(ctx: _Ctx, deployments: tuple[Deployment, ...], nodes: list[Any]) -> None:
     from rtgate.providers import get_provider
+    from rtgate.warm_policy import settings_problems
 
     for dep, node in zip(deployments, nodes, strict=True):
         try:
@@ -453,6 +482,13 @@ def _validate_providers(ctx: _Ctx, deployments: tuple[Deployment, ...], nodes: l
         if problems:
             raise ctx.error(
                 _line_of(node), f"deployment {dep.model_name!r}: " + "; ".join(problems)
+            )
+        warm_problems = settings_problems(dep, bool(getattr(provider, "warmable", False)))
+        if warm_problems:
+            params = node.get("litellm_params") if isinstance(node, Mapping) else None
+            raise ctx.error(
+                _line_of(params, "warm_pool") or _line_of(node),
+                f"deployment {dep.model_name!r}: " + "; ".join(warm_problems),
             )
 
 

@@ -46,6 +46,42 @@ class TlsSettings:
 
 
 @attrs.frozen
+class WarmPoolSettings:
+    """``litellm_params.warm_pool``: upstream connections opened before any client asks.
+
+    Opt-in per deployment. rtgate keeps ``size`` connections to the deployment
+    open and idle; a client session of the deployment takes one instead of
+    dialing, so it gets ``session.created`` without paying the upstream
+    handshake (TCP, TLS, upgrade, first event). Gemini and Vertex sockets are
+    opened but their ``setup`` waits for the client. Only WebSocket providers
+    can be pre-opened (openai, azure, xai, gemini, vertex_ai); bedrock and mock
+    are refused at load. LiteLLM ignores the key, so the file still loads there.
+    ``warm_pool: 2`` is short for ``warm_pool: {size: 2}``.
+    """
+
+    size: int
+    """Idle connections kept open (>= 1; at most ``max_parallel_requests`` when that is set).
+    Idle warm connections count against ``max_parallel_requests``, but a client session
+    always wins: at the cap, an idle warm connection is closed to make room. Each warm
+    dial counts as a new session for ``rpm``."""
+    max_idle_seconds: float = 120.0
+    """Age (from connect) at which an unused connection is closed and replaced. Providers
+    cap a session's lifetime from connect (OpenAI 30 min, xAI 1 h, Gemini ~10 min per
+    connection: /work/shared/reference/protocols.md section 1), so a client given a
+    connection this old has that much less session time; the default keeps the loss
+    small. A replacement is dialed shortly before, so the pool does not empty while
+    recycling. Vertex: at most 240 (its access token is used with >= 300 s left)."""
+    refill_delay_seconds: float = 1.0
+    """Wait before the next warm dial after a failed one (or after the upstream closed a
+    young idle connection); doubles with each failure in a row."""
+    refill_delay_max_seconds: float = 60.0
+    """Upper bound of that growing wait."""
+    ping_interval_seconds: float = 20.0
+    """Keepalive pings on idle connections (0: none). An idle connection that has received
+    nothing, not even a pong, for this plus ``rtgate.limits.ping_timeout`` is replaced."""
+
+
+@attrs.frozen
 class Deployment:
     """One ``model_list`` entry: a provider endpoint that serves a model group."""
 
@@ -73,6 +109,8 @@ class Deployment:
     Secret-valued ones are :class:`Secret`."""
     health_check_interval: float | None = None
     """Seconds between active health probes of this deployment (None: global setting)."""
+    warm_pool: WarmPoolSettings | None = None
+    """Pre-opened upstream connections (None: every session dials); see :class:`WarmPoolSettings`."""
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this deployment holds, for scrubbing text that leaves the process."""

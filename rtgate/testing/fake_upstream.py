@@ -48,6 +48,16 @@ class FakeBehaviour:
     raw_on_connect: Sequence[bytes] = ()
     """Bytes written verbatim to the socket after ``session.created`` (pre-framed WebSocket
     frames trio-websocket cannot produce: invalid UTF-8 text, oversized frames)."""
+    handshake_delay: float = 0.0
+    """Seconds the upgrade waits before it is answered (a far or busy provider)."""
+    close_idle_after: float | None = None
+    """Close a connection whose client has sent nothing for this many seconds (a provider
+    shedding idle sockets); ``idle_close`` says how."""
+    idle_close: tuple[int, str] | None = (1000, "idle timeout")
+    """Close frame of an idle close; None drops the TCP connection without one."""
+    idle_events: Sequence[tuple[float, bytes]] = ()
+    """``(seconds, frame)``: sent that long after ``session.created`` while the client is
+    still silent (events a provider may send on a connection nobody uses yet)."""
 
 
 @attrs.define
@@ -66,6 +76,8 @@ class FakeRealtimeServer:
     close_codes: list[int | None] = attrs.field(factory=list)
     frames_sent: int = 0
     response_done_sent: int = 0
+    idle_closes: int = 0
+    """Connections closed by ``close_idle_after``."""
     port: int = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -95,6 +107,8 @@ class FakeRealtimeServer:
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         self.paths.append(request.path)
         self.headers_seen.append(headers)
+        if behaviour.handshake_delay:
+            await trio.sleep(behaviour.handshake_delay)
         if behaviour.hang_handshake:
             await trio.sleep_forever()
         if behaviour.reject_status is not None:
@@ -144,10 +158,18 @@ class FakeRealtimeServer:
             await ws._stream.send_all(raw)
         count = 0
         try:
+            first: str | bytes | None = None
+            if behaviour.close_idle_after is not None or behaviour.idle_events:
+                first = await self._first_message(ws)
+                if first is None:
+                    return
             while True:
                 if behaviour.stop_reading:
                     await trio.sleep_forever()
-                message = await ws.get_message()
+                if first is not None:
+                    message, first = first, None
+                else:
+                    message = await ws.get_message()
                 count += 1
                 data = message.encode() if isinstance(message, str) else message
                 self.received.append(data)
@@ -169,6 +191,46 @@ class FakeRealtimeServer:
                 await self._flush(ws, out)
         except ConnectionClosed as exc:
             self.close_codes.append(exc.reason.code if exc.reason else None)
+
+    async def _first_message(self, ws: object) -> str | bytes | None:
+        """The client's first message, while idle events go out; None after an idle close."""
+        from trio_websocket import WebSocketConnection
+
+        assert isinstance(ws, WebSocketConnection)
+        behaviour = self.behaviour
+        got: list[str | bytes] = []
+        closed: ConnectionClosed | None = None
+        async with trio.open_nursery() as idle_tasks:
+            idle_tasks.start_soon(self._idle_events, ws)
+            limit = behaviour.close_idle_after
+            with trio.move_on_after(limit if limit is not None else float("inf")):
+                try:
+                    got.append(await ws.get_message())  # a channel receive: safe to cancel
+                except ConnectionClosed as exc:
+                    closed = exc
+            idle_tasks.cancel_scope.cancel()
+        if closed is not None:
+            raise closed
+        if got:
+            return got[0]
+        self.idle_closes += 1
+        if behaviour.idle_close is None:
+            await trio.aclose_forcefully(ws._stream)
+        else:
+            await ws.aclose(*behaviour.idle_close)
+        return None
+
+    async def _idle_events(self, ws: object) -> None:
+        from trio_websocket import WebSocketConnection
+
+        assert isinstance(ws, WebSocketConnection)
+        started = trio.current_time()
+        try:
+            for at, frame in self.behaviour.idle_events:
+                await trio.sleep_until(started + at)
+                await ws.send_message(frame.decode())
+        except ConnectionClosed:
+            pass
 
     async def _flush(self, ws: object, out: Outbox) -> None:
         from trio_websocket import WebSocketConnection
