@@ -24,10 +24,13 @@ lint: install
 test: install lint
 	$(VENV)/bin/pytest
 
+# The bench targets add the optional 'bench' extra (matplotlib, for the chart); tests never need it.
 bench: install
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) bench/run_all.py
 
 bench-quick: install
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) bench/run_all.py --quick
 
 soak: install

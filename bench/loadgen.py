@@ -19,7 +19,11 @@ sequential session setups per second.
 
 ``python bench/loadgen.py --url ws://127.0.0.1:4000/v1/realtime?model=M --sessions 50``
 prints one JSON report; without ``--url`` it starts a fake upstream and a
-pinned gateway itself (see :mod:`bench.run_all`).
+pinned gateway itself (see :mod:`bench.run_all`). To spread the load over
+several cores, run several generators with ``--sync`` (each prints ``ready``
+once its sessions are open, then starts sending at the CLOCK_MONOTONIC
+nanosecond it reads on stdin) and ``--samples`` (raw round trips in the
+report, so their percentiles can be merged).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import select
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -315,11 +319,16 @@ def run_load(
     pids: Sequence[int] = (),
     other_pids: Sequence[int] = (),
     rss_every: float = 0.0,
+    wait_start: Callable[[], int] | None = None,
+    keep_samples: bool = False,
 ) -> dict[str, Any]:
     """Stream audio on ``sessions`` sessions; measure over ``seconds`` after ``warmup``.
 
     ``pids``: the process(es) under test (CPU, RSS); ``other_pids``: processes
-    whose CPU is reported for context (the fake upstream).
+    whose CPU is reported for context (the fake upstream). ``wait_start``,
+    called once every session is open, returns the ``time.monotonic_ns()`` at
+    which to start sending (so several generator processes start together);
+    ``keep_samples`` adds every measured round trip to the report.
     """
     clients = open_sessions(target, sessions)
     update = encode(BETA_SESSION_UPDATE if target.beta else SESSION_UPDATE, TEXT, MASK)
@@ -333,8 +342,11 @@ def run_load(
 
     period = CHUNK_MS * 1_000_000
     now = time.perf_counter_ns()
-    # Session i first sends at now + i*period/n: sends are spread evenly over each 20 ms.
+    # Session i first sends at base + i*period/n: sends are spread evenly over each 20 ms.
     base = now + 2_000_000
+    if wait_start is not None:
+        start = wait_start()
+        base = start + time.perf_counter_ns() - time.monotonic_ns()
     due = [base + i * period // sessions for i in range(sessions)]
     measure_from = base + int(warmup * 1e9)
     measure_to = measure_from + int(seconds * 1e9)
@@ -467,6 +479,8 @@ def run_load(
         report["rss_end_mb"] = round(rss_end / 2**20, 1)
     if rss_series:
         report["rss_mb_series"] = [(t, round(b / 2**20, 2)) for t, b in rss_series]
+    if keep_samples:
+        report["latency_samples_ms"] = [round(v, 4) for v in ms]
     return report
 
 
@@ -486,6 +500,16 @@ def _send(ep: select.epoll, client: Client, data: bytes) -> None:
         ep.modify(client.sock.fileno(), select.EPOLLIN)
 
 
+def _start_from_stdin() -> int:
+    """``--sync``: say ``ready`` on stdout, then read the start time (monotonic ns) from stdin."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line.strip():
+        raise SystemExit("--sync: no start time on stdin")
+    return int(line)
+
+
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -502,6 +526,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--pid", type=int, action="append", default=[], help="process to measure")
     parser.add_argument("--setups", type=int, default=0, help="measure N sequential setups instead")
+    parser.add_argument(
+        "--sync",
+        action="store_true",
+        help="print 'ready' once the sessions are open; start at the monotonic ns read on stdin",
+    )
+    parser.add_argument(
+        "--samples", action="store_true", help="include every round trip (ms) in the report"
+    )
     args = parser.parse_args(argv)
     if args.url is None:
         from bench.run_all import standalone
@@ -516,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.seconds,
             warmup=args.warmup,
             pids=args.pid,
+            wait_start=_start_from_stdin if args.sync else None,
+            keep_samples=args.samples,
         )
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -4,18 +4,25 @@ Never asserts speed (that is ``bench/``'s job); asserts that the tools
 produce complete, consistent reports, so they cannot rot unnoticed. The fake
 upstream also answers its 101 and ``session.created`` in one write, which
 pins rtgate's handling of frames that arrive with the upgrade response.
+The chart is drawn only where matplotlib is installed (``.[bench]``; CI has
+``.[dev]`` only); its data extraction is tested everywhere.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from time import monotonic_ns as time_ns
+from typing import Any
 
+import pytest
 import trio
 
-from bench import loadgen
+from bench import chart, loadgen
 from bench.fake_upstream import start_in_thread
 from rtgate.testing.gateway import open_gateway
 
@@ -102,6 +109,89 @@ def test_fake_upstream_echoes_audio_and_probes() -> None:
     assert report["error_events"] == 0
 
 
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def test_loadgen_sync_start_and_samples() -> None:
+    """Generators started together: sending waits for the start time; samples are kept."""
+    server, thread = start_in_thread()
+    asked: list[int] = []
+
+    def start() -> int:
+        at = time_ns() + 300_000_000
+        asked.append(at)
+        return at
+
+    try:
+        url = f"ws://127.0.0.1:{server.port}/v1/realtime?model=x"
+        t0 = time_ns()
+        report = loadgen.run_load(
+            loadgen.Target(url), 1, 0.3, warmup=0.1, wait_start=start, keep_samples=True
+        )
+        elapsed = time_ns() - t0
+    finally:
+        server.stop()
+        thread.join(5)
+    assert len(asked) == 1
+    assert elapsed >= 700_000_000  # 0.3 s wait + 0.1 s warmup + 0.3 s measured
+    assert len(report["latency_samples_ms"]) == report["probes"] >= 2
+    assert max(report["latency_samples_ms"]) == pytest.approx(report["latency_ms_max"], abs=1e-3)
+
+
+def _results() -> dict[str, object]:
+    def rows(added: list[float], cpu: list[float]) -> list[dict[str, object]]:
+        return [
+            {"sessions": n, "added_latency_ms_p99": a, "cpu_s_per_1000_messages": c}
+            for n, a, c in zip((100, 200, 300), added, cpu, strict=False)
+        ]
+
+    return {
+        "date": "2026-01-01 00:00",
+        "machine": "2 cores",
+        "direct": {"sweep": {"200": {"latency_ms_p99": 0.5}, "100": {"latency_ms_p99": 0.3}}},
+        "proxies": [
+            {
+                "name": "rtgate",
+                "sweep": rows([0.2, 1.0, 9.0], [0.05, 0.04, 0.03]),
+                "beta_sweep": rows([0.3, 60.0], [0.05, 0.045]),
+                "gemini_sweep": [{"sessions": 100, "error": "closed under load"}],
+            },
+            {"name": "nginx", "sweep": rows([0.0, 0.0, 0.0], [0.02, 0.015, 0.013])},
+        ],
+    }
+
+
+def test_chart_series_follow_the_results() -> None:
+    lines = {s.label: s for s in chart.series(_results())}
+    assert set(lines) == {
+        chart.DIRECT_LABEL,
+        "rtgate, passthrough",
+        "rtgate, beta-bridged",
+        "nginx, passthrough",
+    }  # an errored sweep draws no line
+    floor = lines[chart.DIRECT_LABEL]
+    assert floor.floor
+    assert floor.sessions == (100, 200)  # sorted, whatever order the JSON keys came in
+    assert floor.latency_ms == (0.3, 0.5)
+    assert set(floor.cpu_s_per_1000) == {None}  # no proxy, no proxy CPU
+    beta = lines["rtgate, beta-bridged"]
+    assert beta.sessions == (100, 200)
+    assert beta.latency_ms == (0.3, 60.0)  # the miss that ended the sweep is drawn
+    assert lines["nginx, passthrough"].cpu_s_per_1000 == (0.02, 0.015, 0.013)
+    assert chart.series({}) == []
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is the optional 'bench' extra")
+def test_chart_renders_svg_and_png(tmp_path: Path) -> None:
+    svg = chart.render(_results(), tmp_path / "c.svg")
+    text = svg.read_text()
+    assert text.lstrip().startswith("<?xml")
+    for label in ("rtgate, beta-bridged", "nginx, passthrough", "p99 budget, 50 ms"):
+        assert label in text  # text stays text (svg.fonttype none)
+    png = chart.render(_results(), tmp_path / "c.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_run_all_quick_writes_json_and_markdown(tmp_path: Path) -> None:
     result = subprocess.run(
         [
@@ -112,6 +202,8 @@ def test_run_all_quick_writes_json_and_markdown(tmp_path: Path) -> None:
             str(tmp_path),
             "--no-nginx",
             "--no-litellm",
+            "--only",
+            "proxies",  # the workers stage has its own test below
         ],
         cwd=ROOT,
         capture_output=True,
@@ -119,8 +211,6 @@ def test_run_all_quick_writes_json_and_markdown(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
-    import json
-
     data = json.loads((tmp_path / "quick.json").read_text())
     rtgate = data["proxies"][0]
     assert rtgate["name"] == "rtgate"
@@ -132,7 +222,98 @@ def test_run_all_quick_writes_json_and_markdown(tmp_path: Path) -> None:
         "rss_per_idle_session_kib",
         "setups_per_s",
         "sessions_per_core_p99_50ms",
+        "beta_sessions_per_core_p99_50ms",
+        "gemini_sessions_per_core_p99_50ms",
     ):
         assert key in rtgate, key
+    assert rtgate["beta_sweep"][0]["sessions"] == rtgate["gemini_sweep"][0]["sessions"] == 2
+    assert data["direct"]["sweep"]["2"]["latency_ms_p99"] is not None
     table = (tmp_path / "quick.md").read_text()
     assert "| metric | target | rtgate |" in table
+    assert "| rtgate, Gemini-translated | 2 |" in table
+    assert (tmp_path / "quick.svg").exists() == HAS_MATPLOTLIB
+
+
+def test_workers_stage_adds_its_rows_and_keeps_the_rest(tmp_path: Path) -> None:
+    """``--only workers`` measures every worker count and layout the cores allow, adds
+    its rows to the existing results file and leaves the other stages' results alone."""
+    from bench import run_all
+
+    old = {"date": "earlier", "machine": "m", "proxies": [], "direct": {"one": {"x": 1}}}
+    (tmp_path / "quick.json").write_text(json.dumps(old))
+    results = run_all.run(
+        run_all.Plan(quick=True), tmp_path, with_nginx=False, with_litellm=False, stages=["workers"]
+    )
+    data = json.loads((tmp_path / "quick.json").read_text())
+    assert data == json.loads(json.dumps(results, default=str))
+    assert data["date"] == "earlier"
+    assert data["direct"] == {"one": {"x": 1}}
+
+    workers = data["workers"]
+    runs = {(r["workers"], r["layout"]): r for r in workers["runs"]}
+    if (os.cpu_count() or 1) >= 2:
+        # One worker: load on its own core, and co-located; two workers: co-located only.
+        assert set(runs) == {(1, "dedicated"), (1, "co-located"), (2, "co-located")}
+        dedicated = runs[1, "dedicated"]
+        assert not set(dedicated["proxy_cores"]) & set(dedicated["load_cores"])
+    for (n, _), r in runs.items():
+        assert "error" not in r, r
+        assert len(r["worker_cpu_fraction"]) == len(r["worker_sessions"]) == n
+        assert sum(r["worker_sessions"]) == r["sessions"] == 2 * n  # every session found a worker
+        assert r["generators"] == n
+        assert r["probes"] > 0
+        assert r["messages_per_s"] > 0
+    assert {s["workers"] for s in workers["summary"]} == {1, 2}
+    assert workers["scaling"][0]["workers"] == 2
+    table = (tmp_path / "quick.md").read_text()
+    assert "--workers N" in table
+    assert "| metric |" not in table  # no proxies measured in this file
+    assert (tmp_path / "quick.svg").exists() == HAS_MATPLOTLIB
+
+
+def _row(
+    n: int, layout: str, per_worker: int, msgs: int, p99: float, busiest: float
+) -> dict[str, Any]:
+    return {
+        "workers": n,
+        "layout": layout,
+        "sessions_per_worker": per_worker,
+        "messages_per_s": msgs,
+        "latency_ms_p99": p99,
+        "busiest_worker_cpu_fraction": busiest,
+        "worker_cores_busy_fraction": 0.5,
+        "load_cores_busy_fraction": 0.5,
+    }
+
+
+def test_workers_scaling_compares_like_with_like() -> None:
+    """Measured ratios from saturation rates; CPU efficiency only where cores had room."""
+    from bench.run_all import CO_LOCATED, DEDICATED, scaling
+
+    runs = [
+        _row(1, DEDICATED, 100, 12000, 1.0, 0.5),
+        _row(1, DEDICATED, 200, 24000, 9.0, 0.95),
+        _row(1, CO_LOCATED, 100, 12000, 2.0, 0.4),
+        _row(1, CO_LOCATED, 150, 18000, 30.0, 0.5),
+        _row(2, CO_LOCATED, 100, 24000, 3.0, 0.5),
+        _row(2, CO_LOCATED, 150, 36000, 60.0, 0.6),  # over 50 ms: not compared
+    ]
+    runs[3]["worker_cores_busy_fraction"] = 1.0  # a full core distorts CPU per message
+    summary = [
+        {"workers": 1, "layout": DEDICATED, "saturation_messages_per_s": 24000},
+        {"workers": 1, "layout": CO_LOCATED, "saturation_messages_per_s": 18000},
+        {"workers": 2, "layout": CO_LOCATED, "saturation_messages_per_s": 24000},
+    ]
+    [row] = scaling(runs, summary, [1, 2])
+    assert row["workers"] == 2
+    assert row["target_ratio"] == 1.6
+    assert "measured_ratio" not in row  # no dedicated run of two workers
+    assert row["measured_co_located_ratio"] == round(24000 / 18000, 2)
+    assert row["efficiency_by_sessions_per_worker"] == {100: 0.8}  # 0.4 / 0.5
+    assert row["efficiency"] == 0.8
+    assert row["projected_ratio"] == 1.6
+    assert row["projected_messages_per_s"] == round(2 * 0.8 * 24000)
+
+    summary.append({"workers": 2, "layout": DEDICATED, "saturation_messages_per_s": 45600})
+    [row] = scaling(runs, summary, [1, 2])
+    assert row["measured_ratio"] == 1.9
