@@ -38,9 +38,10 @@ import trio
 from rtgate.config.model import Deployment, GatewayConfig, WarmPoolSettings
 from rtgate.errors import UpstreamClosed, UpstreamConnectError, scrub
 from rtgate.net.upstream_ws import WsUpstream
+from rtgate.net.wsconn import WsConnection
 from rtgate.pool import Pool
 from rtgate.providers import get_provider
-from rtgate.providers.base import SessionContext, UpstreamLink
+from rtgate.providers.base import Provider, SessionContext, UpstreamLink
 from rtgate.providers.websocket import WebSocketProvider, WsTarget
 from rtgate.translate.base import Frame, new_id
 from rtgate.warm_policy import (
@@ -127,6 +128,9 @@ class WarmLink:
     send: Callable[[Sequence[Frame]], Coroutine[Any, Any, None]]
     ping: Callable[[], Coroutine[Any, Any, None]]
     pending_bytes: Callable[[], int]
+    conn: WsConnection
+    """The socket's WebSocket, set after the first receive (never while the warm reader
+    may still be reading it)."""
 
     def __init__(self, conn: WarmConnection) -> None:
         link = conn.link
@@ -142,6 +146,8 @@ class WarmLink:
         conn = self.warm
         await conn.result_ready.wait()
         self.receive = self._link.receive
+        # Only now, with the reader gone, may the relay read the socket directly.
+        self.conn = self._link.conn
         result = conn.result
         if isinstance(result, UpstreamClosed):
             raise UpstreamClosed(result.code, result.reason)
@@ -223,8 +229,9 @@ class _Host(Protocol):
 class WarmPools:
     """Every deployment's warm set; owned by the gateway, run in the server's nursery."""
 
-    def __init__(self, host: _Host) -> None:
+    def __init__(self, host: _Host, *, providers: Callable[[str], Provider] = get_provider) -> None:
         self._host = host
+        self._providers = providers
         self._sets: dict[str, WarmSet] = {}
         self._nursery: trio.Nursery | None = None
         self._draining = False
@@ -258,7 +265,7 @@ class WarmPools:
         for dep_id, dep in wanted.items():
             if dep_id in self._sets:
                 continue
-            provider = get_provider(dep.provider)
+            provider = self._providers(dep.provider)
             if not isinstance(provider, WebSocketProvider):
                 continue  # the loader refuses these; a test's config object might not
             ws = WarmSet(dep, provider, config)
@@ -308,7 +315,14 @@ class WarmPools:
                 self._discard(ws, conn, "expired")
                 continue
             conn.state = ConnState.CHECKING
-            if not await self._still_open(conn):
+            try:
+                alive = await self._still_open(conn)
+            except BaseException:
+                if conn.state is ConnState.CHECKING:  # the client left: it stays warm
+                    conn.state = ConnState.IDLE
+                    ws.idle.appendleft(conn)
+                raise
+            if not alive:
                 continue  # the reader saw it close and has discarded it
             conn.state = ConnState.TAKEN
             pool.warm_taken(dep, reserved_at)

@@ -30,8 +30,12 @@ async def test_session_takes_a_warm_connection(nursery: trio.Nursery) -> None:
     )
     with trio.fail_after(10):
         async with open_gateway(config) as gw:
-            await wait_for(lambda: gw.gateway.warm.idle_counts() and
-                           next(iter(gw.gateway.warm.idle_counts().values()))[1] == 2)
+            await wait_for(
+                lambda: (
+                    gw.gateway.warm.idle_counts()
+                    and next(iter(gw.gateway.warm.idle_counts().values()))[1] == 2
+                )
+            )
             assert fake.sessions == 2
             async with connect(gw.ws_url + "/v1/realtime?model=gpt-realtime", HEADERS) as ws:
                 event = await recv_json(ws)
