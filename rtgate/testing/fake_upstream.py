@@ -78,6 +78,9 @@ class FakeRealtimeServer:
     response_done_sent: int = 0
     idle_closes: int = 0
     """Connections closed by ``close_idle_after``."""
+    open_now: int = 0
+    """Accepted WebSocket connections not yet ended (what a provider's concurrency cap sees)."""
+    open_max: int = 0
     port: int = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -126,6 +129,20 @@ class FakeRealtimeServer:
             return
         ws = await request.accept()
         self.sessions += 1
+        self.open_now += 1
+        self.open_max = max(self.open_max, self.open_now)
+        try:
+            await self._accepted(ws, request, headers)
+        finally:
+            self.open_now -= 1
+
+    async def _accepted(
+        self, ws: object, request: WebSocketRequest, headers: dict[str, str]
+    ) -> None:
+        from trio_websocket import WebSocketConnection
+
+        assert isinstance(ws, WebSocketConnection)
+        behaviour = self.behaviour
         if headers.get("openai-beta", "").replace(" ", "") == "realtime=v1":
             await ws.aclose(4000, "invalid_request_error.beta_api_shape_disabled")
             return
