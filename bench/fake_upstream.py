@@ -21,6 +21,9 @@ in binary frames as Gemini does: nothing until ``setup``, then
 the same base64 ``inlineData`` (probes are audio too, so they come back the
 same way); other messages (``activityStart``...) are ignored.
 
+``--handshake-delay S`` answers each upgrade S seconds late (a far provider's
+TCP + TLS + upgrade), without blocking the loop (``bench/warmstart.py``).
+
 ``python -m bench.fake_upstream --port 0`` prints the bound port on stdout.
 """
 
@@ -28,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import heapq
+import itertools
 import select
 import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -99,7 +105,13 @@ class _Conn:
 class FakeUpstream:
     """Serve until :meth:`stop`; ``port`` is set once bound."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, handshake_delay: float = 0.0
+    ) -> None:
+        self.handshake_delay = handshake_delay
+        self._delayed: list[tuple[float, int, _Conn, bytes]] = []
+        """Upgrade answers due later: (due, tie-break, connection, bytes)."""
+        self._ticket = itertools.count()
         self.listener = socket.create_server((host, port), backlog=1024)
         self.listener.setblocking(False)
         self.port: int = self.listener.getsockname()[1]
@@ -125,7 +137,10 @@ class FakeUpstream:
         ep.register(wfd, select.EPOLLIN)
         try:
             while not self._stop.is_set():
-                for fd, mask in ep.poll(1.0):
+                timeout = 1.0
+                if self._delayed:
+                    timeout = min(max(self._delayed[0][0] - time.monotonic(), 0.0), 1.0)
+                for fd, mask in ep.poll(timeout):
                     if fd == lfd:
                         self._accept(ep, conns)
                     elif fd == wfd:
@@ -139,6 +154,10 @@ class FakeUpstream:
                         readable = mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR)
                         if readable and not self._read(ep, conn):
                             self._drop(ep, conns, conn)
+                while self._delayed and self._delayed[0][0] <= time.monotonic():
+                    _, _, conn, reply = heapq.heappop(self._delayed)
+                    if conns.get(conn.sock.fileno()) is conn:
+                        self._write(ep, conn, reply)
         finally:
             for conn in list(conns.values()):
                 conn.sock.close()
@@ -198,7 +217,11 @@ class FakeUpstream:
             if not conn.gemini:  # Gemini says nothing before the setup
                 reply += encode(SESSION_CREATED)
                 self.frames_out += 1
-            self._write(ep, conn, reply)
+            if self.handshake_delay > 0:
+                due = time.monotonic() + self.handshake_delay
+                heapq.heappush(self._delayed, (due, next(self._ticket), conn, reply))
+            else:
+                self._write(ep, conn, reply)
             if not rest:
                 return True
             data = rest
@@ -281,8 +304,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--handshake-delay", type=float, default=0.0, help="seconds before each 101 answer"
+    )
     args = parser.parse_args()
-    server = FakeUpstream(args.host, args.port)
+    server = FakeUpstream(args.host, args.port, args.handshake_delay)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     print(server.port, flush=True)
