@@ -15,6 +15,7 @@ import attrs
 import orjson
 
 from rtgate.config.model import Deployment, WarmPoolSettings
+from rtgate.translate.base import Binary
 
 VERTEX_MAX_IDLE_SECONDS = 240.0
 """A Vertex access token is replaced when less than 300 s of it remain
@@ -118,7 +119,8 @@ def idle_frames_problem(frames: Sequence[object], already_held: int) -> str | No
     if already_held + len(frames) > MAX_IDLE_FRAMES:
         return "overflow"
     for frame in frames:
-        if type(frame) is bytes and _kind(frame) in DISCARDING_EVENTS:
+        data = frame.data if isinstance(frame, Binary) else frame  # Gemini: binary JSON
+        if isinstance(data, bytes) and _kind(data) in DISCARDING_EVENTS:
             return "error_event"
     return None
 

@@ -16,6 +16,7 @@ from rtgate.config.model import Deployment, GatewayConfig, RouterSettings, WarmP
 from rtgate.errors import ConfigError
 from rtgate.pool import Pool
 from rtgate.pool_state import Phase
+from rtgate.translate.base import Binary
 from rtgate.warm_policy import (
     MAX_IDLE_FRAMES,
     VERTEX_MAX_IDLE_SECONDS,
@@ -166,6 +167,7 @@ def test_idle_frames_are_kept_unless_error_goaway_or_too_many() -> None:
     assert idle_frames_problem([ping, b"not json"], 0) is None
     assert idle_frames_problem([b'{"type":"error","error":{}}'], 0) == "error_event"
     assert idle_frames_problem([b'{"goAway":{"timeLeft":"5s"}}'], 0) == "error_event"
+    assert idle_frames_problem([Binary(b'{"goAway":{"timeLeft":"5s"}}')], 0) == "error_event"
     assert idle_frames_problem([ping], MAX_IDLE_FRAMES) == "overflow"
 
 
