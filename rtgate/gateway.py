@@ -144,6 +144,9 @@ class Gateway:
             return
         protocol.send_response(response)
         self.counters.handshake_seconds.observe(trio.current_time() - handshake_started)
+        # This frame lives as long as the session: keep only what the session needs
+        # (the parsed request and response are a few KiB per idle session).
+        del request, response
         await session.run(self, WsConnection(stream, protocol, write_timeout=limits.ping_timeout))
 
     async def _open_session(self, request: Request, client_addr: str) -> _Session:

@@ -26,7 +26,6 @@ import trio
 from rtgate.config.model import Limits
 from rtgate.errors import UpstreamClosed, close_reason, scrub
 from rtgate.metrics import RELAY_SAMPLE_MASK, RelayCounters
-from rtgate.net.engine import Engine
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
@@ -97,11 +96,6 @@ class Relay:
         self._started = 0.0
         self._upstream_last = 0.0
         self._reconnecting = False
-        self._client_out = Outbox()
-        self._upstream_out = Outbox()
-        self._client_lane = _Lane(self, client_side=True)
-        self._upstream_lane = _Lane(self, client_side=False)
-        self._engine: Engine | None = None
 
     # -- public ------------------------------------------------------------------
 
@@ -117,17 +111,15 @@ class Relay:
                 if self.upstream.first_frames:
                     for frame in self.upstream.first_frames:
                         self.translator.on_upstream(frame, out, now)
+                    self.upstream.first_frames = []  # relayed: not held for the session
                 await self._dispatch(out)
                 if self.outcome is None:
-                    if self._lane_conns() is not None:
-                        self._engine = Engine.current()
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         nursery.start_soon(self._pump_client)
                         nursery.start_soon(self._pump_upstream)
                         nursery.start_soon(self._timer)
         finally:
-            self._disarm_lanes()
             outcome = self.outcome or Outcome(1001, "gateway stopped", 1001, "", "gateway")
             self.outcome = outcome
             with trio.CancelScope(shield=True):
@@ -137,18 +129,14 @@ class Relay:
     # -- the two pumps -----------------------------------------------------------
 
     async def _pump_client(self) -> None:
-        out = self._client_out
+        out = Outbox()
         client = self.client
-        lane = self._client_lane
+        bridge = self.bridge
+        tap = self.tap
+        stats = self.stats
+        counters = self.counters
+        batch_no = -1  # the first batch of a session is sampled
         while True:
-            if (
-                self._engine is not None
-                and lane.hung_up is None
-                and client.fast_readable()
-                and self._lane_conns()
-            ):
-                await self._fast_turn(lane, client, out)
-                continue
             try:
                 frames = await client.receive()
             except ConnectionClosed as exc:
@@ -156,25 +144,21 @@ class Relay:
                 await self._say_goodbye_upstream(out)
                 return
             now = client.last_received  # the clock read the receive already made
-            self._client_batch(frames, out, now)
+            translator = self.translator
+            stats.frames_from_client += len(frames)
+            counters.add("client_in", len(frames), _size(frames))
+            batch_no += 1
+            try:
+                if bridge is None and tap is None:
+                    for frame in frames:
+                        translator.on_client(frame, out, now)
+                else:
+                    self._client_frames(frames, out, now)
+            except Exception:
+                self._translator_failed(out)
             await self._dispatch(out)
-            lane.batch_no += 1
-            if lane.batch_no & RELAY_SAMPLE_MASK == 0:
-                self.counters.latency.observe(trio.current_time() - now)
-
-    def _client_batch(self, frames: list[Frame], out: Outbox, now: float) -> None:
-        """Count and translate one client read (both lanes)."""
-        self.stats.frames_from_client += len(frames)
-        self.counters.add("client_in", len(frames), _size(frames))
-        try:
-            if self.bridge is None and self.tap is None:
-                translator = self.translator
-                for frame in frames:
-                    translator.on_client(frame, out, now)
-            else:
-                self._client_frames(frames, out, now)
-        except Exception:
-            self._translator_failed(out)
+            if batch_no & RELAY_SAMPLE_MASK == 0:
+                counters.latency.observe(trio.current_time() - now)
 
     def _client_frames(self, frames: list[Frame], out: Outbox, now: float) -> None:
         """The client batch when a beta bridge or a tap is in the way."""
@@ -193,14 +177,11 @@ class Relay:
             translator.on_client(frame, out, now)
 
     async def _pump_upstream(self) -> None:
-        out = self._upstream_out
-        lane = self._upstream_lane
+        out = Outbox()
+        counters = self.counters
+        batch_no = -1  # the first batch of a session is sampled
         while True:
             link = self.upstream
-            conns = self._lane_conns() if self._engine is not None else None
-            if conns is not None and lane.hung_up is not conns[1] and conns[1].fast_readable():
-                await self._fast_turn(lane, conns[1], out)
-                continue
             try:
                 frames = await link.receive()
             except UpstreamClosed as exc:
@@ -225,138 +206,17 @@ class Relay:
                 await self._dispatch(out, final=True)
                 return
             now = self._upstream_last = trio.current_time()
-            self._upstream_batch(frames, out, now)
-            await self._dispatch(out)
-            lane.batch_no += 1
-            if lane.batch_no & RELAY_SAMPLE_MASK == 0:
-                self.counters.latency.observe(trio.current_time() - now)
-
-    def _upstream_batch(self, frames: list[Frame], out: Outbox, now: float) -> None:
-        """Count and translate one upstream read (both lanes)."""
-        self.counters.add("upstream_in", len(frames), _size(frames))
-        translator = self.translator
-        try:
-            for frame in frames:
-                translator.on_upstream(frame, out, now)
-        except Exception:
-            self._translator_failed(out)
-
-    # -- the fast lane (rtgate.net.engine): the steady state without task switches ------
-
-    def _lane_conns(self) -> tuple[WsConnection, WsConnection] | None:
-        """Both plain-TCP WebSockets when this session can use the fast lane."""
-        up = getattr(self.upstream, "conn", None)
-        if (
-            self.outcome is None
-            and isinstance(up, WsConnection)
-            and up.fileno() >= 0
-            and self.client.fileno() >= 0
-        ):
-            return self.client, up
-        return None
-
-    async def _fast_turn(self, lane: _Lane, source: WsConnection, out: Outbox) -> None:
-        """Let the engine serve ``source`` until the lane hands back, then finish in
-        async code whatever it left (an owed write, a batch it could not send)."""
-        assert self._engine is not None
-        fd = source.fileno()
-        if lane.fd >= 0 and lane.fd != fd:
-            self._engine.disarm(lane.fd, lane)
-        lane.source = source
-        lane.fd = fd
-        lane.wake = trio.Event()
-        lane.fast = True
-        self._engine.arm(fd, lane)
-        try:
-            await lane.wake.wait()
-        finally:
-            lane.fast = False
-        await self._flush_owed()
-        await self._dispatch(out)
-
-    def _lane_ready(self, lane: _Lane) -> bool:
-        """The engine's call: one read of the lane's source, translated and written now."""
-        source = lane.source
-        conns = self._lane_conns()
-        if source is None or conns is None or source is not conns[0 if lane.client_side else 1]:
-            lane.hand_back()  # the upstream was swapped or the session is ending
-            return False
-        frames = source.receive_nowait()
-        if frames is None:
-            lane.hand_back()
-            return False
-        if not frames:
-            return source.read_full  # part of a big frame: the rest may be waiting
-        now = source.last_received
-        if lane.client_side:
-            out = self._client_out
-            self._client_batch(frames, out, now)
-        else:
-            out = self._upstream_out
-            self._upstream_last = now
-            self._upstream_batch(frames, out, now)
-        self._dispatch_now(out, lane, *conns)
-        lane.batch_no += 1
-        if lane.batch_no & RELAY_SAMPLE_MASK == 0:
-            self.counters.latency.observe(trio.current_time() - now)
-        return lane.fast and source.read_full
-
-    def _dispatch_now(
-        self, out: Outbox, lane: _Lane, client: WsConnection, upstream: WsConnection
-    ) -> None:
-        """:meth:`_dispatch` without waiting, or hand the batch back untouched."""
-        to_upstream = out.to_upstream
-        to_client = out.to_client
-        limit = self.limits.max_pending_bytes
-        if (
-            to_upstream and (not upstream.can_send_now(to_upstream) or _size(to_upstream) > limit)
-        ) or (to_client and (not client.can_send_now(to_client) or _size(to_client) > limit)):
-            lane.hand_back()
-            return
-        try:
-            if to_upstream:
-                self.counters.add("upstream_out", len(to_upstream), _size(to_upstream))
-                try:
-                    if not upstream.send_now(to_upstream):
-                        lane.hand_back()  # the rest is owed: stop reading until it is written
-                except ConnectionClosed as exc:
-                    self._upstream_lost(exc.code, exc.reason)
-            if to_client and self.outcome is None:
-                frames, _ = self._prepare_client(to_client)
-                try:
-                    if frames and not client.send_now(frames):
-                        lane.hand_back()
-                except ConnectionClosed as exc:
-                    self._client_lost(exc)
-        finally:
-            to_upstream.clear()
-            to_client.clear()
-        self._after_any_dispatch(out)
-
-    async def _flush_owed(self) -> None:
-        """Write what a fast-lane write left (the write timeout applies)."""
-        try:
-            await self.client.flush_owed()
-        except ConnectionClosed as exc:
-            self._client_lost(exc)
-        up = getattr(self.upstream, "conn", None)
-        if isinstance(up, WsConnection):
+            counters.add("upstream_in", len(frames), _size(frames))
+            batch_no += 1
+            translator = self.translator
             try:
-                await up.flush_owed()
-            except ConnectionClosed as exc:
-                self._upstream_lost(exc.code, exc.reason)
-
-    def _lane_crashed(self) -> None:
-        self._set_outcome(Outcome(1011, "internal error", 1011, "", "error"))
-
-    def _disarm_lanes(self) -> None:
-        engine = self._engine
-        if engine is not None:
-            for lane in (self._client_lane, self._upstream_lane):
-                lane.fast = False
-                if lane.fd >= 0:
-                    engine.disarm(lane.fd, lane)
-                    lane.fd = -1
+                for frame in frames:
+                    translator.on_upstream(frame, out, now)
+            except Exception:
+                self._translator_failed(out)
+            await self._dispatch(out)
+            if batch_no & RELAY_SAMPLE_MASK == 0:
+                counters.latency.observe(trio.current_time() - now)
 
     # -- routing what translators produce ---------------------------------------------
 
@@ -392,15 +252,18 @@ class Relay:
                 await self._send_client(out.to_client)
         except UpstreamClosed as exc:
             # The reader task will see the close too; make sure the session ends.
-            self._upstream_lost(exc.code, exc.reason)
+            self._set_outcome(
+                Outcome(1011, "upstream connection lost", exc.code, exc.reason, "upstream", True)
+            )
         except ConnectionClosed as exc:
-            self._client_lost(exc)
+            if not exc.by_peer and exc.code == 1011:
+                self.counters.limit(
+                    "slow_consumer"
+                )  # the write timeout: the client stopped reading
+            self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
         finally:
             out.to_upstream.clear()
             out.to_client.clear()
-        self._after_any_dispatch(out)
-
-    def _after_any_dispatch(self, out: Outbox) -> None:
         if out.responses_done or out.reconnect is not None or out.close is not None:
             self._after_dispatch(out)
         deadline = self.translator.deadline
@@ -408,14 +271,6 @@ class Relay:
             self._timer_scope.deadline = deadline
         if self.outcome is not None:
             self._scope.cancel()
-
-    def _upstream_lost(self, code: int, reason: str) -> None:
-        self._set_outcome(Outcome(1011, "upstream connection lost", code, reason, "upstream", True))
-
-    def _client_lost(self, exc: ConnectionClosed) -> None:
-        if not exc.by_peer and exc.code == 1011:
-            self.counters.limit("slow_consumer")  # the write timeout: the client stopped reading
-        self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
 
     def _after_dispatch(self, out: Outbox) -> None:
         """The rare parts of a dispatch: usage, a reconnect request, a close."""
@@ -432,8 +287,7 @@ class Relay:
             out.close = None
             self._set_outcome(Outcome(close.code, close.reason, 1000, "", "gateway"))
 
-    def _prepare_client(self, frames: list[Frame]) -> tuple[list[Frame], int]:
-        """Scrub, record, bridge and count a batch for the client; its frames and size."""
+    async def _send_client(self, frames: list[Frame]) -> None:
         self.stats.frames_to_client += len(frames)
         _scrub_error_events(frames, self.secrets)
         tap = self.tap
@@ -447,10 +301,6 @@ class Relay:
         size = _size(frames)
         self.stats.bytes_to_client += size
         self.counters.add("client_out", len(frames), size)
-        return frames, size
-
-    async def _send_client(self, frames: list[Frame]) -> None:
-        frames, size = self._prepare_client(frames)
         if size <= self.limits.max_pending_bytes:
             await self.client.send(frames)
             return
@@ -566,8 +416,6 @@ class Relay:
             return
         old = self.upstream
         self.upstream = new
-        if self._upstream_lane.fast:
-            self._upstream_lane.hand_back()  # its pump moves to the new link
         self.translator.on_reconnected(out, trio.current_time())
         for frame in new.first_frames:
             self.translator.on_upstream(frame, out, trio.current_time())
@@ -675,39 +523,3 @@ def _bounded(frames: list[Frame], size: int, limit: int) -> list[list[Frame]]:
         held += n
     chunks.append(current)
     return chunks
-
-
-class _Lane:
-    """One direction of a session on the fast lane (:class:`rtgate.net.engine.Lane`).
-
-    While ``fast``, the engine reads ``source`` and the direction's pump task
-    waits on ``wake``; :meth:`hand_back` returns the direction to that task.
-    """
-
-    __slots__ = ("batch_no", "client_side", "fast", "fd", "hung_up", "relay", "source", "wake")
-
-    def __init__(self, relay: Relay, *, client_side: bool) -> None:
-        self.relay = relay
-        self.client_side = client_side
-        self.fast = False
-        self.hung_up: WsConnection | None = None
-        """The source whose peer shut down (a reconnect brings a new source)."""
-        self.fd = -1
-        self.source: WsConnection | None = None
-        self.wake = trio.Event()
-        self.batch_no = -1  # the first batch of a session is sampled
-
-    def on_ready(self) -> bool:
-        return self.fast and self.relay._lane_ready(self)
-
-    def on_crash(self, exc: BaseException) -> None:
-        self.hand_back()
-        self.relay._lane_crashed()
-
-    def on_hangup(self) -> None:
-        self.hung_up = self.source  # the rest of this socket is read by the async path
-        self.hand_back()
-
-    def hand_back(self) -> None:
-        self.fast = False
-        self.wake.set()

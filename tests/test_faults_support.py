@@ -26,7 +26,6 @@ from websockets.protocol import CLOSED
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from rtgate.net.engine import Engine
 from rtgate.server import ServerHandle
 
 _QUIET = logging.getLogger("tests.rawws")
@@ -206,12 +205,7 @@ class LeakCheck:
 
     @classmethod
     async def start(cls) -> LeakCheck:
-        """A baseline taken once every task (a just-started listener too) is blocked.
-
-        The relay's fast-lane engine lives as long as the trio run (one epoll
-        descriptor, one system task), so it is started before the baseline.
-        """
-        Engine.current()
+        """A baseline taken once every task (a just-started listener too) is blocked."""
         await trio.testing.wait_all_tasks_blocked(0.01)
         return cls()
 

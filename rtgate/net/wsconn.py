@@ -71,13 +71,6 @@ class WsConnection:
         self.last_received = trio.current_time()
         self.bytes_received = 0
         self._eof_sent = False
-        # The fast lane (rtgate.net.engine) reads and writes without awaiting; what it
-        # cannot finish is left here for the async paths, which take it first.
-        self._stash: list[Message] = []
-        self._eof_pending = False
-        self._owed: memoryview | None = None
-        self.read_full = False
-        """The last fast-lane read filled the buffer (more may be waiting)."""
 
     # -- reading ---------------------------------------------------------------
 
@@ -89,12 +82,6 @@ class WsConnection:
         if self._early_events:
             messages = reader.assemble(self._early_events)
             self._early_events = []
-        if self._stash:
-            messages += self._stash
-            self._stash = []
-        if self._eof_pending:
-            self._eof_pending = False
-            messages += reader.feed_eof()
         while True:
             if protocol.writes:
                 await self._flush()  # pongs, close echo, failure close
@@ -113,53 +100,6 @@ class WsConnection:
             else:
                 messages = reader.feed_eof()
 
-    def fileno(self) -> int:
-        """The plain TCP socket's descriptor, or -1 (TLS, in-memory, closed): no fast lane."""
-        return self._raw.sock.fileno() if self._raw is not None else -1
-
-    def fast_readable(self) -> bool:
-        """True when :meth:`receive_nowait` may read (nothing left for the async path)."""
-        protocol = self.protocol
-        return (
-            self._raw is not None
-            and not self._early_events
-            and not self._stash
-            and not self._eof_pending
-            and not protocol.writes
-            and protocol.state is OPEN
-            and protocol.parser_exc is None
-        )
-
-    def receive_nowait(self) -> list[Message] | None:
-        """Fast lane: one non-blocking read. ``[]``: nothing to read now. ``None``: the
-        async :meth:`receive` must take over (a close, EOF, an error, a reply to
-        flush); anything already read is kept for it, in order."""
-        if not self.fast_readable():
-            return None
-        protocol = self.protocol
-        assert self._raw is not None
-        fd = self._raw.sock.fileno()
-        if fd < 0:
-            return None
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            self.read_full = False
-            return []
-        except OSError:
-            data = b""  # reset by the peer: the async path reports it as a lost connection
-        self.last_received = trio.current_time()
-        if not data:
-            self._eof_pending = True
-            return None
-        self.bytes_received += len(data)
-        self.read_full = len(data) == READ_SIZE
-        messages = self._reader.feed(data)
-        if protocol.writes or protocol.state is not OPEN or protocol.parser_exc is not None:
-            self._stash = messages
-            return None
-        return messages
-
     def _raise_if_closed(self) -> None:
         protocol = self.protocol
         if protocol.state is OPEN and protocol.parser_exc is None:
@@ -177,54 +117,6 @@ class WsConnection:
 
     # -- writing ---------------------------------------------------------------
 
-    def can_send_now(self, messages: Sequence[Message]) -> bool:
-        """True when :meth:`send_now` may write ``messages`` (text only, nothing queued or owed)."""
-        protocol = self.protocol
-        if (
-            self._raw is None
-            or not self._fast_send
-            or self._owed is not None
-            or protocol.writes
-            or protocol.state is not OPEN
-            or protocol.expect_continuation_frame
-            or self._send_lock.locked()
-        ):
-            return False
-        # A generator (all(...)) costs more than this loop for the usual one message.
-        for message in messages:  # noqa: SIM110
-            if type(message) is not bytes:
-                return False
-        return True
-
-    def send_now(self, messages: Sequence[Message]) -> bool:
-        """Fast lane: write text ``messages`` with one non-blocking write; the caller
-        checked :meth:`can_send_now`. False: the kernel took only part; the rest is
-        owed and written first by the next async write (:meth:`flush_owed`)."""
-        assert self._raw is not None
-        mask = self._mask
-        if len(messages) == 1:
-            payload = encode_text(messages[0], mask=mask)  # type: ignore[arg-type]
-        else:
-            payload = b"".join([encode_text(m, mask=mask) for m in messages])  # type: ignore[arg-type]
-        try:
-            sent = self._raw.try_send(payload)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise ConnectionClosed(1006, "connection lost", by_peer=True) from None
-        if sent == len(payload):
-            return True
-        self._owed = memoryview(payload)[sent:]
-        return False
-
-    @property
-    def owes(self) -> bool:
-        """Bytes of a fast-lane write are still to be written."""
-        return self._owed is not None
-
-    async def flush_owed(self) -> None:
-        """Finish a partial fast-lane write (within the write timeout)."""
-        if self._owed is not None:
-            await self._flush()
-
     async def send(self, messages: Sequence[Message]) -> None:
         """Queue every message and write them with one ``send_all``."""
         protocol = self.protocol
@@ -234,13 +126,7 @@ class WsConnection:
         fast = self._fast_send and not protocol.expect_continuation_frame
         writes = protocol.writes
         mask = self._mask
-        if (
-            fast
-            and len(messages) == 1
-            and not writes
-            and self._raw is not None
-            and self._owed is None
-        ):
+        if fast and len(messages) == 1 and not writes and self._raw is not None:
             message = messages[0]
             if type(message) is bytes and not self._send_lock.locked():
                 # The common batch (one event): its frame goes straight to the socket,
@@ -264,12 +150,11 @@ class WsConnection:
             await self._flush()
 
     def pending_bytes(self) -> int:
-        owed = len(self._owed) if self._owed is not None else 0
-        return owed + sum(len(chunk) for chunk in self.protocol.writes)
+        return sum(len(chunk) for chunk in self.protocol.writes)
 
     async def _flush(self) -> None:
         raw = self._raw
-        if raw is not None and not self._send_lock.locked() and self._owed is None:
+        if raw is not None and not self._send_lock.locked():
             # Fast path (plain TCP): one non-blocking write, which the kernel takes
             # whole almost always; no lock round trip, no timer, no task switch.
             chunks = self.protocol.data_to_send()
@@ -277,10 +162,6 @@ class WsConnection:
                 await self._write_now(raw, b"".join(chunks), chunks[-1] == b"")
             return
         async with self._send_lock:
-            owed = self._owed
-            if owed is not None:
-                self._owed = None
-                await self._write(self.stream.send_all, owed, False)
             chunks = self.protocol.data_to_send()
             if not chunks:
                 return
