@@ -58,6 +58,9 @@ class RelayStats:
     usage: dict[str, int] = attrs.field(factory=dict)
 
 
+_NOTHING: list[Frame] = []
+"""Stands in for a relayed batch while a pump waits (never mutated)."""
+
 Redial = Callable[[], Awaitable[UpstreamLink]]
 """How the relay redials the same deployment when a translator asks (see ``Reconnect``)."""
 
@@ -108,10 +111,10 @@ class Relay:
             with self._scope:
                 out = Outbox()
                 self.translator.start(out, now)
-                if self.upstream.first_frames:
-                    for frame in self.upstream.first_frames:
-                        self.translator.on_upstream(frame, out, now)
-                    self.upstream.first_frames = []  # relayed: not held for the session
+                first, self.upstream.first_frames = self.upstream.first_frames, []
+                for frame in first:
+                    self.translator.on_upstream(frame, out, now)
+                first, frame = _NOTHING, b""  # relayed: not held for the session
                 await self._dispatch(out)
                 if self.outcome is None:
                     async with trio.open_nursery() as nursery:
@@ -156,6 +159,7 @@ class Relay:
                     self._client_frames(frames, out, now)
             except Exception:
                 self._translator_failed(out)
+            frames, frame = _NOTHING, b""  # an idle session holds no old batch
             await self._dispatch(out)
             if batch_no & RELAY_SAMPLE_MASK == 0:
                 counters.latency.observe(trio.current_time() - now)
@@ -214,6 +218,7 @@ class Relay:
                     translator.on_upstream(frame, out, now)
             except Exception:
                 self._translator_failed(out)
+            frames, frame = _NOTHING, b""  # an idle session holds no old batch
             await self._dispatch(out)
             if batch_no & RELAY_SAMPLE_MASK == 0:
                 counters.latency.observe(trio.current_time() - now)

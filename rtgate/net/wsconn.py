@@ -22,7 +22,7 @@ import trio
 from websockets.frames import Close, Frame
 from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 
-from rtgate.net.fastframes import MessageReader, encode_text
+from rtgate.net.fastframes import MessageReader, encode_text, library_idle
 from rtgate.translate.base import Binary
 from rtgate.translate.base import Frame as Message
 
@@ -63,6 +63,7 @@ class WsConnection:
         # Frames the peer sent in the same read as its handshake (already parsed).
         self._early_events: list[Frame] = [*early_events, *protocol.events_received()]  # type: ignore[list-item]
         self.protocol = protocol
+        _forget_handshake(protocol)
         self._reader = MessageReader(protocol)
         self._fast_send = not protocol.extensions
         self._mask = protocol.side is CLIENT
@@ -251,6 +252,17 @@ class WsConnection:
             pass
         finally:
             await trio.aclose_forcefully(self.stream)
+
+
+def _forget_handshake(protocol: Protocol) -> None:
+    """Let the parsed handshake go: the library's parser generator keeps the request (or
+    response) and its headers in its frame for as long as the connection lives, a few
+    KiB per idle session. Once the handshake is done and the parser waits for the first
+    byte of a frame, a fresh frame parser (what the handshake parser continues into) is
+    equivalent and holds nothing."""
+    if library_idle(protocol):
+        protocol.parser = Protocol.parse(protocol)
+        next(protocol.parser)
 
 
 class _RawSocket:
