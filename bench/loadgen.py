@@ -536,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.url is None:
-        from bench.run_all import standalone
+        from bench.stage_proxies import standalone
 
         report = standalone(args.sessions, args.seconds, beta=args.beta, gemini=args.gemini)
     elif args.setups:

@@ -37,7 +37,7 @@ if __package__ in (None, ""):
 
 from websockets.sync.client import connect
 
-from bench.run_all import LOAD_CORE, PROXY_CORE, PYTHON, _pin, free_port, process, wait_port
+from bench.procs import LOAD_CORE, PROXY_CORE, PYTHON, free_port, pin, process, wait_port
 
 HANDSHAKE_DELAY = 0.3
 WARM_SIZE = 4
@@ -49,7 +49,7 @@ KEY = "sk-bench-master-key"
 @contextlib.contextmanager
 def fake(workdir: Path, delay: float) -> Iterator[int]:
     port = free_port()
-    argv = [*_pin(LOAD_CORE), PYTHON, "-m", "bench.fake_upstream", "--port", str(port),
+    argv = [*pin(LOAD_CORE), PYTHON, "-m", "bench.fake_upstream", "--port", str(port),
             "--handshake-delay", str(delay)]  # fmt: skip
     with process(argv, log=workdir / f"fake_{delay:g}.log") as proc:
         wait_port(port, proc=proc)
@@ -87,7 +87,7 @@ def rtgate(workdir: Path, upstream_port: int) -> Iterator[int]:
     path.write_text(config(upstream_port))
     path.chmod(0o600)
     port = free_port()
-    argv = [*_pin(PROXY_CORE), PYTHON, "-m", "rtgate", "serve", "-c", str(path),
+    argv = [*pin(PROXY_CORE), PYTHON, "-m", "rtgate", "serve", "-c", str(path),
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     with process(argv, log=workdir / "rtgate.log") as proc:
         wait_port(port, proc=proc)

@@ -45,7 +45,7 @@ LOAD_FIELDS = {
 
 
 def _config(upstream_port: int) -> str:
-    from bench.run_all import gateway_config
+    from bench.procs import gateway_config
 
     return gateway_config(upstream_port)
 
@@ -288,7 +288,7 @@ def _row(
 
 def test_workers_scaling_compares_like_with_like() -> None:
     """Measured ratios from saturation rates; CPU efficiency only where cores had room."""
-    from bench.run_all import CO_LOCATED, DEDICATED, scaling
+    from bench.stage_workers import CO_LOCATED, DEDICATED, scaling
 
     runs = [
         _row(1, DEDICATED, 100, 12000, 1.0, 0.5),
