@@ -31,6 +31,7 @@ TARGETS = {
     "setups_per_s": 300,
     "cpu_ms_per_setup": 1.5,
     "workers_scaling_per_worker": 0.8,
+    "warm_minus_local_ms": 5.0,
 }
 P99_BUDGET_MS = 50.0
 GENERATOR_LATE_MS = 10.0
@@ -56,3 +57,6 @@ class Plan:
         # Sessions per worker: every worker count is compared at the same per-worker load.
         self.worker_sessions = [2] if quick else list(range(50, 501, 50))
         self.worker_seconds = 0.3 if quick else 8.0
+        # None: bench.warmstart's own sizes for a quick or full run (the smoke test shrinks them).
+        self.warmstart_sessions: int | None = None
+        self.warmstart_handshake_delay: float | None = None

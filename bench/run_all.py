@@ -19,6 +19,9 @@ chosen stages and writes ``latest`` (``quick`` with ``--quick``) ``.json``,
   neither is a project dependency.
 * ``workers`` (:mod:`bench.stage_workers`): saturation throughput of
   ``rtgate serve --workers N`` against one worker.
+* ``warmstart`` (:mod:`bench.warmstart`): time from connect to
+  ``session.created`` when the upstream's handshake takes 0.3 s, through
+  rtgate with and without a warm pool, against a local connection.
 
 Shared pieces: :mod:`bench.procs` (child processes, pinning, ports, ``/proc``
 readers), :mod:`bench.plan` (targets, budgets, run sizes), :mod:`bench.report`
@@ -29,6 +32,7 @@ does).
     .venv/bin/python bench/run_all.py                 # full run, ~15 minutes
     .venv/bin/python bench/run_all.py --quick         # seconds; used by the smoke test
     .venv/bin/python bench/run_all.py --only workers  # one stage, merged into latest.json
+    .venv/bin/python bench/run_all.py --quick --out /tmp/q --only warmstart
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import warmstart
 from bench.plan import LITELLM_ANCHORS, TARGETS, Plan
 from bench.procs import LOAD_CORE, ROOT, cpu_count
 from bench.report import markdown, write_chart
 from bench.stage_proxies import measure_proxies
 from bench.stage_workers import measure_workers
 
-STAGES = ("proxies", "workers")
+STAGES = ("proxies", "workers", "warmstart")
 
 
 def run(
@@ -92,11 +97,25 @@ def run(
         measure_proxies(results, plan, workdir, with_nginx=with_nginx, with_litellm=with_litellm)
     if "workers" in stages:
         results["workers"] = measure_workers(plan, workdir)
+    if "warmstart" in stages:
+        results["warmstart"] = measure_warmstart(plan)
     (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out_dir / f"{name}.md").write_text(markdown(results))
     write_chart(results, out_dir / f"{name}.svg")
     shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def measure_warmstart(plan: Plan) -> dict[str, Any]:
+    """The ``warmstart`` stage: :func:`bench.warmstart.measure`, dated like the other stages."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **warmstart.measure(
+            plan.quick,
+            sessions=plan.warmstart_sessions,
+            handshake_delay=plan.warmstart_handshake_delay,
+        ),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:

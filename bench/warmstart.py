@@ -2,7 +2,7 @@
 
 The fast bench fake upstream (``bench/fake_upstream.py``) answers every upgrade
 ``--handshake-delay`` seconds late (0.3 s: a far provider's TCP + TLS + upgrade).
-One rtgate process (pinned like ``bench/run_all.py`` pins it) serves two model
+One rtgate process (pinned like :mod:`bench.procs` pins it) serves two model
 groups on that slow fake: ``cold`` dials per session, ``warm`` has a
 ``warm_pool``. Sequential sessions, each closed before the next, are timed
 from the start of the TCP connect to the arrival of ``session.created``:
@@ -14,7 +14,7 @@ from the start of the TCP connect to the arrival of ``session.created``:
 
 Warm sessions arrive ``PACE`` seconds apart so the pool (size ``WARM_SIZE``)
 keeps up; the hand-outs and misses rtgate counted are reported with them.
-``measure(quick)`` returns the numbers; ``python -m bench.warmstart [--quick]``
+``measure(quick)`` returns the numbers (``bench/run_all.py``'s ``warmstart`` stage); ``python -m bench.warmstart [--quick]``
 also prints a markdown table.
 """
 
@@ -131,15 +131,22 @@ def warm_counters(port: int) -> dict[str, int]:
     return counts
 
 
-def measure(quick: bool) -> dict[str, Any]:
-    """Run every target; p50/p99 milliseconds to ``session.created`` per target."""
-    n = 10 if quick else 50
+def measure(
+    quick: bool, *, sessions: int | None = None, handshake_delay: float | None = None
+) -> dict[str, Any]:
+    """Run every target; p50/p99 milliseconds to ``session.created`` per target.
+
+    ``sessions`` (per target; default 10 quick, 50 full) and ``handshake_delay``
+    (default ``HANDSHAKE_DELAY``) shrink the run further for the smoke test.
+    """
+    n = sessions if sessions is not None else 10 if quick else 50
+    delay = handshake_delay if handshake_delay is not None else HANDSHAKE_DELAY
     auth = {"Authorization": f"Bearer {KEY}"}
-    results: dict[str, Any] = {"handshake_delay_s": HANDSHAKE_DELAY, "sessions": n,
+    results: dict[str, Any] = {"handshake_delay_s": delay, "sessions": n,
                                "warm_size": WARM_SIZE, "warm_pace_s": PACE}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="rtgate-warmstart-") as tmp:
         workdir = Path(tmp)
-        with fake(workdir, 0.0) as local_port, fake(workdir, HANDSHAKE_DELAY) as slow_port:
+        with fake(workdir, 0.0) as local_port, fake(workdir, delay) as slow_port:
             results["local"] = summary(series(f"ws://127.0.0.1:{local_port}/v1/realtime", n, 0))
             slow = f"ws://127.0.0.1:{slow_port}/v1/realtime"
             results["direct_slow"] = summary(series(slow, n, 0))
@@ -147,7 +154,7 @@ def measure(quick: bool) -> dict[str, Any]:
                 url = f"ws://127.0.0.1:{port}/v1/realtime?model="
                 time_to_created(url + "cold", auth)  # first use: imports, caches
                 results["rtgate_cold"] = summary(series(url + "cold", n, 0, auth))
-                time.sleep(HANDSHAKE_DELAY * 3)  # the warm pool has filled
+                time.sleep(delay * 3)  # the warm pool has filled
                 results["rtgate_warm"] = summary(series(url + "warm", n, PACE, auth))
                 results["warm_counters"] = warm_counters(port)
     local_p50 = results["local"]["p50_ms"]

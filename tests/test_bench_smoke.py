@@ -317,3 +317,38 @@ def test_workers_scaling_compares_like_with_like() -> None:
     summary.append({"workers": 2, "layout": DEDICATED, "saturation_messages_per_s": 45600})
     [row] = scaling(runs, summary, [1, 2])
     assert row["measured_ratio"] == 1.9
+
+
+def test_warmstart_stage_adds_its_rows_and_keeps_the_rest(tmp_path: Path) -> None:
+    """``--only warmstart``: every target timed, each warm session either took a warm
+    connection or was counted as a miss, rows added to the markdown, other stages kept."""
+    from bench import run_all
+
+    old = {"date": "earlier", "machine": "m", "proxies": [], "direct": {"one": {"x": 1}}}
+    (tmp_path / "quick.json").write_text(json.dumps(old))
+    plan = run_all.Plan(quick=True)
+    plan.warmstart_sessions = 3
+    plan.warmstart_handshake_delay = 0.05
+    run_all.run(plan, tmp_path, with_nginx=False, with_litellm=False, stages=["warmstart"])
+    data = json.loads((tmp_path / "quick.json").read_text())
+    assert data["date"] == "earlier"
+    assert data["direct"] == {"one": {"x": 1}}
+
+    warm = data["warmstart"]
+    assert warm["sessions"] == 3
+    assert warm["handshake_delay_s"] == 0.05
+    for key in ("local", "direct_slow", "rtgate_cold", "rtgate_warm"):
+        assert warm[key]["n"] == 3, key
+        assert 0 < warm[key]["p50_ms"] <= warm[key]["p99_ms"] <= warm[key]["max_ms"], key
+    counters = warm["warm_counters"]
+    assert counters["handouts"] + counters["misses"] == 3  # the cold model group counts neither
+    assert counters["handouts"] >= 1  # the pool filled while the cold sessions ran
+    assert data["targets"]["warm_minus_local_ms"] == 5.0
+    table = (tmp_path / "quick.md").read_text()
+    assert (
+        "| time to session.created, warm pool, upstream handshake 50 ms (p50/p99 ms) "
+        "| within 5 ms of a local connection | "
+        f"{warm['rtgate_warm']['p50_ms']} / {warm['rtgate_warm']['p99_ms']} |"
+    ) in table
+    assert f"| {warm['rtgate_cold']['p50_ms']} / {warm['rtgate_cold']['p99_ms']} |" in table
+    assert "| metric | target | rtgate | " not in table  # no proxies measured in this file
