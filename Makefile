@@ -27,6 +27,7 @@ test: install lint
 # The bench targets add the optional 'bench' extra (matplotlib, for the chart); tests never need it.
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'
+	bash bench/install_peers.sh
 	$(PY) bench/run_all.py
 
 bench-quick: install
