@@ -71,7 +71,9 @@ def _rss_bytes() -> int:
 
 
 def _tasks() -> int:
-    count, stack = 0, [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # called from inside trio.run
+    count, stack = 0, [root]
     while stack:
         task = stack.pop()
         count += 1
@@ -143,7 +145,8 @@ class Tally:
 
 
 async def one_session(url: str, seconds: float, tally: Tally) -> None:
-    async with open_websocket_url(url, extra_headers=[("Authorization", f"Bearer {KEY}")]) as ws:
+    headers: list[tuple[bytes, bytes]] = [(b"Authorization", f"Bearer {KEY}".encode())]
+    async with open_websocket_url(url, extra_headers=headers) as ws:
         tally.sessions += 1
         first = orjson.loads(await ws.get_message())
         assert first["type"] == "session.created", first
