@@ -117,6 +117,12 @@ rtgate:
 """
 
 
+def rtgate_serve(config: Path, port: int, *extra: str) -> list[str]:
+    """The command line of ``rtgate serve`` on 127.0.0.1:``port`` (unpinned)."""
+    serve = [PYTHON, "-m", "rtgate", "serve", "-c", str(config)]
+    return [*serve, "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
 @contextlib.contextmanager
 def rtgate(workdir: Path, upstream_port: int) -> Iterator[tuple[int, int]]:
     """(port, pid) of one rtgate worker pinned to the proxy core."""
@@ -124,19 +130,7 @@ def rtgate(workdir: Path, upstream_port: int) -> Iterator[tuple[int, int]]:
     config.write_text(gateway_config(upstream_port))
     config.chmod(0o600)  # rtgate refuses plain-text secrets in a world-readable file
     port = free_port()
-    argv = [
-        *pin(PROXY_CORE),
-        PYTHON,
-        "-m",
-        "rtgate",
-        "serve",
-        "-c",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    argv = [*pin(PROXY_CORE), *rtgate_serve(config, port)]
     with process(argv, log=workdir / "rtgate.log") as proc:
         wait_port(port, proc=proc)
         yield port, proc.pid

@@ -34,6 +34,7 @@ from bench.procs import (
     pin,
     pin_threads,
     process,
+    rtgate_serve,
     sleep_until,
     wait_port,
 )
@@ -90,21 +91,7 @@ def rtgate_workers(
     config.write_text(workers_config(upstream_ports))
     config.chmod(0o600)
     port = free_port()
-    argv = [
-        *pin(core_list(cores)),
-        PYTHON,
-        "-m",
-        "rtgate",
-        "serve",
-        "-c",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(count),
-    ]
+    argv = [*pin(core_list(cores)), *rtgate_serve(config, port, "--workers", str(count))]
     with process(argv, log=workdir / f"rtgate-workers-{count}.log") as proc:
         wait_port(port, proc=proc)
         if count == 1:
