@@ -262,9 +262,8 @@ class Relay:
             )
         except ConnectionClosed as exc:
             if not exc.by_peer and exc.code == 1011:
-                self.counters.limit(
-                    "slow_consumer"
-                )  # the write timeout: the client stopped reading
+                # The write timeout fired: the client stopped reading.
+                self.counters.limit("slow_consumer")
             self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
         finally:
             out.to_upstream.clear()
