@@ -159,6 +159,24 @@ async def tls_front(
 # -- before the session: failover ----------------------------------------------------
 
 
+async def _dial_fault_case(
+    bad_base: str, good_base: str, kind: str, *, bad_params: str = ""
+) -> dict[str, dict[str, object]]:
+    with trio.fail_after(15):
+        async with open_gateway(failover_yaml(bad_base, good_base, bad_params=bad_params)) as gw:
+            await _session_works(gw)
+            await sessions_idle(gw)
+            leaks = await LeakCheck.start()
+            for _ in range(3):
+                await _session_works(gw)
+            await sessions_idle(gw)
+            await leaks.settled()
+            stats = pool_stats(gw)
+            assert gw.gateway.counters.dial_failures.get(kind, 0) >= 1
+    assert stats["bad"]["last_error"] == kind
+    return stats
+
+
 @pytest.mark.parametrize(
     ("behaviour", "kind"),
     [
@@ -179,43 +197,13 @@ async def test_upgrade_faults_fail_over_and_teach_the_pool(
 ) -> None:
     bad = FakeRealtimeServer(api_key=UPSTREAM_KEY, behaviour=behaviour)
     await nursery.start(bad.serve)
-    with trio.fail_after(15):
-        async with open_gateway(failover_yaml(bad.base_url, fake_openai.base_url)) as gw:
-            await _session_works(gw)  # warm-up (and the first failover)
-            await sessions_idle(gw)
-            leaks = await LeakCheck.start()
-            for _ in range(3):
-                await _session_works(gw)
-            await sessions_idle(gw)
-            await leaks.settled()
-            stats = pool_stats(gw)
-            failures = dict(gw.gateway.counters.dial_failures)
+    stats = await _dial_fault_case(bad.base_url, fake_openai.base_url, kind)
     assert fake_openai.sessions == 4  # every client was served by the standby
     assert bad.dials >= 1
-    assert stats["bad"]["last_error"] == kind
-    assert failures.get(kind, 0) >= 1
     assert stats["good"]["consecutive_failures"] == 0
     if kind == "throttled":
         assert stats["bad"]["state"] == "ejected"  # the provider's Retry-After is honoured
         assert 0 < float(stats["bad"]["cooldown_remaining"]) <= 7  # type: ignore[arg-type]
-
-
-async def _dial_fault_case(
-    bad_base: str, good_base: str, kind: str, *, bad_params: str = ""
-) -> dict[str, dict[str, object]]:
-    with trio.fail_after(15):
-        async with open_gateway(failover_yaml(bad_base, good_base, bad_params=bad_params)) as gw:
-            await _session_works(gw)
-            await sessions_idle(gw)
-            leaks = await LeakCheck.start()
-            for _ in range(3):
-                await _session_works(gw)
-            await sessions_idle(gw)
-            await leaks.settled()
-            stats = pool_stats(gw)
-            assert gw.gateway.counters.dial_failures.get(kind, 0) >= 1
-    assert stats["bad"]["last_error"] == kind
-    return stats
 
 
 async def test_refused_connection_fails_over(fake_openai: FakeRealtimeServer) -> None:
