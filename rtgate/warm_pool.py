@@ -38,7 +38,6 @@ import trio
 from rtgate.config.model import Deployment, GatewayConfig, WarmPoolSettings
 from rtgate.errors import UpstreamClosed, UpstreamConnectError, scrub
 from rtgate.net.upstream_ws import WsUpstream
-from rtgate.net.wsconn import WsConnection
 from rtgate.pool import Pool
 from rtgate.providers import get_provider
 from rtgate.providers.base import Provider, SessionContext, UpstreamLink
@@ -128,9 +127,6 @@ class WarmLink:
     send: Callable[[Sequence[Frame]], Coroutine[Any, Any, None]]
     ping: Callable[[], Coroutine[Any, Any, None]]
     pending_bytes: Callable[[], int]
-    conn: WsConnection
-    """The socket's WebSocket, set after the first receive (never while the warm reader
-    may still be reading it)."""
 
     def __init__(self, conn: WarmConnection) -> None:
         link = conn.link
@@ -146,8 +142,6 @@ class WarmLink:
         conn = self.warm
         await conn.result_ready.wait()
         self.receive = self._link.receive
-        # Only now, with the reader gone, may the relay read the socket directly.
-        self.conn = self._link.conn
         result = conn.result
         if isinstance(result, UpstreamClosed):
             raise UpstreamClosed(result.code, result.reason)
