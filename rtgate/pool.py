@@ -165,8 +165,9 @@ def _min(a: float | None, b: float | None) -> float | None:
     return min(a, b)
 
 
-def _dial_identity(dep: Deployment) -> Deployment:
-    """The deployment without its routing knobs: a change here resets health on reload."""
+def dial_identity(dep: Deployment) -> Deployment:
+    """The deployment without its routing knobs (and warm pool settings): what a dial
+    depends on. A change here resets health, and warm connections, on reload."""
     return attrs.evolve(
         dep,
         weight=1.0,
@@ -206,7 +207,7 @@ class Pool:
             state = self._states.get(dep.id) or self._retired.get(dep.id)
             if state is None:
                 state = DeploymentState(dep)
-            elif _dial_identity(state.deployment) != _dial_identity(dep):
+            elif dial_identity(state.deployment) != dial_identity(dep):
                 state.reset_health()
                 log.info("deployment %s of %r changed: health history reset", dep.id,
                          dep.model_name)  # fmt: skip

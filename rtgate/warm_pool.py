@@ -38,7 +38,7 @@ import trio
 from rtgate.config.model import Deployment, GatewayConfig, WarmPoolSettings
 from rtgate.errors import UpstreamClosed, UpstreamConnectError, scrub
 from rtgate.net.upstream_ws import WsUpstream
-from rtgate.pool import Pool
+from rtgate.pool import Pool, dial_identity
 from rtgate.providers import get_provider
 from rtgate.providers.base import Provider, SessionContext, UpstreamLink
 from rtgate.providers.websocket import WebSocketProvider, WsTarget
@@ -566,11 +566,4 @@ def _same_dial(ws: WarmSet, new: Deployment, config: GatewayConfig) -> bool:
         ws.ctx.connect_timeout,
     ):
         return False
-    return _dial_identity(ws.dep) == _dial_identity(new)
-
-
-def _dial_identity(dep: Deployment) -> Deployment:
-    return attrs.evolve(
-        dep, weight=1.0, max_parallel_requests=None, rpm=None, health_check_interval=None,
-        warm_pool=None,
-    )  # fmt: skip
+    return dial_identity(ws.dep) == dial_identity(new)
