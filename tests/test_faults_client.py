@@ -14,47 +14,18 @@ import orjson
 import pytest
 import trio
 
-from rtgate.server import ServerHandle
 from rtgate.testing.fake_upstream import FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway
-from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
 from tests.test_faults_support import (
+    PATH,
     HandshakeRefused,
     LeakCheck,
     RawWs,
+    open_session,
     pool_stats,
     sessions_idle,
+    single_yaml,
 )
-
-AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
-PATH = "/v1/realtime?model=gpt-realtime"
-
-
-def client_yaml(base: str, limits: str = "") -> str:
-    return f"""
-model_list:
-  - model_name: gpt-realtime
-    litellm_params:
-      model: openai/gpt-realtime
-      api_key: {UPSTREAM_KEY}
-      api_base: {base}
-    model_info:
-      id: up
-general_settings:
-  master_key: {CLIENT_KEY}
-rtgate:
-  limits:
-    connect_timeout: 2
-    ping_interval: 0
-    drain_seconds: 0.5
-{limits}
-"""
-
-
-async def _open(gw: ServerHandle) -> RawWs:
-    ws = await RawWs.open(gw.port, PATH, AUTH)
-    assert (await ws.recv_json())["type"] == "session.created"
-    return ws
 
 
 async def _upstream_closes(fake: FakeRealtimeServer, count: int, timeout: float = 5) -> None:
@@ -70,7 +41,7 @@ async def test_slowloris_handshakes_are_cut_at_handshake_timeout(
     fake_openai: FakeRealtimeServer,
 ) -> None:
     """Clients trickling a request head (or sending nothing) are closed; others are served."""
-    config = client_yaml(fake_openai.base_url, "    handshake_timeout: 0.5")
+    config = single_yaml(fake_openai.base_url, limits="    handshake_timeout: 0.5")
     head = f"GET {PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n".encode()
     ended: list[float] = []
 
@@ -97,7 +68,7 @@ async def test_slowloris_handshakes_are_cut_at_handshake_timeout(
                 for i in range(40):
                     nursery.start_soon(trickler, i % 2 == 0, gw.port)
                 await trio.sleep(0.2)
-                ws = await _open(gw)  # a real client is not held up by them
+                ws = await open_session(gw)  # a real client is not held up by them
                 await ws.aclose()
             await sessions_idle(gw)
             await leaks.settled()
@@ -117,7 +88,7 @@ async def test_bad_keys_are_rejected_without_any_upstream_dial(
         {"Authorization": "Bearer " + "A" * 4000},
     ]
     with trio.fail_after(15):
-        async with open_gateway(client_yaml(fake_openai.base_url)) as gw:
+        async with open_gateway(single_yaml(fake_openai.base_url)) as gw:
             leaks = await LeakCheck.start()
             statuses: list[int] = []
 
@@ -153,8 +124,8 @@ async def test_fragments_with_control_frames_between_are_reassembled(
 ) -> None:
     event = orjson.dumps({"type": "input_audio_buffer.append", "audio": "QUJD" * 1000})
     with trio.fail_after(10):
-        async with open_gateway(client_yaml(fake_openai.base_url)) as gw:
-            ws = await _open(gw)
+        async with open_gateway(single_yaml(fake_openai.base_url)) as gw:
+            ws = await open_session(gw)
             try:
                 proto = ws.protocol
                 pieces = [event[i : i + 700] for i in range(0, len(event), 700)]
@@ -182,8 +153,8 @@ async def test_invalid_utf8_from_client_closes_1007(
     fake_openai: FakeRealtimeServer, fragmented: bool
 ) -> None:
     with trio.fail_after(10):
-        async with open_gateway(client_yaml(fake_openai.base_url)) as gw:
-            ws = await _open(gw)
+        async with open_gateway(single_yaml(fake_openai.base_url)) as gw:
+            ws = await open_session(gw)
             try:
                 if fragmented:
                     # A UTF-8 sequence cut across fragments is fine; an invalid one is not.
@@ -206,9 +177,9 @@ async def test_oversized_fragmented_message_closes_1009(fake_openai: FakeRealtim
     """The size limit applies to the reassembled message, not to each fragment."""
     with trio.fail_after(10):
         async with open_gateway(
-            client_yaml(fake_openai.base_url, "    max_message_bytes: 8192")
+            single_yaml(fake_openai.base_url, limits="    max_message_bytes: 8192")
         ) as gw:
-            ws = await _open(gw)
+            ws = await open_session(gw)
             try:
                 ws.protocol.send_text(b'{"type":"input_audio_buffer.append","audio":"', fin=False)
                 for _ in range(6):
@@ -227,8 +198,8 @@ async def test_invalid_json_and_unknown_events_get_error_events_session_continue
     fake_openai: FakeRealtimeServer,
 ) -> None:
     with trio.fail_after(10):
-        async with open_gateway(client_yaml(fake_openai.base_url)) as gw:
-            ws = await _open(gw)
+        async with open_gateway(single_yaml(fake_openai.base_url)) as gw:
+            ws = await open_session(gw)
             try:
                 await ws.send_raw_text(b"{not json")
                 first = await ws.recv_json()
@@ -253,8 +224,8 @@ async def test_abrupt_client_disconnect_closes_upstream_within_a_second(
     fake_openai: FakeRealtimeServer, how: str
 ) -> None:
     with trio.fail_after(10):
-        async with open_gateway(client_yaml(fake_openai.base_url)) as gw:
-            ws = await _open(gw)
+        async with open_gateway(single_yaml(fake_openai.base_url)) as gw:
+            ws = await open_session(gw)
             leaks = await LeakCheck.start()
             started = trio.current_time()
             if how == "rst":
@@ -273,27 +244,25 @@ async def test_abrupt_client_disconnect_closes_upstream_within_a_second(
             stats = pool_stats(gw)
     assert elapsed < 1.0
     assert fake_openai.close_codes[0] in (1000, 1001)
-    assert stats["up"]["active_sessions"] == 0
+    assert stats["only"]["active_sessions"] == 0
     # A client leaving is not the deployment's fault.
-    assert stats["up"]["consecutive_early_closes"] == 0
+    assert stats["only"]["consecutive_early_closes"] == 0
 
 
 async def test_client_that_never_reads_is_closed_with_bounded_buffering(
     fake_openai: FakeRealtimeServer,
 ) -> None:
     fake_openai.behaviour.reply_audio_ms = 600_000  # ~58 MB of audio for one response
-    config = client_yaml(
-        fake_openai.base_url, "    ping_timeout: 0.5\n    max_pending_bytes: 65536"
+    config = single_yaml(
+        fake_openai.base_url, limits="    ping_timeout: 0.5\n    max_pending_bytes: 65536"
     )
     with trio.fail_after(20):
         async with open_gateway(config) as gw:
-            ws = await _open(gw)
+            ws = await open_session(gw)
             try:
                 await ws.send_json({"type": "response.create"})
                 # Read nothing; rtgate's write times out and it gives up on the client.
-                with trio.fail_after(10):
-                    while gw.gateway.counters.sessions_active:
-                        await trio.sleep(0.05)
+                await sessions_idle(gw, timeout=10)
                 await _upstream_closes(fake_openai, 1)
             finally:
                 await ws.aclose()
@@ -313,14 +282,14 @@ async def test_thousands_of_connect_disconnect_cycles_leak_nothing(
 ) -> None:
     cycles, parallel = 2000, 40
     with trio.fail_after(60):
-        async with open_gateway(client_yaml(fake_openai.base_url)) as gw:
-            ws = await _open(gw)  # warm-up
+        async with open_gateway(single_yaml(fake_openai.base_url)) as gw:
+            ws = await open_session(gw)  # warm-up
             await ws.aclose()
             await sessions_idle(gw)
             leaks = await LeakCheck.start()
 
             async def cycle(i: int) -> None:
-                ws = await _open(gw)
+                ws = await open_session(gw)
                 if i % 3 == 0:
                     ws.protocol.send_close(1000, "")
                     await ws.flush()
@@ -339,6 +308,6 @@ async def test_thousands_of_connect_disconnect_cycles_leak_nothing(
             counters = gw.gateway.counters
             assert sum(counters.sessions_started.values()) == cycles + 1
             assert gw.gateway.sessions_by_key.get("master", 0) == 0
-    assert stats["up"]["active_sessions"] == 0
-    assert stats["up"]["state"] == "closed"  # no client behaviour ejected the deployment
+    assert stats["only"]["active_sessions"] == 0
+    assert stats["only"]["state"] == "closed"  # no client behaviour ejected the deployment
     assert fake_openai.sessions == cycles + 1

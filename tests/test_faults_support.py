@@ -27,9 +27,39 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from rtgate.server import ServerHandle
+from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
 
 _QUIET = logging.getLogger("tests.rawws")
 _QUIET.setLevel(logging.WARNING)
+
+AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
+PATH = "/v1/realtime?model=gpt-realtime"
+
+
+def single_yaml(base: str, *, params: str = "", limits: str = "") -> str:
+    """Group ``gpt-realtime`` with one OpenAI deployment, id ``only``.
+
+    ``params`` are extra ``litellm_params`` lines, ``limits`` extra ``rtgate.limits`` lines.
+    """
+    return f"""
+model_list:
+  - model_name: gpt-realtime
+    litellm_params:
+      model: openai/gpt-realtime
+      api_key: {UPSTREAM_KEY}
+      api_base: {base}
+{params}
+    model_info:
+      id: only
+general_settings:
+  master_key: {CLIENT_KEY}
+rtgate:
+  limits:
+    connect_timeout: 2
+    ping_interval: 0
+    drain_seconds: 0.5
+{limits}
+"""
 
 
 class HandshakeRefused(Exception):
@@ -170,6 +200,17 @@ class RawWs:
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
+
+
+async def open_session(gw: ServerHandle) -> RawWs:
+    """A client of ``gpt-realtime`` that has seen ``session.created``."""
+    ws = await RawWs.open(gw.port, PATH, AUTH)
+    try:
+        assert (await ws.recv_json())["type"] == "session.created"
+    except BaseException:
+        await ws.aclose()
+        raise
+    return ws
 
 
 # -- leaks ---------------------------------------------------------------------------

@@ -23,16 +23,18 @@ from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
 from tests.test_faults_support import (
+    AUTH,
+    PATH,
     HandshakeRefused,
     LeakCheck,
     RawWs,
     dead_port,
+    open_session,
     pool_stats,
     sessions_idle,
+    single_yaml,
 )
 
-AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
-PATH = "/v1/realtime?model=gpt-realtime"
 APPEND = {"type": "input_audio_buffer.append", "audio": "AAAA"}
 
 
@@ -67,33 +69,8 @@ rtgate:
 """
 
 
-def single_yaml(base: str, *, limits: str = "") -> str:
-    return f"""
-model_list:
-  - model_name: gpt-realtime
-    litellm_params:
-      model: openai/gpt-realtime
-      api_key: {UPSTREAM_KEY}
-      api_base: {base}
-    model_info:
-      id: only
-general_settings:
-  master_key: {CLIENT_KEY}
-rtgate:
-  limits:
-    connect_timeout: 1
-    ping_interval: 0
-    drain_seconds: 0.5
-{limits}
-"""
-
-
 async def _session_works(gw: ServerHandle) -> None:
-    ws = await RawWs.open(gw.port, PATH, AUTH)
-    try:
-        assert (await ws.recv_json())["type"] == "session.created"
-    finally:
-        await ws.aclose()
+    await (await open_session(gw)).aclose()
 
 
 # -- helpers: servers that fail below the WebSocket layer ------------------------------
@@ -240,9 +217,7 @@ async def test_ssl_verify_false_accepts_the_same_certificate(
     nursery: trio.Nursery, fake_openai: FakeRealtimeServer
 ) -> None:
     port = await tls_front(nursery, trustme.CA(), fake_openai.port)
-    config = single_yaml(f"wss://127.0.0.1:{port}/v1").replace(
-        "      api_base:", "      ssl_verify: false\n      api_base:"
-    )
+    config = single_yaml(f"wss://127.0.0.1:{port}/v1", params="      ssl_verify: false")
     with trio.fail_after(10):
         async with open_gateway(config) as gw:
             await _session_works(gw)
@@ -259,16 +234,16 @@ async def test_ca_bundle_trusts_a_private_ca_with_hostname_check(
     ca.cert_pem.write_to_path(str(bundle))
     right = await tls_front(nursery, ca, fake_openai.port)
     wrong_name = await tls_front(nursery, ca, fake_openai.port, identities=("other.example",))
-    with_bundle = f"      ca_bundle: {bundle}\n      api_base:"
+    with_bundle = f"      ca_bundle: {bundle}"
     with trio.fail_after(10):
         async with open_gateway(
-            single_yaml(f"wss://127.0.0.1:{right}/v1").replace("      api_base:", with_bundle)
+            single_yaml(f"wss://127.0.0.1:{right}/v1", params=with_bundle)
         ) as gw:
             await _session_works(gw)
         assert fake_openai.sessions == 1
         # The bundle adds trust; it does not switch off the hostname check.
         async with open_gateway(
-            single_yaml(f"wss://127.0.0.1:{wrong_name}/v1").replace("      api_base:", with_bundle)
+            single_yaml(f"wss://127.0.0.1:{wrong_name}/v1", params=with_bundle)
         ) as gw:
             with pytest.raises(HandshakeRefused) as info:
                 await RawWs.open(gw.port, PATH, AUTH)
