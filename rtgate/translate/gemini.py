@@ -52,7 +52,6 @@ from rtgate.translate.gemini_input import HANDLERS, Handler, append_audio, event
 from rtgate.translate.gemini_items import Conversation
 from rtgate.translate.gemini_output import ClientAudio, ResponseWriter, map_usage, usage_record
 from rtgate.translate.gemini_setup import (
-    AudioFormat,
     SessionPlan,
     build_plan,
     changed_setup_fields,
@@ -609,4 +608,4 @@ _CLIENT_HANDLERS: Final[dict[str, Handler]] = {
     **HANDLERS,
 }
 
-__all__ = ["RECONNECT_MARGIN", "AudioFormat", "GeminiTranslator", "parse_duration"]
+__all__ = ["RECONNECT_MARGIN", "GeminiTranslator", "parse_duration"]

@@ -56,7 +56,7 @@ from rtgate.translate.mock_session import (
     path,
 )
 
-__all__ = ["Json", "MockModel", "audio_chunks", "default_session", "peak_level"]
+__all__ = ["MockModel", "audio_chunks", "peak_level"]
 
 _MIN_COMMIT_MS: Final = 100  # OpenAI refuses to commit less than 100 ms of audio
 

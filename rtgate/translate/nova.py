@@ -81,50 +81,16 @@ from rtgate.translate.nova_response import (
     flush_done,
 )
 from rtgate.translate.nova_setup import (
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_SETUP_TIMEOUT,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
-    DEFAULT_VOICE,
-    NOVA_VOICES,
-    OPENAI_TO_NOVA_VOICE,
     SAMPLE_RATES,
     NovaDefaults,
     SessionConfig,
-    audio_content_start,
-    audio_format,
-    merge_update,
     nova_event,
-    nova_voice,
     opening_events,
     send_session,
     send_upstream,
-    session_object,
-    text_content,
-    tool_result_content,
 )
 
-__all__ = [
-    "DEFAULT_MAX_TOKENS",
-    "DEFAULT_SETUP_TIMEOUT",
-    "DEFAULT_TEMPERATURE",
-    "DEFAULT_TOP_P",
-    "DEFAULT_VOICE",
-    "NOVA_VOICES",
-    "OPENAI_TO_NOVA_VOICE",
-    "USAGE_GRACE",
-    "NovaDefaults",
-    "NovaTranslator",
-    "SessionConfig",
-    "audio_content_start",
-    "audio_format",
-    "merge_update",
-    "nova_voice",
-    "opening_events",
-    "session_object",
-    "text_content",
-    "tool_result_content",
-]
+__all__ = ["USAGE_GRACE", "NovaDefaults", "NovaTranslator"]
 
 
 class NovaTranslator(Translator):
