@@ -184,7 +184,7 @@ class WarmSet:
         self.backoff = RefillBackoff()
         self.wake = trio.Event()
         self.scope = trio.CancelScope()
-        self.retired = False
+        """The maintainer's and its dials' scope; cancelled when the set is retired or drained."""
 
     def serves(self, ctx: SessionContext) -> bool:
         """Would a fresh dial for ``ctx`` be the very connection this set holds?"""
@@ -278,7 +278,6 @@ class WarmPools:
         self._sets.clear()
 
     def _retire(self, ws: WarmSet, reason: str) -> None:
-        ws.retired = True
         ws.scope.cancel()  # the maintainer and its dials (each uncounts itself)
         for conn in list(ws.idle):
             self._discard(ws, conn, reason)
@@ -448,7 +447,7 @@ class WarmPools:
             ws.dials.discard(dial)
         if link is None:
             return  # shed while dialing (already uncounted)
-        if not dial.counted or ws.retired:
+        if not dial.counted or ws.scope.cancel_called:  # shed, retired or drained meanwhile
             if dial.counted:
                 dial.counted = False
                 pool.warm_dial_abandoned(dep)

@@ -90,6 +90,8 @@ class PairProvider(WebSocketProvider):
     """By ``id`` of the client-side link."""
     dial_times: list[float] = attrs.field(factory=list)
     nursery: trio.Nursery | None = None
+    on_connected: Callable[[], None] | None = None
+    """Runs as the dial returns, with no checkpoint in between."""
     name = "openai"
 
     @property
@@ -122,6 +124,8 @@ class PairProvider(WebSocketProvider):
             await link.read_first(ctx.connect_timeout)
         if self.serve and self.nursery is not None:
             self.nursery.start_soon(peer.serve)
+        if self.on_connected is not None:
+            self.on_connected()
         return link
 
 
@@ -462,6 +466,23 @@ async def test_reload_keeps_unchanged_and_closes_changed_sets_drain_says_1001(
     await trio.sleep(200)
     assert len(provider.dial_times) == 3  # nothing dialed after the drain
     assert accounting(host, moved) == (0, 0)
+
+
+@bounded
+async def test_a_dial_that_lands_as_the_set_is_drained_is_closed_not_kept(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    provider = PairProvider(serve=False, greets=False)
+    dep = deployment(size=1)
+    pools, host = await start(nursery, config(dep), provider)
+    # The drain cancels the set in the same instant the dial returns its connection.
+    provider.on_connected = lambda: pools._sets["d"].scope.cancel()
+    await until(lambda: len(provider.peers) == 1)
+    await trio.sleep(1)
+    assert idle(pools) == 0 and accounting(host, dep) == (0, 0)
+    sock = provider.peers[0].sock
+    assert sock.recv(1024)[:1] == b"\x88"  # a close frame (unmasked length follows)
+    assert sock.recv(1024) == b""  # and the socket closed
 
 
 @bounded
