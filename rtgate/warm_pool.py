@@ -73,12 +73,11 @@ class ConnState(enum.Enum):
 class WarmConnection:
     """One pre-opened upstream connection and its reader's hand-off slot."""
 
-    def __init__(self, link: WsUpstream, dialed_at: float, dial_seconds: float,
-                 settings: WarmPoolSettings) -> None:  # fmt: skip
+    def __init__(self, link: WsUpstream, dialed_at: float, dial_seconds: float) -> None:
         self.link = link
         self.dialed_at = dialed_at
-        self.recycle_at = recycle_at(dialed_at, dial_seconds, settings)
-        self.expires_at = dialed_at + settings.max_idle_seconds
+        self.dial_seconds = dial_seconds
+        """How long its dial took (a replacement is started that much before it expires)."""
         self.state = ConnState.IDLE
         self.pinging = False
         self.read_scope = trio.CancelScope()
@@ -185,6 +184,14 @@ class WarmSet:
         self.wake = trio.Event()
         self.scope = trio.CancelScope()
         """The maintainer's and its dials' scope; cancelled when the set is retired or drained."""
+
+    # Derived from the settings in force, so a reload's new max_idle_seconds applies to
+    # connections already open.
+    def expires_at(self, conn: WarmConnection) -> float:
+        return conn.dialed_at + self.settings.max_idle_seconds
+
+    def recycle_at(self, conn: WarmConnection) -> float:
+        return recycle_at(conn.dialed_at, conn.dial_seconds, self.settings)
 
     def serves(self, ctx: SessionContext) -> bool:
         """Would a fresh dial for ``ctx`` be the very connection this set holds?"""
@@ -304,7 +311,7 @@ class WarmPools:
         pool = self._host.pool
         while ws.idle:
             conn = ws.idle.popleft()  # the oldest: the one closest to being recycled
-            if trio.current_time() >= conn.expires_at:
+            if trio.current_time() >= ws.expires_at(conn):
                 self._discard(ws, conn, "expired")
                 continue
             conn.state = ConnState.CHECKING
@@ -384,7 +391,7 @@ class WarmPools:
         settings = ws.settings
         next_at = now + POLL_SECONDS
         for conn in list(ws.idle):
-            if now >= conn.expires_at:
+            if now >= ws.expires_at(conn):
                 self._discard(ws, conn, "expired")
         if not pool.may_keep_warm(ws.dep, now):
             for conn in list(ws.idle):
@@ -402,7 +409,7 @@ class WarmPools:
                     tasks.start_soon(self._ping, ws, conn)
                 else:
                     next_at = min(next_at, conn.last_received() + interval)
-        fresh = [c for c in ws.idle if now < c.recycle_at]
+        fresh = [c for c in ws.idle if now < ws.recycle_at(c)]
         for conn in fresh[: max(len(fresh) - settings.size, 0)]:
             self._discard(ws, conn, "resize")
         fresh = fresh[max(len(fresh) - settings.size, 0) :]
@@ -418,7 +425,8 @@ class WarmPools:
             else:
                 next_at = min(next_at, ws.backoff.not_before)
         for conn in ws.idle:
-            next_at = min(next_at, conn.recycle_at if now < conn.recycle_at else conn.expires_at)
+            recycle = ws.recycle_at(conn)
+            next_at = min(next_at, recycle if now < recycle else ws.expires_at(conn))
         return max(next_at, now + MIN_SLEEP_SECONDS)
 
     async def _dial(self, ws: WarmSet, dial: _Dial) -> None:
@@ -459,7 +467,7 @@ class WarmPools:
         pool.warm_dial_done(dep, now, ok=True, handshake_seconds=now - started)
         _bump(self.counters.dials, (dep.id, "ok"))
         ws.backoff.succeeded()
-        conn = WarmConnection(link, now, now - started, ws.settings)
+        conn = WarmConnection(link, now, now - started)
         ws.idle.append(conn)
         assert self._nursery is not None
         self._nursery.start_soon(self._read, ws, conn)

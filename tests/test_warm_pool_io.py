@@ -469,6 +469,27 @@ async def test_reload_keeps_unchanged_and_closes_changed_sets_drain_says_1001(
 
 
 @bounded
+async def test_a_reloaded_max_idle_age_applies_to_open_connections(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    provider = PairProvider()
+    dep = deployment(size=1, max_idle_seconds=120, ping_interval_seconds=0)
+    pools, host = await start(nursery, config(dep), provider)
+    await until(lambda: idle(pools) == 1)
+    await trio.sleep(50)
+    younger = attrs.evolve(dep, warm_pool=WarmPoolSettings(size=1, max_idle_seconds=30))
+    new = config(younger)
+    host.pool.reconfigure(new, trio.current_time())
+    host.config = new
+    pools.reconfigure(new)
+    reloaded_at = trio.current_time()
+    await until(lambda: len(provider.dial_times) == 2)
+    assert provider.dial_times[1] - reloaded_at < 0.1  # 50 s old is past 30: replaced now
+    await until(lambda: provider.peers[0].close_code == 1000)
+    assert pools.counters.discards == {("d", "expired"): 1}
+
+
+@bounded
 async def test_a_dial_that_lands_as_the_set_is_drained_is_closed_not_kept(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
