@@ -8,7 +8,6 @@ time-dependent rule runs under ``autojump_clock`` while the WebSocket code is re
 from __future__ import annotations
 
 import functools
-import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -18,7 +17,6 @@ import pytest
 import trio
 import trio.testing
 from websockets.client import ClientProtocol
-from websockets.frames import Close
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
@@ -522,9 +520,3 @@ async def test_aclose_of_a_handed_out_link_stops_the_warm_reader(
     await until(lambda: provider.peers[0].close_code == 1000)
     with pytest.raises(UpstreamClosed):
         await link.receive()
-
-
-def test_closed_close_frame_helper() -> None:
-    # The close frame the tests write by hand is what websockets would send.
-    assert Close(1001, "going away").serialize().startswith(b"\x03\xe9")
-    assert os.name == "posix"
