@@ -7,6 +7,7 @@ import trio
 
 from rtgate.metrics import LatencyHistogram, PrometheusMetrics, RelayCounters, _event_log
 from rtgate.testing.gateway import open_gateway
+from tests.test_faults_support import sessions_idle
 from tests.test_ops_support import MASTER, UPGRADE, http_get, parse_metrics, value
 from tests.wsclient import connect, recv_json, recv_until, send_json
 
@@ -49,7 +50,7 @@ async def test_metrics_after_a_scripted_session() -> None:
                 {**UPGRADE, "Authorization": "Bearer sk-wrong-1234"},
             )
             assert status == 401
-            await _wait_sessions_ended(gw.gateway)
+            await sessions_idle(gw)
             status, body = await http_get(gw.port, "/metrics")
     assert status == 200
     assert value(live, "rtgate_sessions_active", model_group="m", deployment="dep-m") == 1
@@ -72,12 +73,6 @@ async def test_metrics_after_a_scripted_session() -> None:
     assert MASTER.encode() not in body
 
 
-async def _wait_sessions_ended(gateway: object) -> None:
-    with trio.fail_after(5):
-        while gateway.counters.sessions_active:  # type: ignore[attr-defined]
-            await trio.sleep(0.01)
-
-
 async def test_metrics_auth_requires_master_key() -> None:
     with trio.fail_after(10):
         async with open_gateway(mock_yaml("  metrics_auth: true")) as gw:
@@ -92,7 +87,7 @@ async def test_two_gateways_have_separate_registries() -> None:
         async with open_gateway(mock_yaml()) as one, open_gateway(mock_yaml()) as two:
             async with connect(one.ws_url + "/v1/realtime?model=m", AUTH) as ws:
                 await recv_json(ws)
-            await _wait_sessions_ended(one.gateway)
+            await sessions_idle(one)
             _, body_one = await http_get(one.port, "/metrics")
             _, body_two = await http_get(two.port, "/metrics")
     assert value(parse_metrics(body_one), "rtgate_sessions_started_total") == 1

@@ -9,7 +9,7 @@ from trio_websocket import ConnectionClosed
 from rtgate.relay import _bounded
 from rtgate.testing.gateway import open_gateway
 from rtgate.translate.base import Binary, Frame
-from tests.test_ops_support import MASTER, UPGRADE, http_get, parse_metrics, value
+from tests.test_ops_support import MASTER, UPGRADE, close_code, http_get, scrape, value
 from tests.wsclient import connect, recv_json, send_json
 
 AUTH = {"Authorization": f"Bearer {MASTER}"}
@@ -34,19 +34,13 @@ rtgate:
 """
 
 
-async def _metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    status, body = await http_get(port, "/metrics")
-    assert status == 200
-    return parse_metrics(body)
-
-
 async def test_gateway_session_cap_is_429_at_the_handshake() -> None:
     with trio.fail_after(10):
         async with open_gateway(limits_yaml("    max_sessions: 1")) as gw:
             async with connect(gw.ws_url + "/v1/realtime?model=m", AUTH) as ws:
                 await recv_json(ws)
                 status, body = await http_get(gw.port, "/v1/realtime?model=m", {**UPGRADE, **AUTH})
-                metrics = await _metrics(gw.port)
+                metrics = await scrape(gw.port)
     assert status == 429
     assert b"session limit" in body
     assert value(metrics, "rtgate_limit_closes_total", limit="max_sessions") == 1
@@ -73,7 +67,7 @@ async def test_per_key_session_cap_is_429_for_that_key_only() -> None:
                     await trio.sleep(0.01)
             async with connect(url, team) as ws:
                 assert (await recv_json(ws))["type"] == "session.created"
-            metrics = await _metrics(gw.port)
+            metrics = await scrape(gw.port)
     assert status == 429
     assert value(metrics, "rtgate_limit_closes_total", limit="max_sessions_per_key") == 1
 
@@ -92,11 +86,11 @@ async def test_duration_and_idle_limits_send_error_then_close(limit: str, code: 
                 elapsed = trio.current_time() - started
                 with pytest.raises(ConnectionClosed) as info:
                     await ws.get_message()
-            metrics = await _metrics(gw.port)
+            metrics = await scrape(gw.port)
     assert error["type"] == "error"
     assert error["error"]["code"] == code
     assert 0.3 <= elapsed < 2.0
-    assert _code(info.value) == 1000
+    assert close_code(info.value) == 1000
     assert value(metrics, "rtgate_limit_closes_total", limit=code) == 1
 
 
@@ -136,8 +130,8 @@ async def test_oversized_message_is_1009_and_counted() -> None:
             with trio.fail_after(3):
                 while gw.gateway.counters.sessions_active:
                     await trio.sleep(0.01)
-            metrics = await _metrics(gw.port)
-    assert _code(info.value) == 1009
+            metrics = await scrape(gw.port)
+    assert close_code(info.value) == 1009
     assert value(metrics, "rtgate_limit_closes_total", limit="max_message_bytes") == 1
 
 
@@ -155,7 +149,7 @@ async def test_client_that_stops_reading_is_closed_and_counted() -> None:
                 with trio.fail_after(10):
                     while gw.gateway.counters.sessions_active:
                         await trio.sleep(0.05)
-            metrics = await _metrics(gw.port)
+            metrics = await scrape(gw.port)
     assert value(metrics, "rtgate_limit_closes_total", limit="slow_consumer") == 1
     assert value(metrics, "rtgate_close_codes_total", code="1011") == 1
 
@@ -170,7 +164,3 @@ def test_bounded_splits_batches_over_the_limit() -> None:
     assert _bounded(frames, 130, 1000) == [frames]
     single: list[Frame] = [b"x" * 500]
     assert _bounded(single, 500, 64) == [single]  # one message is never split
-
-
-def _code(exc: ConnectionClosed) -> int | None:
-    return exc.reason.code if exc.reason is not None else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,12 @@ from rtgate.systemd import Notifier, monotonic_usec, parse_message
 from tests.test_ops_support import (
     MASTER,
     Child,
+    close_code,
     free_port,
     http_get,
     mock_config,
-    parse_metrics,
     rtgate_process,
+    scrape,
     value,
 )
 from tests.wsclient import connect, raw_handshake, recv_json, send_json
@@ -68,7 +70,7 @@ async def test_sigterm_drains_then_closes_1001_and_exits_0(tmp_path: Path) -> No
             assert await child.wait(10) == 0
     assert error["type"] == "error" and error["error"]["code"] == "gateway_restarting"
     assert "restarting" in error["error"]["message"]
-    assert _code(info.value) == 1001
+    assert close_code(info.value) == 1001
     assert 0.9 <= elapsed < 5
 
 
@@ -89,7 +91,7 @@ async def test_second_sigterm_ends_the_drain_early(tmp_path: Path) -> None:
             assert await child.wait(10) == 0
             assert trio.current_time() - started < 5
     assert error["error"]["code"] == "gateway_restarting"
-    assert _code(info.value) == 1001
+    assert close_code(info.value) == 1001
 
 
 # -- reload -------------------------------------------------------------------------
@@ -104,7 +106,7 @@ async def test_sighup_with_bad_file_keeps_config_then_good_file_applies(tmp_path
                 child.config_path.write_text("model_list: [\n  - {model_name: broken\n")
                 child.signal(signal.SIGHUP)
                 await _wait_for(lambda: "reload failed" in child.log())
-                metrics = parse_metrics((await http_get(port, "/metrics"))[1])
+                metrics = await scrape(port)
                 assert value(metrics, "rtgate_config_reloads_total", result="error") == 1
                 async with connect(_url(port), AUTH) as ws:  # the old config still serves
                     assert (await recv_json(ws))["type"] == "session.created"
@@ -116,15 +118,15 @@ async def test_sighup_with_bad_file_keeps_config_then_good_file_applies(tmp_path
                 async with connect(_url(port, "n"), AUTH) as ws:
                     assert (await recv_json(ws))["type"] == "session.created"
                 await _still_relaying(running)  # the running session was not dropped
-                metrics = parse_metrics((await http_get(port, "/metrics"))[1])
+                metrics = await scrape(port)
             assert value(metrics, "rtgate_config_reloads_total", result="ok") == 1
             # The unchanged deployment kept its pool state (its session count).
             assert value(metrics, "rtgate_deployment_active_sessions", deployment="dep-m") == 1
 
 
-async def _wait_for(predicate: object, timeout: float = 5) -> None:
+async def _wait_for(predicate: Callable[[], bool], timeout: float = 5) -> None:
     with trio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
+        while not predicate():
             await trio.sleep(0.05)
 
 
@@ -273,12 +275,7 @@ async def test_workers_share_the_port_restart_after_crash_and_drain(
 async def _worker_pids(child: Child, tries: int) -> set[str]:
     pids: set[str] = set()
     for _ in range(tries):
-        _, body = await http_get(child.port, "/metrics")
-        for (name, labels), _v in parse_metrics(body).items():
+        for name, labels in await scrape(child.port):
             if name == "rtgate_info":
                 pids.add(dict(labels)["pid"])
     return pids
-
-
-def _code(exc: ConnectionClosed) -> int | None:
-    return exc.reason.code if exc.reason is not None else None

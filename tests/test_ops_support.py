@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import ConnectionClosed
 
 MASTER = "sk-ops-master-key-000000"
 # Headers of a WebSocket upgrade, for handshakes whose HTTP answer a test reads.
@@ -55,10 +56,22 @@ def parse_metrics(text: bytes) -> Samples:
     return samples
 
 
+async def scrape(port: int) -> Samples:
+    """``GET /metrics`` (no auth), parsed."""
+    status, body = await http_get(port, "/metrics")
+    assert status == 200
+    return parse_metrics(body)
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     """Sum of the samples named ``name`` whose labels include ``labels``."""
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def close_code(exc: ConnectionClosed) -> int | None:
+    """The close code a trio-websocket client saw (``None``: no close frame)."""
+    return exc.reason.code if exc.reason is not None else None
 
 
 def free_port() -> int:
