@@ -3,7 +3,9 @@
 The relay needs an event's ``type`` for logging filters and protocol bridges,
 but most frames are audio it must not decode. OpenAI, and the SDKs' own
 serialisers, put ``type`` first, so a prefix check answers almost always; any
-other layout falls back to a real JSON parse.
+other layout falls back to a real JSON parse. Translators likewise cut the
+base64 ``audio`` out of an ``input_audio_buffer.append`` with
+:func:`audio_field` instead of decoding every audio frame.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import orjson
 
 _PREFIXES = (b'{"type":"', b'{"type": "')
+_AUDIO_KEYS = (b'"audio":"', b'"audio": "')
 
 
 def sniff_type(frame: bytes) -> str | None:
@@ -33,3 +36,21 @@ def parse_event(frame: bytes) -> dict[str, object] | None:
     except orjson.JSONDecodeError:
         return None
     return event if isinstance(event, dict) else None
+
+
+def audio_field(frame: bytes) -> bytes | None:
+    """The base64 ``audio`` string of an append event, sliced out without decoding the JSON.
+
+    None when the key is not found or the value holds an escape: the caller
+    then parses the event. A raw ``"audio":"`` cannot occur inside a JSON
+    string (its quotes would be escaped), so a match is a key, not text.
+    """
+    for key in _AUDIO_KEYS:
+        start = frame.find(key)
+        if start >= 0:
+            start += len(key)
+            end = frame.find(b'"', start)
+            if end >= 0 and frame.find(b"\\", start, end) < 0:
+                return frame[start:end]
+            return None
+    return None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from rtgate.protocol.events import parse_event
+from rtgate.protocol.events import audio_field, parse_event
 from rtgate.translate import audio
 from rtgate.translate.base import Outbox, error_event, new_id
 from rtgate.translate.gemini_setup import AudioFormat
@@ -34,7 +34,6 @@ ACTIVITY_START: Final = b'{"realtimeInput":{"activityStart":{}}}'
 ACTIVITY_END: Final = b'{"realtimeInput":{"activityEnd":{}}}'
 _AUDIO_STREAM_END: Final = b'{"realtimeInput":{"audioStreamEnd":true}}'
 _TURN_COMPLETE: Final = b'{"clientContent":{"turnComplete":true}}'
-_AUDIO_KEY: Final = b'"audio":"'
 _BASE64: Final = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _B64_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _G711_RATE: Final = 8000
@@ -62,7 +61,7 @@ def event_id(event: Mapping[str, Any]) -> str | None:
 
 def append_audio(t: GeminiTranslator, frame: bytes, out: Outbox) -> None:
     """``input_audio_buffer.append`` as ``realtimeInput.audio`` (no JSON parse for PCM)."""
-    data = _audio_field(frame)
+    data = audio_field(frame)
     if data is None:
         event = parse_event(frame)
         value = event.get("audio") if event is not None else None
@@ -114,19 +113,6 @@ def _is_base64(data: bytes) -> bool:
     if data.translate(None, _B64_CHARS):
         return False
     return b"=" not in data or _BASE64.fullmatch(data) is not None
-
-
-def _audio_field(frame: bytes) -> bytes | None:
-    """The base64 ``audio`` of an append without decoding the JSON (None: use the parser)."""
-    start = frame.find(_AUDIO_KEY)
-    if start < 0:
-        return None
-    start += len(_AUDIO_KEY)
-    end = frame.find(b'"', start)
-    if end < 0:
-        return None
-    data = frame[start:end]
-    return None if b"\\" in data else data
 
 
 def _g711_as_pcm16(b64: bytes | str, fmt: AudioFormat) -> bytes:

@@ -62,7 +62,7 @@ from typing import Any
 
 import orjson
 
-from rtgate.protocol.events import sniff_type
+from rtgate.protocol.events import audio_field, sniff_type
 from rtgate.translate import nova_input, nova_output
 from rtgate.translate.base import (
     Binary,
@@ -186,7 +186,7 @@ class NovaTranslator(Translator):
             return
         if sniff_type(frame) == "input_audio_buffer.append":
             # The hot path: slice the base64 out rather than parse the JSON.
-            audio = nova_input.audio_field(frame)
+            audio = audio_field(frame)
             if audio is not None:
                 nova_input.append_audio(self, audio, out)
                 return

@@ -38,20 +38,6 @@ from rtgate.translate.nova_setup import (
 if TYPE_CHECKING:
     from rtgate.translate.nova import NovaTranslator
 
-_APPEND_KEYS: Final = (b'"audio":"', b'"audio": "')
-
-
-def audio_field(frame: bytes) -> bytes | None:
-    """The base64 ``audio`` of an append event, sliced out without decoding the JSON."""
-    for key in _APPEND_KEYS:
-        start = frame.find(key)
-        if start >= 0:
-            start += len(key)
-            end = frame.find(b'"', start)
-            if end >= 0 and frame.find(b"\\", start, end) < 0:
-                return frame[start:end]
-    return None
-
 
 def append_audio(t: NovaTranslator, audio_b64: bytes, out: Outbox) -> None:
     """One ``audioInput`` into the AUDIO container (opened on the first append)."""
