@@ -269,14 +269,5 @@ async def sessions_idle(gw: ServerHandle, timeout: float = 5) -> None:
             await trio.sleep(0.01)
 
 
-def dead_port() -> int:
-    """A local port where nothing listens (connection refused)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def pool_stats(gw: ServerHandle) -> dict[str, dict[str, object]]:
     return gw.gateway.pool.statistics(trio.current_time())

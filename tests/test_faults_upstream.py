@@ -28,12 +28,12 @@ from tests.test_faults_support import (
     HandshakeRefused,
     LeakCheck,
     RawWs,
-    dead_port,
     open_session,
     pool_stats,
     sessions_idle,
     single_yaml,
 )
+from tests.test_ops_support import free_port
 
 APPEND = {"type": "input_audio_buffer.append", "audio": "AAAA"}
 
@@ -184,7 +184,7 @@ async def test_upgrade_faults_fail_over_and_teach_the_pool(
 
 
 async def test_refused_connection_fails_over(fake_openai: FakeRealtimeServer) -> None:
-    await _dial_fault_case(f"ws://127.0.0.1:{dead_port()}/v1", fake_openai.base_url, "refused")
+    await _dial_fault_case(f"ws://127.0.0.1:{free_port()}/v1", fake_openai.base_url, "refused")
     assert fake_openai.sessions == 4
 
 

@@ -12,6 +12,7 @@ from trio_websocket import ConnectionClosed
 from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, gateway_yaml, openai_deployment
+from tests.test_ops_support import free_port
 from tests.wsclient import connect, raw_handshake, recv_json, recv_until, send_json
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -281,12 +282,8 @@ async def test_xai_quirks_are_normalised_for_the_openai_sdk(nursery: trio.Nurser
 async def test_failover_to_next_deployment_when_first_refuses(
     fake_openai: FakeRealtimeServer,
 ) -> None:
-    dead = trio.socket.socket()
-    await dead.bind(("127.0.0.1", 0))
-    dead_port = dead.getsockname()[1]
-    dead.close()  # nothing listens there: connection refused
     config = gateway_yaml(
-        openai_deployment("gpt-realtime", f"ws://127.0.0.1:{dead_port}/v1"),
+        openai_deployment("gpt-realtime", f"ws://127.0.0.1:{free_port()}/v1"),
         openai_deployment("gpt-realtime", fake_openai.base_url),
     )
     with trio.fail_after(15):

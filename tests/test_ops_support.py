@@ -75,6 +75,7 @@ def close_code(exc: ConnectionClosed) -> int | None:
 
 
 def free_port() -> int:
+    """A 127.0.0.1 port nothing listens on: a dial there is refused; a child may bind it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
