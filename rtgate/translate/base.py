@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 import attrs
 import orjson
@@ -135,6 +136,15 @@ def error_event(
     if event_id is not None:
         error["event_id"] = event_id
     return {"type": "error", "event_id": new_id("event"), "error": error}
+
+
+def get_path(mapping: object, *path: str) -> Any:
+    """``mapping[path[0]][path[1]]...``, or None where a step is missing or not a mapping."""
+    for key in path:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
 
 
 _RESPONSE_DONE: Final = b'"response.done"'

@@ -46,6 +46,7 @@ from rtgate.translate.base import (
     Translator,
     client_close_code,
     error_event,
+    get_path,
     new_id,
 )
 from rtgate.translate.gemini_input import HANDLERS, Handler, append_audio, event_id
@@ -56,7 +57,6 @@ from rtgate.translate.gemini_setup import (
     build_plan,
     changed_setup_fields,
     default_session,
-    get_path,
     merge_session,
     parse_format,
     session_echo,

@@ -21,6 +21,8 @@ from typing import Any, Final
 
 import attrs
 
+from rtgate.translate.base import get_path
+
 OPENAI_TO_GEMINI_VOICE: Final = {
     "alloy": "Zephyr",
     "ash": "Charon",
@@ -257,15 +259,6 @@ def model_path(
             name = f"publishers/google/models/{name}"
         return f"projects/{vertex_project}/locations/{vertex_location or 'us-central1'}/{name}"
     return model if model.startswith("models/") else f"models/{model}"
-
-
-def get_path(mapping: object, *path: str) -> Any:
-    """``mapping[path[0]][path[1]]...``, or None where a step is missing or not a mapping."""
-    for key in path:
-        if not isinstance(mapping, Mapping):
-            return None
-        mapping = mapping.get(key)
-    return mapping
 
 
 def build_plan(session: Mapping[str, Any], model: str) -> SessionPlan:

@@ -35,7 +35,15 @@ from typing import Final
 
 import orjson
 
-from rtgate.translate.base import Binary, Frame, Outbox, Translator, error_event, new_id
+from rtgate.translate.base import (
+    Binary,
+    Frame,
+    Outbox,
+    Translator,
+    error_event,
+    get_path,
+    new_id,
+)
 from rtgate.translate.mock_audio import FORMATS, audio_chunks, bytes_per_ms, peak_level
 from rtgate.translate.mock_response import (
     ResponsePlan,
@@ -53,7 +61,6 @@ from rtgate.translate.mock_session import (
     invalid,
     merge,
     missing,
-    path,
 )
 
 __all__ = ["MockModel", "audio_chunks", "peak_level"]
@@ -164,7 +171,7 @@ class MockModel(Translator):
 
     def _session_update(self, event: Json, out: Outbox) -> None:
         update = check_session(event.get("session"))
-        voice = path(update, "audio", "output", "voice")
+        voice = get_path(update, "audio", "output", "voice")
         if voice is not None and self._assistant_audio and voice != self._voice():
             raise Rejected(
                 "Cannot update a conversation's voice if assistant audio is present.",
@@ -175,10 +182,10 @@ class MockModel(Translator):
         emit(out, {"type": "session.updated", "session": self.session})
 
     def _voice(self) -> object:
-        return path(self.session, "audio", "output", "voice")
+        return get_path(self.session, "audio", "output", "voice")
 
     def _input_format(self) -> str:
-        kind = path(self.session, "audio", "input", "format", "type")
+        kind = get_path(self.session, "audio", "input", "format", "type")
         return kind if isinstance(kind, str) and kind in FORMATS else "audio/pcm"
 
     # -- input audio buffer
@@ -194,7 +201,7 @@ class MockModel(Translator):
                 "Invalid 'audio'. Expected base64-encoded audio bytes.", "invalid_value", "audio"
             )
         self._buffer_bytes += len(raw)
-        turn_detection = path(self.session, "audio", "input", "turn_detection")
+        turn_detection = get_path(self.session, "audio", "input", "turn_detection")
         if isinstance(turn_detection, dict) and raw:
             self._detect_speech(raw, turn_detection, out)
 
@@ -274,7 +281,7 @@ class MockModel(Translator):
             "content": [{"type": "input_audio", "transcript": None}],
         }
         self._add_item(item, previous, out, audio_ms=audio_ms)
-        transcription = path(self.session, "audio", "input", "transcription")
+        transcription = get_path(self.session, "audio", "input", "transcription")
         if isinstance(transcription, dict):
             seconds = audio_ms / 1000
             emit(

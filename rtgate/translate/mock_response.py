@@ -23,7 +23,7 @@ from typing import Final
 
 import attrs
 
-from rtgate.translate.base import Outbox, flatten_usage, new_id
+from rtgate.translate.base import Outbox, flatten_usage, get_path, new_id
 from rtgate.translate.mock_audio import CHUNK_MS, FORMATS, audio_chunks
 from rtgate.translate.mock_session import (
     Json,
@@ -33,7 +33,6 @@ from rtgate.translate.mock_session import (
     check_modalities,
     check_voice,
     invalid,
-    path,
 )
 
 _INPUT_MS_PER_TOKEN: Final = 100  # roughly what OpenAI bills for user audio
@@ -93,9 +92,9 @@ def check_response(
     metadata = params.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise invalid("response.metadata", metadata)
-    current = path(session, "audio", "output")
+    current = get_path(session, "audio", "output")
     output: Json = dict(current) if isinstance(current, dict) else {}
-    requested = path(params, "audio", "output")
+    requested = get_path(params, "audio", "output")
     if requested is not None:
         if not isinstance(requested, dict):
             raise invalid("response.audio.output", requested)
@@ -219,7 +218,7 @@ def stream_response(
         "content_index": 0,
     }
     if "audio" in plan.modalities:
-        fmt = path(plan.audio_output, "format", "type")
+        fmt = get_path(plan.audio_output, "format", "type")
         chosen = fmt if isinstance(fmt, str) and fmt in FORMATS else "audio/pcm"
         part = _stream_audio(ids, chosen, audio_ms, reply, out)
     else:

@@ -213,16 +213,6 @@ def merge(base: Json, update: Json) -> Json:
     return merged
 
 
-def path(obj: Json, *keys: str) -> object:
-    """``obj[k1][k2]...``, or None where a level is missing or not an object."""
-    value: object = obj
-    for key in keys:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
 def default_session(model: str) -> Json:
     """The session OpenAI announces for a new GA conversation, with this model."""
     return {
