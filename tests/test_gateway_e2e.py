@@ -12,6 +12,7 @@ from trio_websocket import ConnectionClosed
 from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, gateway_yaml, openai_deployment
+from tests.test_faults_support import sessions_idle
 from tests.test_ops_support import free_port
 from tests.wsclient import connect, raw_handshake, recv_json, recv_until, send_json
 
@@ -113,7 +114,7 @@ async def test_handshake_rejections(
     config = gateway_yaml(openai_deployment("gpt-realtime", fake_openai.base_url))
     with trio.fail_after(10):
         async with open_gateway(config) as gw:
-            got, _, raw = await raw_handshake(gw.ws_url.replace("ws:", "http:") + path, headers)
+            got, _, raw = await raw_handshake(gw.http_url + path, headers)
     assert got == status
     body = orjson.loads(raw)
     assert body["error"]["message"]
@@ -403,8 +404,6 @@ async def test_every_deployment_at_capacity_is_429_with_retry_after() -> None:
                 assert int(headers["retry-after"]) >= 1
                 assert orjson.loads(body)["error"]["code"] == "rate_limit_exceeded"
             # The slot is free again once the first session ended.
-            with trio.fail_after(2):
-                while gw.gateway.counters.sessions_active:
-                    await trio.sleep(0.01)
+            await sessions_idle(gw, timeout=2)
             async with connect(gw.ws_url + "/v1/realtime?model=mock-realtime", AUTH) as ws:
                 assert (await recv_json(ws))["type"] == "session.created"

@@ -9,6 +9,7 @@ from trio_websocket import ConnectionClosed
 from rtgate.relay import _bounded
 from rtgate.testing.gateway import open_gateway
 from rtgate.translate.base import Binary, Frame
+from tests.test_faults_support import sessions_idle
 from tests.test_ops_support import MASTER, UPGRADE, close_code, http_get, scrape, value
 from tests.wsclient import connect, recv_json, send_json
 
@@ -127,9 +128,7 @@ async def test_oversized_message_is_1009_and_counted() -> None:
                 with pytest.raises(ConnectionClosed) as info:
                     while True:
                         await ws.get_message()
-            with trio.fail_after(3):
-                while gw.gateway.counters.sessions_active:
-                    await trio.sleep(0.01)
+            await sessions_idle(gw, timeout=3)
             metrics = await scrape(gw.port)
     assert close_code(info.value) == 1009
     assert value(metrics, "rtgate_limit_closes_total", limit="max_message_bytes") == 1
@@ -146,9 +145,7 @@ async def test_client_that_stops_reading_is_closed_and_counted() -> None:
             async with connect(gw.ws_url + "/v1/realtime?model=m", AUTH) as ws:
                 await recv_json(ws)
                 await send_json(ws, {"type": "response.create"})
-                with trio.fail_after(10):
-                    while gw.gateway.counters.sessions_active:
-                        await trio.sleep(0.05)
+                await sessions_idle(gw, timeout=10)
             metrics = await scrape(gw.port)
     assert value(metrics, "rtgate_limit_closes_total", limit="slow_consumer") == 1
     assert value(metrics, "rtgate_close_codes_total", code="1011") == 1

@@ -15,6 +15,7 @@ from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from rtgate.testing.gateway import open_gateway
 from tests.conftest import CLIENT_KEY, gateway_yaml, openai_deployment
+from tests.test_faults_support import sessions_idle
 from tests.wsclient import connect, recv_json
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -107,7 +108,5 @@ async def test_a_client_close_mid_stream_ends_the_session_cleanly(nursery: trio.
                     await ws.send_message('{"type":"input_audio_buffer.append"}')
                     assert await ws.get_message() == '{"type":"input_audio_buffer.append"}'
                     await ws.send_message('{"type":"input_audio_buffer.commit"}')
-            with trio.fail_after(5):
-                while gw.gateway.counters.sessions_active:
-                    await trio.sleep(0.01)
+            await sessions_idle(gw)
             assert gw.gateway.counters.close_codes == {1000: 20}
