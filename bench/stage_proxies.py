@@ -49,6 +49,9 @@ def measure_proxy(
     def target(*, beta: bool = False) -> Target:
         return Target(url_for("bench-openai"), beta=beta, headers=headers)
 
+    def gemini_target() -> Target:
+        return Target(url_for("bench-gemini"), headers=headers, audio_probes=True)
+
     time.sleep(0.2 if plan.quick else 1.0)
     out["rss_start_mb"] = round(loadgen.rss_bytes(pids) / 2**20, 1)
     out["idle"] = loadgen.idle_memory(target(), plan.idle_sessions, pids)
@@ -68,48 +71,37 @@ def measure_proxy(
     out["added_latency_ms_p99_1_session"] = _minus(
         one["latency_ms_p99"], direct["one"]["latency_ms_p99"]
     )
-    ga = loadgen.run_load(
-        target(),
-        plan.cpu_sessions,
-        plan.cpu_seconds,
-        warmup=plan.warmup,
-        pids=pids,
-        other_pids=[fake_pid],
-    )
-    out["passthrough"] = ga
-    out["cpu_s_per_1000_messages"] = ga.get("cpu_s_per_1000_messages")
-    if beta:
-        bridged = loadgen.run_load(
-            target(beta=True),
+
+    def cpu_run(t: Target) -> dict[str, Any]:
+        return loadgen.run_load(
+            t,
             plan.cpu_sessions,
             plan.cpu_seconds,
             warmup=plan.warmup,
             pids=pids,
             other_pids=[fake_pid],
         )
-        out["beta"] = bridged
-        out["beta_cpu_s_per_1000_messages"] = bridged.get("cpu_s_per_1000_messages")
-        if ga.get("cpu_s_per_1000_messages") and bridged.get("cpu_s_per_1000_messages"):
-            out["beta_over_passthrough"] = round(
-                bridged["cpu_s_per_1000_messages"] / ga["cpu_s_per_1000_messages"], 2
+
+    ga = cpu_run(target())
+    out["passthrough"] = ga
+    out["cpu_s_per_1000_messages"] = ga.get("cpu_s_per_1000_messages")
+
+    def against_passthrough(mode: str, t: Target) -> None:
+        """``mode``'s CPU run, its cost, and that cost over GA passthrough's."""
+        run = cpu_run(t)
+        out[mode] = run
+        out[f"{mode}_cpu_s_per_1000_messages"] = run.get("cpu_s_per_1000_messages")
+        if ga.get("cpu_s_per_1000_messages") and run.get("cpu_s_per_1000_messages"):
+            out[f"{mode}_over_passthrough"] = round(
+                run["cpu_s_per_1000_messages"] / ga["cpu_s_per_1000_messages"], 2
             )
+
+    if beta:
+        against_passthrough("beta", target(beta=True))
     if gemini:
         # The same audio stream, translated to Gemini Live and back (bench.fake_upstream
         # answers realtimeInput.audio with a modelTurn carrying the same audio).
-        translated = loadgen.run_load(
-            Target(url_for("bench-gemini"), headers=headers, audio_probes=True),
-            plan.cpu_sessions,
-            plan.cpu_seconds,
-            warmup=plan.warmup,
-            pids=pids,
-            other_pids=[fake_pid],
-        )
-        out["gemini"] = translated
-        out["gemini_cpu_s_per_1000_messages"] = translated.get("cpu_s_per_1000_messages")
-        if ga.get("cpu_s_per_1000_messages") and translated.get("cpu_s_per_1000_messages"):
-            out["gemini_over_passthrough"] = round(
-                translated["cpu_s_per_1000_messages"] / ga["cpu_s_per_1000_messages"], 2
-            )
+        against_passthrough("gemini", gemini_target())
     out["sweep"], out["sessions_per_core_p99_50ms"] = sweep_sessions(
         target(), pids, plan, direct, fake_pid
     )
@@ -121,9 +113,8 @@ def measure_proxy(
     if sweep_modes and gemini:
         # Added latency against the direct GA floor: the generator speaks only the
         # OpenAI protocol, and the fake answers both dialects at the same cost.
-        gemini_target = Target(url_for("bench-gemini"), headers=headers, audio_probes=True)
         out["gemini_sweep"], out["gemini_sessions_per_core_p99_50ms"] = sweep_sessions(
-            gemini_target, pids, plan, direct, fake_pid
+            gemini_target(), pids, plan, direct, fake_pid
         )
     soak = loadgen.run_load(
         target(),

@@ -24,6 +24,7 @@ import trio
 
 from bench import chart, loadgen
 from bench.fake_upstream import start_in_thread
+from bench.procs import gateway_config
 from rtgate.testing.gateway import open_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,17 +45,11 @@ LOAD_FIELDS = {
 }
 
 
-def _config(upstream_port: int) -> str:
-    from bench.procs import gateway_config
-
-    return gateway_config(upstream_port)
-
-
 async def test_loadgen_through_rtgate_reports_every_field() -> None:
     server, thread = start_in_thread()
     try:
         with trio.fail_after(20):
-            async with open_gateway(_config(server.port)) as gw:
+            async with open_gateway(gateway_config(server.port)) as gw:
                 base = f"{gw.ws_url}/v1/realtime?model="
                 pid = [os.getpid()]
                 report = await trio.to_thread.run_sync(
