@@ -182,6 +182,46 @@ def test_audio_opens_one_container_and_passes_pcm_base64_untouched() -> None:
         assert base64.b64decode(event["event"]["audioInput"]["content"]) == pcm
 
 
+def test_every_json_spelling_of_an_append_sends_the_same_audio() -> None:
+    """Compact and spaced appends take the slicing fast path; an escaped one is parsed."""
+    pcm = b"\xff\xfb" * 240  # base64 "//v/+//7...": a "/" that JSON may escape as "\/"
+    b64 = base64.b64encode(pcm).decode()
+    frames = [
+        b'{"type":"input_audio_buffer.append","audio":"%s"}' % b64.encode(),
+        b'{"type": "input_audio_buffer.append", "audio": "%s"}' % b64.encode(),
+        b'{"audio":"%s","type":"input_audio_buffer.append"}' % b64.replace("/", "\\/").encode(),
+    ]
+    s = Session()
+    for frame in frames:
+        out = Outbox()
+        s.t.on_client(frame, out, s.now)
+        s._take(out)
+    sent = [e["event"]["audioInput"]["content"] for e in s.upstream if "audioInput" in e["event"]]
+    assert sent == [b64] * 3
+    assert s.t.input_ms == 3 * len(pcm) / 48  # 24 kHz PCM16: 48 bytes a millisecond
+    assert "error" not in s.types()
+
+
+def test_clear_and_truncate_are_acknowledged_locally() -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 10))
+    s.upstream.clear()
+    s.take_client()
+    s.send({"type": "input_audio_buffer.clear"})
+    s.send(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": "item_1",
+            "content_index": 0,
+            "audio_end_ms": 120,
+        }
+    )
+    assert s.upstream == []
+    assert s.types() == ["input_audio_buffer.cleared", "conversation.item.truncated"]
+    truncated = s.client[1]
+    assert (truncated["item_id"], truncated["audio_end_ms"]) == ("item_1", 120)
+
+
 def test_g711_input_is_decoded_and_declared_at_8khz_and_output_reencoded() -> None:
     s = Session()
     s.send(
