@@ -88,9 +88,9 @@ def fake_upstream(workdir: Path, cores: str = LOAD_CORE) -> Iterator[tuple[int, 
         yield port, proc.pid
 
 
-def gateway_config(upstream_port: int) -> str:
+def openai_deployment(upstream_port: int) -> str:
+    """A ``bench-openai`` entry of ``model_list`` for the fake upstream on that port."""
     return f"""\
-model_list:
   - model_name: bench-openai
     litellm_params:
       model: openai/gpt-realtime
@@ -98,6 +98,13 @@ model_list:
       api_key: sk-bench-not-a-real-key
     model_info:
       mode: realtime
+"""
+
+
+def gateway_config(upstream_port: int) -> str:
+    return f"""\
+model_list:
+{openai_deployment(upstream_port)}\
   - model_name: bench-gemini
     litellm_params:
       model: gemini/gemini-2.0-flash-live-001

@@ -31,6 +31,7 @@ from bench.procs import (
     established_sessions,
     fake_upstream,
     free_port,
+    openai_deployment,
     pin,
     pin_threads,
     process,
@@ -62,18 +63,7 @@ def worker_layouts(n: int, cores: int) -> list[tuple[str, list[int], list[int]]]
 
 def workers_config(upstream_ports: Sequence[int]) -> str:
     """One ``bench-openai`` deployment per fake upstream (the pool spreads sessions over them)."""
-    deployments = "".join(
-        f"""\
-  - model_name: bench-openai
-    litellm_params:
-      model: openai/gpt-realtime
-      api_base: ws://127.0.0.1:{port}/v1
-      api_key: sk-bench-not-a-real-key
-    model_info:
-      mode: realtime
-"""
-        for port in upstream_ports
-    )
+    deployments = "".join(openai_deployment(port) for port in upstream_ports)
     return f"model_list:\n{deployments}rtgate:\n  host: 127.0.0.1\n  log_level: warning\n"
 
 
