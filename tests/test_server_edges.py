@@ -16,6 +16,7 @@ from rtgate.errors import ConfigError
 from rtgate.server import check_exposure
 from rtgate.testing.gateway import open_gateway
 from tests.conftest import CLIENT_KEY
+from tests.test_ops_support import http_get
 
 MOCK = """
 model_list:
@@ -75,12 +76,5 @@ async def test_control_plane_routes_share_the_port() -> None:
                 ("/health/readiness", 200),
                 ("/nope", 404),
             ):
-                stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
-                async with stream:
-                    await stream.send_all(
-                        f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
-                    )
-                    data = b""
-                    while chunk := await stream.receive_some(4096):
-                        data += chunk
-                assert data.startswith(f"HTTP/1.1 {status}".encode()), (path, data[:80])
+                got, body = await http_get(gw.port, path)
+                assert got == status, (path, body[:80])
