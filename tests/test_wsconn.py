@@ -247,14 +247,20 @@ def _unmasked_writes(proto: WsProtocol) -> list[tuple[int, bytes, bool]]:
     reader.feed_eof()
     out = []
     while reader.buffer:
-        parser = Frame.parse(reader.read_exact, mask=proto.side is Side.CLIENT)
-        try:
-            while True:
-                next(parser)
-        except StopIteration as done:
-            frame = done.value
+        frame = _parse_frame(reader, mask=proto.side is Side.CLIENT)
         out.append((int(frame.opcode), bytes(frame.data), frame.fin))
     return out
+
+
+def _parse_frame(reader: StreamReader, *, mask: bool) -> Frame:
+    """The next whole frame in ``reader``, parsed by the library."""
+    parser = Frame.parse(reader.read_exact, mask=mask)
+    try:
+        while True:
+            next(parser)
+    except StopIteration as done:
+        frame: Frame = done.value
+        return frame
 
 
 def _state(proto: WsProtocol) -> tuple[object, ...]:
@@ -294,11 +300,7 @@ def test_fast_path_matches_the_library_for_any_frames_and_chunking(
 def test_encoded_text_frames_parse_back_with_the_library(payload: bytes, mask: bool) -> None:
     reader = StreamReader()
     reader.feed_data(encode_text(payload, mask=mask))
-    parser = Frame.parse(reader.read_exact, mask=mask)
-    with pytest.raises(StopIteration) as done:
-        while True:
-            next(parser)
-    frame = done.value.value
+    frame = _parse_frame(reader, mask=mask)
     assert frame.opcode is Opcode.TEXT and frame.fin and bytes(frame.data) == payload
     assert not reader.buffer
 
