@@ -202,6 +202,22 @@ def test_every_json_spelling_of_an_append_sends_the_same_audio() -> None:
     assert "error" not in s.types()
 
 
+def test_an_append_that_is_not_base64_is_refused_not_spliced_upstream() -> None:
+    s = Session()
+    s.send(append(b"\x01\x00" * 10))
+    s.upstream.clear()
+    s.take_client()
+    # Parsed (the escapes defeat the slice), the audio holds a quote that would end
+    # the JSON string of the audioInput and let the client write Nova fields.
+    out = Outbox()
+    frame = b'{"type":"input_audio_buffer.append","audio":"AAAA\\",\\"promptName\\":\\"x"}'
+    s.t.on_client(frame, out, s.now)
+    s._take(out)
+    s.send({"type": "input_audio_buffer.append", "audio": "AAA"})  # not whole groups
+    assert s.upstream == []
+    assert [(e["type"], e["error"]["code"]) for e in s.client] == [("error", "invalid_value")] * 2
+
+
 def test_clear_and_truncate_are_acknowledged_locally() -> None:
     s = Session()
     s.send(append(b"\x01\x00" * 10))

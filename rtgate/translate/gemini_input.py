@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from rtgate.protocol.events import audio_field, parse_event
+from rtgate.protocol.events import audio_field, is_base64, parse_event
 from rtgate.translate import audio
 from rtgate.translate.base import Outbox, error_event, new_id
 from rtgate.translate.gemini_setup import AudioFormat
@@ -34,8 +33,6 @@ ACTIVITY_START: Final = b'{"realtimeInput":{"activityStart":{}}}'
 ACTIVITY_END: Final = b'{"realtimeInput":{"activityEnd":{}}}'
 _AUDIO_STREAM_END: Final = b'{"realtimeInput":{"audioStreamEnd":true}}'
 _TURN_COMPLETE: Final = b'{"clientContent":{"turnComplete":true}}'
-_BASE64: Final = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
-_B64_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _G711_RATE: Final = 8000
 _RESPONSE_FIELDS_GEMINI_LACKS: Final = (
     "instructions",
@@ -66,7 +63,7 @@ def append_audio(t: GeminiTranslator, frame: bytes, out: Outbox) -> None:
         event = parse_event(frame)
         value = event.get("audio") if event is not None else None
         data = value.encode("ascii", "replace") if isinstance(value, str) else None
-    if data is None or len(data) % 4 or not _is_base64(data):
+    if data is None or not is_base64(data):
         out.client_json(
             error_event(
                 "input_audio_buffer.append needs base64 'audio'",
@@ -80,14 +77,8 @@ def append_audio(t: GeminiTranslator, frame: bytes, out: Outbox) -> None:
     fmt = t.plan.input_format
     if fmt.encoding == "pcm":
         rate = fmt.rate
-    else:
-        try:
-            data, rate = _g711_as_pcm16(data, fmt), _G711_RATE
-        except (binascii.Error, ValueError):
-            out.client_json(
-                error_event("audio is not valid base64", code="invalid_value", param="audio")
-            )
-            return
+    else:  # checked base64 above, so this decode cannot fail
+        data, rate = _g711_as_pcm16(data, fmt), _G711_RATE
     message = b'{"realtimeInput":{"audio":{"mimeType":"audio/pcm;rate=%d","data":"%s"}}}' % (
         rate,
         data,
@@ -102,17 +93,6 @@ def append_audio(t: GeminiTranslator, frame: bytes, out: Outbox) -> None:
     conversation.audio_since_commit = True
     t.input_since_response = True
     t.send_upstream(out, message, is_audio=True)
-
-
-def _is_base64(data: bytes) -> bool:
-    """Only the base64 alphabet, with at most two ``=`` at the end (what the regex says).
-
-    ``bytes.translate`` checks the alphabet in C about 3x faster than the regex
-    on a 20 ms chunk; the regex only runs when padding is present.
-    """
-    if data.translate(None, _B64_CHARS):
-        return False
-    return b"=" not in data or _BASE64.fullmatch(data) is not None
 
 
 def _g711_as_pcm16(b64: bytes | str, fmt: AudioFormat) -> bytes:

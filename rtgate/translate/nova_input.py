@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from rtgate.protocol.events import is_base64
 from rtgate.translate.audio import alaw_to_pcm16, ulaw_to_pcm16
 from rtgate.translate.base import Outbox, error_event, new_id
 from rtgate.translate.nova_response import (
@@ -40,7 +41,20 @@ if TYPE_CHECKING:
 
 
 def append_audio(t: NovaTranslator, audio_b64: bytes, out: Outbox) -> None:
-    """One ``audioInput`` into the AUDIO container (opened on the first append)."""
+    """One ``audioInput`` into the AUDIO container (opened on the first append).
+
+    The base64 is checked before it is spliced into the event as bytes: a parsed
+    ``audio`` may hold a ``"`` that would otherwise end the JSON string.
+    """
+    if not is_base64(audio_b64):
+        out.client_json(
+            error_event(
+                "input_audio_buffer.append needs base64 'audio'",
+                code="invalid_value",
+                param="audio",
+            )
+        )
+        return
     if not t.started:
         t.open_stream(out)
     if t.closed_upstream:
@@ -59,11 +73,7 @@ def append_audio(t: NovaTranslator, audio_b64: bytes, out: Outbox) -> None:
     if fmt == "audio/pcm":
         pcm_bytes = len(audio_b64) * 3 // 4 - audio_b64[-2:].count(b"=")
     else:
-        try:
-            raw = base64.b64decode(audio_b64, validate=True)
-        except ValueError:
-            out.client_json(error_event("audio is not valid base64", code="invalid_value"))
-            return
+        raw = base64.b64decode(audio_b64)
         pcm = ulaw_to_pcm16(raw) if fmt == "audio/pcmu" else alaw_to_pcm16(raw)
         pcm_bytes = len(pcm)
         audio_b64 = base64.b64encode(pcm)
