@@ -8,8 +8,8 @@ import trio
 from rtgate.metrics import LatencyHistogram, PrometheusMetrics, RelayCounters, _event_log
 from rtgate.testing.gateway import open_gateway
 from tests.test_faults_support import sessions_idle
-from tests.test_ops_support import MASTER, UPGRADE, http_get, parse_metrics, value
-from tests.wsclient import connect, recv_json, recv_until, send_json
+from tests.test_ops_support import MASTER, http_get, parse_metrics, value
+from tests.wsclient import connect, raw_handshake, recv_json, recv_until, send_json
 
 AUTH = {"Authorization": f"Bearer {MASTER}"}
 
@@ -44,10 +44,8 @@ async def test_metrics_after_a_scripted_session() -> None:
                 status, body = await http_get(gw.port, "/metrics")
                 live = parse_metrics(body)
                 await ws.aclose(1000)
-            status, _ = await http_get(
-                gw.port,
-                "/v1/realtime?model=m",
-                {**UPGRADE, "Authorization": "Bearer sk-wrong-1234"},
+            status, _, _ = await raw_handshake(
+                gw.http_url + "/v1/realtime?model=m", {"Authorization": "Bearer sk-wrong-1234"}
             )
             assert status == 401
             await sessions_idle(gw)

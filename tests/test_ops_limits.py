@@ -10,8 +10,8 @@ from rtgate.relay import _bounded
 from rtgate.testing.gateway import open_gateway
 from rtgate.translate.base import Binary, Frame
 from tests.test_faults_support import sessions_idle
-from tests.test_ops_support import MASTER, UPGRADE, close_code, http_get, scrape, value
-from tests.wsclient import connect, recv_json, send_json
+from tests.test_ops_support import MASTER, close_code, scrape, value
+from tests.wsclient import connect, raw_handshake, recv_json, send_json
 
 AUTH = {"Authorization": f"Bearer {MASTER}"}
 
@@ -40,7 +40,7 @@ async def test_gateway_session_cap_is_429_at_the_handshake() -> None:
         async with open_gateway(limits_yaml("    max_sessions: 1")) as gw:
             async with connect(gw.ws_url + "/v1/realtime?model=m", AUTH) as ws:
                 await recv_json(ws)
-                status, body = await http_get(gw.port, "/v1/realtime?model=m", {**UPGRADE, **AUTH})
+                status, _, body = await raw_handshake(gw.http_url + "/v1/realtime?model=m", AUTH)
                 metrics = await scrape(gw.port)
     assert status == 429
     assert b"session limit" in body
@@ -59,7 +59,7 @@ async def test_per_key_session_cap_is_429_for_that_key_only() -> None:
             url = gw.ws_url + "/v1/realtime?model=m"
             async with connect(url, team) as ws:
                 await recv_json(ws)
-                status, _ = await http_get(gw.port, "/v1/realtime?model=m", {**UPGRADE, **team})
+                status, _, _ = await raw_handshake(gw.http_url + "/v1/realtime?model=m", team)
                 async with connect(url, AUTH) as other:  # the master key is not capped
                     assert (await recv_json(other))["type"] == "session.created"
             # The slot is freed when the session ends.

@@ -20,13 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed
 
 MASTER = "sk-ops-master-key-000000"
-# Headers of a WebSocket upgrade, for handshakes whose HTTP answer a test reads.
-UPGRADE = {
-    "Upgrade": "websocket",
-    "Connection": "Upgrade",
-    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-    "Sec-WebSocket-Version": "13",
-}
 
 
 async def http_get(
