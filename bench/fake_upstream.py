@@ -55,6 +55,7 @@ from bench.wsframes import (
     accept_for,
     encode,
     parse_head,
+    send_buffered,
 )
 
 APPEND_PREFIX = b'{"type":"input_audio_buffer.append"'
@@ -272,24 +273,13 @@ class FakeUpstream:
         return True
 
     def _write(self, ep: select.epoll, conn: _Conn, data: bytes) -> None:
-        buf = conn.out + data if conn.out else data
-        if not buf:
-            return
         try:
-            sent = conn.sock.send(buf)
-        except BlockingIOError:
-            sent = 0
+            conn.out = send_buffered(ep, conn.sock, conn.out, data)
         except OSError as exc:
             if exc.errno in (errno.EPIPE, errno.ECONNRESET):
                 conn.out = b""
                 return
             raise
-        was_waiting = bool(conn.out)
-        conn.out = buf[sent:]
-        if conn.out and not was_waiting:
-            ep.modify(conn.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
-        elif not conn.out and was_waiting:
-            ep.modify(conn.sock.fileno(), select.EPOLLIN)
 
 
 def start_in_thread(host: str = "127.0.0.1") -> tuple[FakeUpstream, threading.Thread]:

@@ -57,6 +57,7 @@ from bench.wsframes import (
     encode,
     new_key,
     parse_head,
+    send_buffered,
 )
 
 CHUNK_MS = 20
@@ -485,19 +486,7 @@ def run_load(
 
 
 def _send(ep: select.epoll, client: Client, data: bytes) -> None:
-    buf = client.out + data if client.out else data
-    if not buf:
-        return
-    try:
-        n = client.sock.send(buf)
-    except BlockingIOError:
-        n = 0
-    waiting = bool(client.out)
-    client.out = buf[n:]
-    if client.out and not waiting:
-        ep.modify(client.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
-    elif not client.out and waiting:
-        ep.modify(client.sock.fileno(), select.EPOLLIN)
+    client.out = send_buffered(ep, client.sock, client.out, data)
 
 
 def _start_from_stdin() -> int:

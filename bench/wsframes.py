@@ -1,4 +1,5 @@
-"""Just enough RFC 6455 for the benchmark tools: upgrade helpers and a frame codec.
+"""Just enough RFC 6455 for the benchmark tools: upgrade helpers, a frame codec and
+the buffered non-blocking send both epoll loops use.
 
 The load generator and the fast fake upstream must cost far less per message
 than the gateway they measure, so they skip general-purpose WebSocket stacks:
@@ -13,6 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import select
+import socket
 import struct
 
 try:
@@ -114,3 +117,25 @@ def parse_head(head: bytes) -> tuple[bytes, dict[bytes, bytes]]:
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip()
     return lines[0], headers
+
+
+def send_buffered(ep: select.epoll, sock: socket.socket, pending: bytes, data: bytes) -> bytes:
+    """Send ``pending + data`` as far as the socket takes it now; return what is left.
+
+    The socket's epoll interest gains ``EPOLLOUT`` when a backlog appears and loses
+    it when the backlog clears, so the loop wakes for writes only while one waits.
+    Errors other than a full buffer (a reset, a broken pipe) are the caller's.
+    """
+    buf = pending + data if pending else data
+    if not buf:
+        return b""
+    try:
+        sent = sock.send(buf)
+    except BlockingIOError:
+        sent = 0
+    rest = buf[sent:]
+    if rest and not pending:
+        ep.modify(sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
+    elif not rest and pending:
+        ep.modify(sock.fileno(), select.EPOLLIN)
+    return rest
