@@ -1,7 +1,8 @@
-"""The mock model's audio: a precomputed sine tone, G.711 codecs and a cheap loudness probe.
+"""The mock model's audio: a precomputed sine tone and a cheap loudness probe.
 
 Owns everything :mod:`rtgate.translate.mock` knows about sound: the formats it
-accepts (24 kHz PCM16, 8 kHz µ-law and A-law), the tone it answers with (cut in
+accepts (24 kHz PCM16, 8 kHz µ-law and A-law, coded by
+:mod:`rtgate.translate.audio`), the tone it answers with (cut in
 ``CHUNK_MS`` chunks, base64-encoded once at import so a reply costs no
 encoding), byte rates for buffer lengths, and :func:`peak_level`, the
 per-chunk loudness its energy VAD reads.
@@ -14,6 +15,8 @@ import math
 import struct
 from functools import lru_cache
 from typing import Final
+
+from rtgate.translate.audio import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 
 CHUNK_MS: Final = 40
 _TONE_HZ: Final = 400  # 40 ms hold exactly 16 periods, so chunks repeat seamlessly
@@ -29,50 +32,20 @@ def _tone(rate: int, samples: int) -> list[int]:
     return [round(peak * math.sin(2 * math.pi * _TONE_HZ * n / rate)) for n in range(samples)]
 
 
-def encode_ulaw(sample: int) -> int:
-    """G.711 mu-law encode one 16-bit sample."""
-    sign = 0x80 if sample < 0 else 0
-    magnitude = min(abs(sample), 32635) + 0x84
-    exponent = max(0, min(7, magnitude.bit_length() - 8))
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return ~(sign | (exponent << 4) | mantissa) & 0xFF
-
-
-def encode_alaw(sample: int) -> int:
-    """G.711 A-law encode one 16-bit sample."""
-    value = sample >> 3
-    mask = 0xD5 if value >= 0 else 0x55
-    if value < 0:
-        value = -value - 1
-    segment = max(0, value.bit_length() - 5)
-    if segment >= 8:
-        return 0x7F ^ mask
-    shift = 1 if segment < 2 else segment
-    return ((segment << 4) | ((value >> shift) & 0x0F)) ^ mask
-
-
-def decode_ulaw(byte: int) -> int:
-    """G.711 mu-law byte to its 16-bit sample."""
-    byte = ~byte & 0xFF
-    magnitude = ((((byte & 0x0F) << 3) + 0x84) << ((byte & 0x70) >> 4)) - 0x84
-    return -magnitude if byte & 0x80 else magnitude
-
-
-def decode_alaw(byte: int) -> int:
-    """G.711 A-law byte to its 16-bit sample."""
-    byte ^= 0x55
-    segment = (byte & 0x70) >> 4
-    magnitude = (byte & 0x0F) << 4
-    magnitude = magnitude + 8 if segment == 0 else (magnitude + 0x108) << (segment - 1)
-    return magnitude if byte & 0x80 else -magnitude
+def _pcm16(samples: list[int]) -> bytes:
+    return struct.pack(f"<{len(samples)}h", *samples)
 
 
 def _chunk_bytes(fmt: str) -> bytes:
     if fmt == "audio/pcm":
-        samples = _tone(PCM_RATE, PCM_RATE * CHUNK_MS // 1000)
-        return struct.pack(f"<{len(samples)}h", *samples)
-    encode = encode_ulaw if fmt == "audio/pcmu" else encode_alaw
-    return bytes(encode(s) for s in _tone(_G711_RATE, _G711_RATE * CHUNK_MS // 1000))
+        return _pcm16(_tone(PCM_RATE, PCM_RATE * CHUNK_MS // 1000))
+    pcm = _pcm16(_tone(_G711_RATE, _G711_RATE * CHUNK_MS // 1000))
+    return pcm16_to_ulaw(pcm) if fmt == "audio/pcmu" else pcm16_to_alaw(pcm)
+
+
+def _levels(pcm: bytes) -> bytes:
+    """The loudness table of a G.711 code: each byte's decoded sample, as ``_PCM_HIGH_BYTE``."""
+    return bytes(min(255, abs(s) >> 8) for s in struct.unpack(f"<{len(pcm) // 2}h", pcm))
 
 
 _TONE_CHUNKS: Final = {fmt: _chunk_bytes(fmt) for fmt in FORMATS}
@@ -101,8 +74,8 @@ def audio_chunks(fmt: str, total_ms: int) -> list[str]:
 # Loudness of a chunk, in units of 256 (the high byte of a PCM16 sample), read
 # through ``bytes.translate`` so VAD costs no Python loop per sample.
 _PCM_HIGH_BYTE: Final = bytes(b if b < 128 else 255 - b for b in range(256))
-_ULAW_LEVEL: Final = bytes(min(255, abs(decode_ulaw(b)) >> 8) for b in range(256))
-_ALAW_LEVEL: Final = bytes(min(255, abs(decode_alaw(b)) >> 8) for b in range(256))
+_ULAW_LEVEL: Final = _levels(ulaw_to_pcm16(bytes(range(256))))
+_ALAW_LEVEL: Final = _levels(alaw_to_pcm16(bytes(range(256))))
 
 
 def peak_level(fmt: str, audio: bytes) -> int:
