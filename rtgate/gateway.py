@@ -41,7 +41,7 @@ from rtgate.metrics import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
 from rtgate.net.wsconn import _QUIET, WsConnection
 from rtgate.pool import Pool, Selection
 from rtgate.protocol.beta import BetaBridge
-from rtgate.providers import get_provider
+from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
 from rtgate.relay import Outcome, Relay
 from rtgate.telemetry.tap import EventLog, SessionInfo, SessionSummary
@@ -227,17 +227,14 @@ class Gateway:
             provider = get_provider(deployment.provider)
             started = trio.current_time()
             try:
-                # The provider bounds each step; this guards the whole dial.
-                with trio.fail_after(ctx.connect_timeout * 2 + 1):
-                    link = await provider.connect(deployment, ctx)
+                link = await connect_bounded(provider.connect, deployment, ctx)
             except BaseException as exc:
-                if not isinstance(exc, UpstreamConnectError | trio.TooSlowError):
+                if not isinstance(exc, UpstreamConnectError):
                     # Cancelled (client left, shutdown) or a bug: free the slot, then propagate.
                     selection.release(deployment, trio.current_time())
                     raise
-                kind = exc.kind if isinstance(exc, UpstreamConnectError) else "timeout"
-                retry_after = exc.retry_after if isinstance(exc, UpstreamConnectError) else None
-                selection.failed(deployment, trio.current_time(), kind, retry_after)
+                kind = exc.kind
+                selection.failed(deployment, trio.current_time(), kind, exc.retry_after)
                 self.counters.dial_failures[kind] = self.counters.dial_failures.get(kind, 0) + 1
                 log.warning(
                     "dial failed: deployment=%s kind=%s error=%s",
@@ -357,8 +354,7 @@ class _Session:
 
 async def _redial(deployment: Deployment, ctx: SessionContext) -> UpstreamLink:
     """Dial the same deployment again (a translator asked for a fresh upstream)."""
-    with trio.fail_after(ctx.connect_timeout + 1):
-        return await get_provider(deployment.provider).connect(deployment, ctx)
+    return await connect_bounded(get_provider(deployment.provider).connect, deployment, ctx)
 
 
 # -- handshake helpers ---------------------------------------------------------------

@@ -39,7 +39,7 @@ from rtgate.config.model import Deployment, GatewayConfig, WarmPoolSettings
 from rtgate.errors import UpstreamClosed, UpstreamConnectError, scrub
 from rtgate.net.upstream_ws import WsUpstream
 from rtgate.pool import Pool, dial_identity
-from rtgate.providers import get_provider
+from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import Provider, SessionContext, UpstreamLink
 from rtgate.providers.websocket import WebSocketProvider, WsTarget
 from rtgate.translate.base import Frame, new_id
@@ -435,12 +435,11 @@ class WarmPools:
         started = trio.current_time()
         link: WsUpstream | None = None
         try:
-            with dial.scope, trio.fail_after(ws.ctx.connect_timeout * 2 + 1):
-                link = await ws.provider.connect(dep, ws.ctx)
-        except (UpstreamConnectError, trio.TooSlowError) as exc:
-            kind = exc.kind if isinstance(exc, UpstreamConnectError) else "timeout"
-            retry = exc.retry_after if isinstance(exc, UpstreamConnectError) else None
-            self._dial_failed(ws, dial, kind, retry, scrub(str(exc), self._host.secrets))
+            with dial.scope:
+                link = await connect_bounded(ws.provider.connect, dep, ws.ctx)
+        except UpstreamConnectError as exc:
+            secrets = self._host.secrets
+            self._dial_failed(ws, dial, exc.kind, exc.retry_after, scrub(str(exc), secrets))
             return
         except Exception:
             log.exception("warm dial of deployment %s crashed", dep.id)

@@ -7,8 +7,16 @@ loads the Bedrock HTTP/2 stack.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from rtgate.providers.base import Provider
+import trio
+
+from rtgate.config.model import Deployment
+from rtgate.errors import UpstreamConnectError
+from rtgate.providers.base import Provider, SessionContext
+
+_Link = TypeVar("_Link")
 
 # prefix -> module defining a module-level ``PROVIDER``
 _MODULES = {
@@ -34,3 +42,24 @@ def get_provider(name: str) -> Provider:
         provider = module.PROVIDER
         _loaded[name] = provider
     return provider
+
+
+async def connect_bounded(
+    connect: Callable[[Deployment, SessionContext], Awaitable[_Link]],
+    deployment: Deployment,
+    ctx: SessionContext,
+) -> _Link:
+    """``connect(deployment, ctx)`` within the bound of a whole dial.
+
+    A provider bounds each of its steps by ``ctx.connect_timeout``; this bounds
+    them together, and reports running out of time as the dial failure it is
+    (``UpstreamConnectError`` of kind ``timeout``), so every caller classifies
+    failures one way.
+    """
+    try:
+        with trio.fail_after(ctx.connect_timeout * 2 + 1):
+            return await connect(deployment, ctx)
+    except trio.TooSlowError:
+        raise UpstreamConnectError(
+            f"dialing deployment {deployment.id} timed out", kind="timeout"
+        ) from None
