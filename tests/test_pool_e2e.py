@@ -7,7 +7,6 @@ succeed, and once the broken ones are cooling down they must get no dial.
 
 from __future__ import annotations
 
-import socket
 from functools import partial
 
 import trio
@@ -15,19 +14,12 @@ import trio
 from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, gateway_yaml, openai_deployment
+from tests.test_ops_support import free_port
 from tests.wsclient import connect, recv_json
 
 SESSIONS = 200
 CONCURRENCY = 20
 SLOW_SECONDS = 0.05
-
-
-def closed_port() -> int:
-    """A 127.0.0.1 port with no listener: connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def _pipe(src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
@@ -72,7 +64,7 @@ async def test_sessions_survive_broken_deployments_and_cooldowns_hold(
     await nursery.start(failing.serve)
     healthy_port = await nursery.start(healthy.serve)
     slow_port = await nursery.start(partial(serve_slow_proxy, healthy_port))
-    refused_base = f"ws://127.0.0.1:{closed_port()}/v1"
+    refused_base = f"ws://127.0.0.1:{free_port()}/v1"
     config = gateway_yaml(
         openai_deployment("gpt-realtime", refused_base),
         openai_deployment("gpt-realtime", failing.base_url),
