@@ -1,7 +1,7 @@
 """What a reader sees of a run: the markdown tables of ``latest.md`` and the chart call.
 
 Owns: the rows of the per-proxy table (label, results key, target), the
-session sweep table, the ``workers`` tables and scaling sentences, the
+floor table (rtgate next to :mod:`bench.floors`), the session sweep table, the ``workers`` tables and scaling sentences, the
 ``warmstart`` rows, and :func:`write_chart` (:mod:`bench.chart`, or a note
 when matplotlib is missing). Pure formatting of the results dict.
 """
@@ -84,6 +84,7 @@ def _proxies_markdown(results: dict[str, Any], proxies: list[dict[str, Any]]) ->
             + " | ".join(cells)
             + f" | {anchor if anchor is not None else ''} |"
         )
+    lines += _floors_markdown(results.get("floors") or [], proxies)
     lines += [
         "",
         "Session-count sweep (added latency vs. the same load sent directly to the fake upstream):",
@@ -106,6 +107,44 @@ def _proxies_markdown(results: dict[str, Any], proxies: list[dict[str, Any]]) ->
                     f"{r['added_latency_ms_p50']} | {r['added_latency_ms_p99']} | {r['direct_latency_ms_p99']} | "
                     f"{r['send_lateness_ms_p99']} |"
                 )
+    return lines
+
+
+FLOOR_ROWS = [
+    ("CPU-s per 1000 relayed messages (GA passthrough)", "cpu_s_per_1000_messages"),
+    ("added latency p50, 1 session (ms)", "added_latency_ms_p50_1_session"),
+    ("added latency p99, 1 session (ms)", "added_latency_ms_p99_1_session"),
+]
+
+
+def _floors_markdown(floors: list[dict[str, Any]], proxies: list[dict[str, Any]]) -> list[str]:
+    """rtgate next to the byte pipes of :mod:`bench.floors` (and nginx), same run and load."""
+    if not floors:
+        return []
+    by_name = {p["name"]: p for p in proxies}
+    columns = [by_name[n] for n in ("rtgate",) if n in by_name] + floors
+    columns += [by_name[n] for n in ("nginx",) if n in by_name]
+    lines = [
+        "",
+        "The floor under a Python relay (`bench/floors.py`, same run and load): byte pipes "
+        "that copy bytes both ways after the upgrade and do no per-message work, on trio "
+        "and on a plain edge-triggered epoll loop.",
+        "",
+        "| metric | " + " | ".join(c["name"] for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for label, key in FLOOR_ROWS:
+        cells = ["n/a" if c.get(key) is None else str(c[key]) for c in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    rtgate_cpu = by_name.get("rtgate", {}).get("cpu_s_per_1000_messages")
+    if rtgate_cpu:
+        cells = [
+            f"{rtgate_cpu / c['cpu_s_per_1000_messages']:.2f}"
+            if c.get("cpu_s_per_1000_messages")
+            else "n/a"
+            for c in columns
+        ]
+        lines.append("| rtgate's CPU over this one's | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -4,7 +4,8 @@ Owns: the direct baseline (the load generator straight to the fake
 upstream), every per-proxy measurement (RSS at start and per idle session,
 added latency with one session, CPU per 1000 relayed messages in each mode,
 the session-count sweep for the p99 < 50 ms capacity, RSS of active sessions
-over time, sequential setups) and :func:`standalone`, one load run through a
+over time, sequential setups), the two floor relays of :mod:`bench.floors`
+(latency and CPU only) and :func:`standalone`, one load run through a
 fresh pinned rtgate (``python -m bench.loadgen`` without ``--url``).
 """
 
@@ -19,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen
+from bench.floors import KINDS, floor
 from bench.loadgen import Target
 from bench.plan import P99_BUDGET_MS, Plan
 from bench.procs import fake_upstream, rtgate
 from bench.rivals import LITELLM_KEY, LITELLM_VENV, ensure_nginx, litellm, nginx
+
+FLOOR_NAMES = {"trio": "byte pipe on trio", "epoll": "byte pipe on plain epoll"}
 
 
 def measure_proxy(
@@ -137,6 +141,34 @@ def measure_proxy(
     return out
 
 
+def measure_floor(
+    name: str, url: str, pids: Sequence[int], plan: Plan, direct: dict[str, Any], fake_pid: int
+) -> dict[str, Any]:
+    """A floor relay (:mod:`bench.floors`): the latency and CPU rows only, same load as rtgate."""
+    out: dict[str, Any] = {"name": name}
+    one = loadgen.run_load(
+        Target(url), 1, plan.latency_seconds, warmup=plan.warmup, pids=pids, other_pids=[fake_pid]
+    )
+    out["one_session"] = one
+    out["added_latency_ms_p50_1_session"] = _minus(
+        one["latency_ms_p50"], direct["one"]["latency_ms_p50"]
+    )
+    out["added_latency_ms_p99_1_session"] = _minus(
+        one["latency_ms_p99"], direct["one"]["latency_ms_p99"]
+    )
+    run = loadgen.run_load(
+        Target(url),
+        plan.cpu_sessions,
+        plan.cpu_seconds,
+        warmup=plan.warmup,
+        pids=pids,
+        other_pids=[fake_pid],
+    )
+    out["passthrough"] = run
+    out["cpu_s_per_1000_messages"] = run.get("cpu_s_per_1000_messages")
+    return out
+
+
 def sweep_sessions(
     target: Target,
     pids: Sequence[int],
@@ -225,6 +257,13 @@ def measure_proxies(
                     sweep_modes=True,
                 )
             )
+        results["floors"] = []
+        for kind in KINDS:
+            with floor(kind, workdir, fake_port) as (port, pids):
+                url = f"ws://127.0.0.1:{port}/v1/realtime?model=bench-openai"
+                results["floors"].append(
+                    measure_floor(FLOOR_NAMES[kind], url, pids, plan, direct, fake_pid)
+                )
         binary = ensure_nginx() if with_nginx else None
         if binary is not None:
             with nginx(workdir, fake_port, binary) as (port, pids):

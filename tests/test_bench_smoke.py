@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ import trio
 
 from bench import chart, loadgen
 from bench.fake_upstream import start_in_thread
+from bench.floors import floor
 from bench.procs import gateway_config
 from rtgate.testing.gateway import open_gateway
 
@@ -227,6 +229,53 @@ def test_run_all_quick_writes_json_and_markdown(tmp_path: Path) -> None:
     assert "| metric | target | rtgate |" in table
     assert "| rtgate, Gemini-translated | 2 |" in table
     assert (tmp_path / "quick.svg").exists() == HAS_MATPLOTLIB
+    floors = {f["name"]: f for f in data["floors"]}
+    assert set(floors) == {"byte pipe on trio", "byte pipe on plain epoll"}
+    for f in floors.values():
+        assert f["passthrough"]["messages_received"] > 0
+        assert f["cpu_s_per_1000_messages"] is not None
+    assert "| metric | rtgate | byte pipe on trio | byte pipe on plain epoll |" in table
+    assert "| rtgate's CPU over this one's | 1.00 |" in table
+
+
+@pytest.mark.parametrize("kind", ["trio", "epoll"])
+def test_floor_relays_copy_bytes_both_ways_until_close(kind: str, tmp_path: Path) -> None:
+    """A floor relay is a faithful byte pipe: what goes in comes out, in order, both ways,
+    including a payload larger than one read, and a close reaches the other side."""
+    with socket.create_server(("127.0.0.1", 0)) as upstream_listener:
+        upstream_port = upstream_listener.getsockname()[1]
+        with floor(kind, tmp_path, upstream_port) as (port, _pids):
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            big = os.urandom(200_000)
+            client.sendall(b"hello" + big)
+            upstream = _upstream_of(upstream_listener)
+            with client, upstream:
+                assert _read_exactly(upstream, 5 + len(big)) == b"hello" + big
+                upstream.sendall(b"back")
+                assert _read_exactly(client, 4) == b"back"
+                client.close()
+                assert upstream.recv(1) == b""
+
+
+def _upstream_of(listener: socket.socket) -> socket.socket:
+    """The relay's upstream connection that carries data (the start-up port probe
+    also made one, which carries nothing and closes)."""
+    listener.settimeout(10)
+    while True:
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        if conn.recv(1, socket.MSG_PEEK):
+            return conn
+        conn.close()
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        assert chunk, f"closed after {len(chunks)} of {n} bytes"
+        chunks += chunk
+    return bytes(chunks)
 
 
 def test_workers_stage_adds_its_rows_and_keeps_the_rest(tmp_path: Path) -> None:
