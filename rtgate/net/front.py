@@ -20,6 +20,7 @@ import h11
 import trio
 
 from rtgate.gateway import REALTIME_PATHS, Gateway
+from rtgate.net.tls import TlsSocketStream
 
 log = logging.getLogger("rtgate.front")
 
@@ -56,8 +57,11 @@ class Front:
         limits = self.gateway.config.server.limits
         with trio.move_on_after(limits.handshake_timeout) as scope:
             if self.tls is not None:
-                stream = trio.SSLStream(stream, self.tls, server_side=True)
-                await stream.do_handshake()
+                if type(stream) is trio.SocketStream:
+                    stream = await TlsSocketStream.wrap(stream, self.tls, server_side=True)
+                else:  # not a socket (tests' in-memory streams): trio's TLS over any stream
+                    stream = trio.SSLStream(stream, self.tls, server_side=True)
+                    await stream.do_handshake()
             head = await _read_head(stream)
         if scope.cancelled_caught or head is None:
             if scope.cancelled_caught:

@@ -24,6 +24,7 @@ from websockets.uri import parse_uri
 
 from rtgate.config.model import TlsSettings
 from rtgate.errors import UpstreamClosed, UpstreamConnectError, UpstreamRejected
+from rtgate.net.tls import TlsSocketStream
 from rtgate.net.wsconn import _QUIET, READ_SIZE, ConnectionClosed, WsConnection
 from rtgate.translate.base import Frame
 
@@ -51,9 +52,7 @@ def websocket_url(base: str) -> str:
     return base
 
 
-async def open_stream(
-    host: str, port: int, *, secure: bool, tls: TlsSettings, alpn: Sequence[str] = ()
-) -> trio.abc.Stream:
+async def open_stream(host: str, port: int, *, secure: bool, tls: TlsSettings) -> trio.abc.Stream:
     """TCP (+TLS) to host:port with classified errors. Caller bounds the time."""
     try:
         tcp = await trio.open_tcp_stream(host, port)
@@ -69,23 +68,13 @@ async def open_stream(
         ) from exc
     if not secure:
         return tcp
-    ctx = ssl_context_for(tls)
-    if alpn:
-        ctx = ssl.create_default_context(cafile=tls.ca_bundle)
-        if not tls.verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        ctx.set_alpn_protocols(list(alpn))
-    stream = trio.SSLStream(tcp, ctx, server_hostname=host, https_compatible=True)
     try:
-        await stream.do_handshake()
+        return await TlsSocketStream.wrap(tcp, ssl_context_for(tls), server_hostname=host)
     except (ssl.SSLError, trio.BrokenResourceError) as exc:
-        await trio.aclose_forcefully(tcp)
         detail = getattr(exc, "reason", None) or type(exc).__name__
         raise UpstreamConnectError(
             f"TLS handshake with {host} failed: {detail}", kind="tls"
         ) from exc
-    return stream
 
 
 class WsUpstream:

@@ -6,7 +6,9 @@ and ``send`` serialises a batch and writes it with one ``send_all``. Plain
 data frames are decoded and text frames encoded by :mod:`rtgate.net.fastframes`;
 RFC 6455 mechanics beyond that (control frames, fragments, close handshake,
 size limit, protocol errors) are the library's. This module drives the socket
-and flushes the library's automatic replies.
+and flushes the library's automatic replies. Plain TCP (``_RawSocket``) and
+TLS (:class:`rtgate.net.tls.TlsSocketStream`) take a fast path: readiness
+waits from trio, the bytes moved by ``os.read``/``os.write`` or by OpenSSL.
 
 Two tasks may use one connection (one reads, both write), so writes go through
 a FIFO lock; reads must come from one task at a time.
@@ -23,6 +25,7 @@ from websockets.frames import Close, Frame
 from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 
 from rtgate.net.fastframes import MessageReader, encode_text, library_idle
+from rtgate.net.tls import TlsSocketStream
 from rtgate.translate.base import Binary
 from rtgate.translate.base import Frame as Message
 
@@ -59,7 +62,11 @@ class WsConnection:
         early_events: Sequence[Frame] = (),
     ) -> None:
         self.stream = stream
-        self._raw = _RawSocket(stream.socket) if type(stream) is trio.SocketStream else None
+        self._raw: _RawSocket | TlsSocketStream | None = None
+        if type(stream) is trio.SocketStream:
+            self._raw = _RawSocket(stream.socket)
+        elif type(stream) is TlsSocketStream:
+            self._raw = stream  # OpenSSL moves the bytes; the same fast path
         # Frames the peer sent in the same read as its handshake (already parsed).
         self._early_events: list[Frame] = [*early_events, *protocol.events_received()]  # type: ignore[list-item]
         self.protocol = protocol
@@ -168,7 +175,9 @@ class WsConnection:
                 return
             await self._write(self.stream.send_all, b"".join(chunks), chunks[-1] == b"")
 
-    async def _write_now(self, raw: _RawSocket, payload: bytes, eof: bool = False) -> None:
+    async def _write_now(
+        self, raw: _RawSocket | TlsSocketStream, payload: bytes, eof: bool = False
+    ) -> None:
         """One non-blocking write, which the kernel takes whole almost always; only a
         remainder (or a half-close) waits, under the send lock. The lock must be free."""
         try:
