@@ -2,8 +2,8 @@
 
 Two layers, one module:
 
-* :class:`H2Stream` runs the ``h2`` state machine over a ``trio.SSLStream``
-  (ALPN ``h2``) for exactly one request whose body and response stream at the
+* :class:`H2Stream` runs the ``h2`` state machine over TLS
+  (:class:`rtgate.net.tls.TlsSocketStream`, ALPN ``h2``) for exactly one request whose body and response stream at the
   same time (httpx cannot: it sends the whole body before reading). Flow
   control both ways: received DATA is acknowledged only when the caller comes
   back for more (so a slow consumer slows Bedrock down, with memory bounded
@@ -42,6 +42,7 @@ import trio
 from rtgate.aws.eventstream import Decoder, EventStreamError, encode_headers, encode_raw
 from rtgate.aws.sigv4 import EventSigner
 from rtgate.errors import UpstreamClosed, UpstreamConnectError, UpstreamRejected, scrub
+from rtgate.net.tls import TlsSocketStream
 from rtgate.translate.base import Binary, Frame
 
 RECEIVE_WINDOW: Final = 1024 * 1024
@@ -99,11 +100,9 @@ class H2Stream:
                 f"cannot connect to {host}:{port}: {exc.strerror or errno.errorcode.get(exc.errno or 0, exc)}",
                 kind="refused",
             )
-        tls = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
         try:
-            await tls.do_handshake()
-        except trio.BrokenResourceError as exc:
-            await trio.aclose_forcefully(tcp)
+            tls = await TlsSocketStream.wrap(tcp, ssl_context, server_hostname=host)
+        except (ssl.SSLError, trio.BrokenResourceError) as exc:
             cause = exc.__cause__ or exc
             raise UpstreamConnectError(f"TLS handshake with {host} failed: {cause}", kind="tls")
         if tls.selected_alpn_protocol() != "h2":

@@ -86,6 +86,9 @@ class TlsSocketStream(trio.abc.Stream):
             except OSError as exc:
                 raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
 
+    def selected_alpn_protocol(self) -> str | None:
+        return self.socket.selected_alpn_protocol()
+
     # -- receiving ---------------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
