@@ -24,6 +24,9 @@ same way); other messages (``activityStart``...) are ignored.
 ``--handshake-delay S`` answers each upgrade S seconds late (a far provider's
 TCP + TLS + upgrade), without blocking the loop (``bench/warmstart.py``).
 
+``--tls-cert PEM`` serves ``wss://`` as every real provider does (key and
+certificate chain in one file), by OpenSSL on the same non-blocking sockets.
+
 ``python -m bench.fake_upstream --port 0`` prints the bound port on stdout.
 """
 
@@ -36,6 +39,7 @@ import itertools
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -92,10 +96,11 @@ MODEL_TURN_TAIL = b'"}}]}}}'
 
 
 class _Conn:
-    __slots__ = ("gemini", "head", "out", "reader", "sock", "upgraded")
+    __slots__ = ("gemini", "handshaking", "head", "out", "reader", "sock", "upgraded")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, tls: bool = False) -> None:
         self.sock = sock
+        self.handshaking = tls
         self.gemini = False
         self.head = b""
         self.upgraded = False
@@ -107,9 +112,14 @@ class FakeUpstream:
     """Serve until :meth:`stop`; ``port`` is set once bound."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, handshake_delay: float = 0.0
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        handshake_delay: float = 0.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.handshake_delay = handshake_delay
+        self.tls = tls
         self._delayed: list[tuple[float, int, _Conn, bytes]] = []
         """Upgrade answers due later: (due, tie-break, connection, bytes)."""
         self._ticket = itertools.count()
@@ -150,6 +160,11 @@ class FakeUpstream:
                         conn = conns.get(fd)
                         if conn is None:
                             continue
+                        if conn.handshaking:
+                            if not self._handshake(ep, conn):
+                                self._drop(ep, conns, conn)
+                            if conn.handshaking or conns.get(fd) is not conn:
+                                continue
                         if mask & select.EPOLLOUT:
                             self._write(ep, conn, b"")
                         readable = mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR)
@@ -175,9 +190,28 @@ class FakeUpstream:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            conn = _Conn(sock, tls=self.tls is not None)
             conns[sock.fileno()] = conn
             ep.register(sock.fileno(), select.EPOLLIN)
+
+    def _handshake(self, ep: select.epoll, conn: _Conn) -> bool:
+        """Advance a TLS handshake; False if it failed."""
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            ep.modify(conn.sock.fileno(), select.EPOLLIN)
+            return True
+        except ssl.SSLWantWriteError:
+            ep.modify(conn.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
+            return True
+        except OSError:
+            return False
+        conn.handshaking = False
+        ep.modify(conn.sock.fileno(), select.EPOLLIN)
+        return True
 
     def _drop(self, ep: select.epoll, conns: dict[int, _Conn], conn: _Conn) -> None:
         fd = conn.sock.fileno()
@@ -191,7 +225,11 @@ class FakeUpstream:
     def _read(self, ep: select.epoll, conn: _Conn) -> bool:
         try:
             data = conn.sock.recv(READ_SIZE)
-        except BlockingIOError:
+            if isinstance(conn.sock, ssl.SSLSocket):
+                # The rest of a record OpenSSL already decrypted: epoll cannot see it.
+                while data and conn.sock.pending():
+                    data += conn.sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return True
         except OSError:
             return False
@@ -297,8 +335,13 @@ def main() -> None:
     parser.add_argument(
         "--handshake-delay", type=float, default=0.0, help="seconds before each 101 answer"
     )
+    parser.add_argument("--tls-cert", help="serve wss://: PEM file with key and certificate chain")
     args = parser.parse_args()
-    server = FakeUpstream(args.host, args.port, args.handshake_delay)
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert)
+    server = FakeUpstream(args.host, args.port, args.handshake_delay, tls)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     print(server.port, flush=True)

@@ -79,25 +79,56 @@ def process(
 
 
 @contextlib.contextmanager
-def fake_upstream(workdir: Path, cores: str = LOAD_CORE) -> Iterator[tuple[int, int]]:
-    """(port, pid) of a fake upstream pinned to ``cores`` (the load core by default)."""
+def fake_upstream(
+    workdir: Path, cores: str = LOAD_CORE, *, tls_cert: Path | None = None
+) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a fake upstream pinned to ``cores`` (the load core by default);
+    ``tls_cert``: serve ``wss://`` with that PEM (see :func:`tls_files`)."""
     port = free_port()
     argv = [*pin(cores), PYTHON, "-m", "bench.fake_upstream", "--port", str(port)]
+    if tls_cert is not None:
+        argv += ["--tls-cert", str(tls_cert)]
     with process(argv, log=workdir / f"fake_upstream-{port}.log") as proc:
         wait_port(port, proc=proc)
         yield port, proc.pid
 
 
-def openai_deployment(upstream_port: int) -> str:
-    """A ``bench-openai`` entry of ``model_list`` for the fake upstream on that port."""
+def tls_files(workdir: Path) -> tuple[Path, Path]:
+    """(server PEM with key and chain, CA PEM) for a ``wss://`` fake upstream on 127.0.0.1."""
+    import trustme  # a dev dependency; only the TLS measurements need it
+
+    ca = trustme.CA()
+    server, ca_pem = workdir / "fake-upstream-tls.pem", workdir / "fake-upstream-ca.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    return server, ca_pem
+
+
+def openai_deployment(upstream_port: int, *, ca_bundle: Path | None = None) -> str:
+    """A ``bench-openai`` entry of ``model_list`` for the fake upstream on that port
+    (``wss://`` trusting ``ca_bundle`` when given)."""
+    scheme = "ws" if ca_bundle is None else "wss"
+    trust = "" if ca_bundle is None else f"      ca_bundle: {ca_bundle}\n"
     return f"""\
   - model_name: bench-openai
     litellm_params:
       model: openai/gpt-realtime
-      api_base: ws://127.0.0.1:{upstream_port}/v1
+      api_base: {scheme}://127.0.0.1:{upstream_port}/v1
       api_key: sk-bench-not-a-real-key
+{trust}\
     model_info:
       mode: realtime
+"""
+
+
+def tls_gateway_config(upstream_port: int, ca_bundle: Path) -> str:
+    """rtgate's bench config with ``bench-openai`` on a ``wss://`` fake upstream."""
+    return f"""\
+model_list:
+{openai_deployment(upstream_port, ca_bundle=ca_bundle)}\
+rtgate:
+  host: 127.0.0.1
+  log_level: warning
 """
 
 
@@ -131,10 +162,13 @@ def rtgate_serve(config: Path, port: int, *extra: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def rtgate(workdir: Path, upstream_port: int) -> Iterator[tuple[int, int]]:
-    """(port, pid) of one rtgate worker pinned to the proxy core."""
+def rtgate(
+    workdir: Path, upstream_port: int, config_text: str | None = None
+) -> Iterator[tuple[int, int]]:
+    """(port, pid) of one rtgate worker pinned to the proxy core (the bench config unless
+    ``config_text`` is given)."""
     config = workdir / "rtgate.yaml"
-    config.write_text(gateway_config(upstream_port))
+    config.write_text(config_text or gateway_config(upstream_port))
     config.chmod(0o600)  # rtgate refuses plain-text secrets in a world-readable file
     port = free_port()
     argv = [*pin(PROXY_CORE), *rtgate_serve(config, port)]

@@ -23,6 +23,8 @@ ROWS = [
     ("beta-bridged / passthrough CPU", "beta_over_passthrough", "<= 1.5"),
     ("CPU-s per 1000 messages, Gemini-translated", "gemini_cpu_s_per_1000_messages", ""),
     ("Gemini-translated / passthrough CPU", "gemini_over_passthrough", "<= 3"),
+    ("CPU-s per 1000 messages, TLS upstream (wss://)", "tls_cpu_s_per_1000_messages", ""),
+    ("TLS upstream / plain upstream CPU", "tls_over_passthrough", ""),
     ("sessions per core at added p99 < 50 ms", "sessions_per_core_p99_50ms", ">= 200"),
     ("the same, beta-bridged", "beta_sessions_per_core_p99_50ms", ""),
     ("the same, Gemini-translated", "gemini_sessions_per_core_p99_50ms", ""),

@@ -40,9 +40,13 @@ def ensure_nginx() -> str | None:
 
 
 @contextlib.contextmanager
-def nginx(workdir: Path, upstream_port: int, binary: str) -> Iterator[tuple[int, list[int]]]:
-    """(port, [master, worker] pids) of nginx as a plain WebSocket proxy, one worker."""
+def nginx(
+    workdir: Path, upstream_port: int, binary: str, *, tls_upstream: bool = False
+) -> Iterator[tuple[int, list[int]]]:
+    """(port, [master, worker] pids) of nginx as a plain WebSocket proxy, one worker
+    (to a ``wss://`` upstream when ``tls_upstream``, without checking its certificate)."""
     port = free_port()
+    scheme = "https" if tls_upstream else "http"
     conf = workdir / "nginx.conf"
     conf.write_text(f"""\
 daemon off;
@@ -57,7 +61,8 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     location / {{
-      proxy_pass http://127.0.0.1:{upstream_port};
+      proxy_pass {scheme}://127.0.0.1:{upstream_port};
+      proxy_ssl_verify off;
       proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection "upgrade";

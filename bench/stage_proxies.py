@@ -5,17 +5,20 @@ upstream), every per-proxy measurement (RSS at start and per idle session,
 added latency with one session, CPU per 1000 relayed messages in each mode,
 the session-count sweep for the p99 < 50 ms capacity, RSS of active sessions
 over time, sequential setups), the two floor relays of :mod:`bench.floors`
-(latency and CPU only) and :func:`standalone`, one load run through a
+(latency and CPU only), and CPU through rtgate and nginx to a ``wss://`` fake
+upstream and :func:`standalone`, one load run through a
 fresh pinned rtgate (``python -m bench.loadgen`` without ``--url``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from bench import loadgen
 from bench.floors import KINDS, floor
 from bench.loadgen import Target
 from bench.plan import P99_BUDGET_MS, Plan
-from bench.procs import fake_upstream, rtgate
+from bench.procs import fake_upstream, rtgate, tls_files, tls_gateway_config
 from bench.rivals import LITELLM_KEY, LITELLM_VENV, ensure_nginx, litellm, nginx
 
 FLOOR_NAMES = {"trio": "byte pipe on trio", "epoll": "byte pipe on plain epoll"}
@@ -169,6 +172,43 @@ def measure_floor(
     return out
 
 
+def measure_tls_upstream(
+    by_name: dict[str, dict[str, Any]], plan: Plan, workdir: Path, nginx_binary: str | None
+) -> None:
+    """GA passthrough to a ``wss://`` fake upstream (every real provider is TLS), through
+    rtgate and nginx: CPU per message and its ratio to the plain upstream's."""
+    server_pem, ca = tls_files(workdir)
+    with fake_upstream(workdir, tls_cert=server_pem) as (tls_port, tls_pid):
+
+        @contextlib.contextmanager
+        def rtgate_tls() -> Iterator[tuple[int, list[int]]]:
+            with rtgate(workdir, tls_port, tls_gateway_config(tls_port, ca)) as (port, pid):
+                yield port, [pid]
+
+        proxies: list[tuple[str, Callable[[], ContextManager[tuple[int, list[int]]]]]] = [
+            ("rtgate", rtgate_tls)
+        ]
+        if nginx_binary is not None and "nginx" in by_name:
+            proxies.append(
+                ("nginx", lambda: nginx(workdir, tls_port, nginx_binary, tls_upstream=True))
+            )
+        for name, start in proxies:
+            with start() as (port, pids):
+                run = loadgen.run_load(
+                    Target(f"ws://127.0.0.1:{port}/v1/realtime?model=bench-openai"),
+                    plan.cpu_sessions,
+                    plan.cpu_seconds,
+                    warmup=plan.warmup,
+                    pids=pids,
+                    other_pids=[tls_pid],
+                )
+            out = by_name[name]
+            out["tls_upstream"] = run
+            cpu = out["tls_cpu_s_per_1000_messages"] = run.get("cpu_s_per_1000_messages")
+            if cpu and out.get("cpu_s_per_1000_messages"):
+                out["tls_over_passthrough"] = round(cpu / out["cpu_s_per_1000_messages"], 2)
+
+
 def sweep_sessions(
     target: Target,
     pids: Sequence[int],
@@ -273,6 +313,7 @@ def measure_proxies(
                         "nginx", lambda m: base + m, pids, plan, direct, fake_pid, beta=False
                     )
                 )
+        measure_tls_upstream({p["name"]: p for p in results["proxies"]}, plan, workdir, binary)
         if with_litellm and (LITELLM_VENV / "bin" / "litellm").exists():
             try:
                 with litellm(workdir, fake_port) as (port, pids):

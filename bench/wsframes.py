@@ -16,6 +16,7 @@ import hashlib
 import os
 import select
 import socket
+import ssl
 import struct
 
 try:
@@ -131,8 +132,8 @@ def send_buffered(ep: select.epoll, sock: socket.socket, pending: bytes, data: b
         return b""
     try:
         sent = sock.send(buf)
-    except BlockingIOError:
-        sent = 0
+    except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+        sent = 0  # a TLS socket retries with the same bytes first, as OpenSSL requires
     rest = buf[sent:]
     if rest and not pending:
         ep.modify(sock.fileno(), select.EPOLLIN | select.EPOLLOUT)

@@ -229,6 +229,11 @@ def test_run_all_quick_writes_json_and_markdown(tmp_path: Path) -> None:
     assert "| metric | target | rtgate |" in table
     assert "| rtgate, Gemini-translated | 2 |" in table
     assert (tmp_path / "quick.svg").exists() == HAS_MATPLOTLIB
+    # Through rtgate to a wss:// fake upstream (OpenSSL on both ends): audio comes back.
+    assert rtgate["tls_upstream"]["messages_received"] > 0
+    assert rtgate["tls_upstream"]["error_events"] == 0
+    assert rtgate["tls_cpu_s_per_1000_messages"] is not None
+    assert "| CPU-s per 1000 messages, TLS upstream (wss://) |" in table
     floors = {f["name"]: f for f in data["floors"]}
     assert set(floors) == {"byte pipe on trio", "byte pipe on plain epoll"}
     for f in floors.values():
