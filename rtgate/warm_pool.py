@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import logging
 import select
+import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
@@ -108,6 +109,8 @@ class WarmConnection:
         sock = getattr(stream, "socket", None)
         if sock is None or sock.fileno() < 0:
             return None
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # decrypted bytes inside OpenSSL: poll cannot see them
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN | select.POLLPRI | select.POLLRDHUP)
         return bool(poller.poll(0))
