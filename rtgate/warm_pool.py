@@ -164,6 +164,11 @@ class _Dial:
     counted: bool = True
     """Still counted by the pool as a warm dial in flight (settled exactly once)."""
 
+    def settle(self) -> bool:
+        """Stop counting this dial; True only the first time (the caller then tells the pool)."""
+        first, self.counted = self.counted, False
+        return first
+
 
 class WarmSet:
     """One deployment's warm connections, dials in flight and refill backoff."""
@@ -361,8 +366,7 @@ class WarmPools:
         for dial in list(ws.dials):
             if count <= 0:
                 break
-            if dial.counted:
-                dial.counted = False
+            if dial.settle():
                 self._host.pool.warm_dial_abandoned(ws.dep)
                 dial.scope.cancel()
                 count -= 1
@@ -449,8 +453,7 @@ class WarmPools:
             self._dial_failed(ws, dial, "error", None, "internal error")
             return
         except BaseException:
-            if dial.counted:
-                dial.counted = False
+            if dial.settle():
                 pool.warm_dial_abandoned(dep)
             raise
         finally:
@@ -458,14 +461,13 @@ class WarmPools:
         if link is None:
             return  # shed while dialing (already uncounted)
         if not dial.counted or ws.scope.cancel_called:  # shed, retired or drained meanwhile
-            if dial.counted:
-                dial.counted = False
+            if dial.settle():
                 pool.warm_dial_abandoned(dep)
             with trio.move_on_after(CLOSE_SECONDS):
                 await link.aclose(1000, "not needed")
             return
         now = trio.current_time()
-        dial.counted = False
+        dial.settle()
         pool.warm_dial_done(dep, now, ok=True, handshake_seconds=now - started)
         _bump(self.counters.dials, (dep.id, "ok"))
         ws.backoff.succeeded()
@@ -479,8 +481,7 @@ class WarmPools:
         self, ws: WarmSet, dial: _Dial, kind: str, retry_after: float | None, message: str
     ) -> None:
         now = trio.current_time()
-        if dial.counted:
-            dial.counted = False
+        if dial.settle():
             self._host.pool.warm_dial_done(
                 ws.dep, now, ok=False, kind=kind, retry_after=retry_after
             )
