@@ -3,8 +3,9 @@
 Two layers, one module:
 
 * :class:`H2Stream` runs the ``h2`` state machine over TLS
-  (:class:`rtgate.net.tls.TlsSocketStream`, ALPN ``h2``) for exactly one request whose body and response stream at the
-  same time (httpx cannot: it sends the whole body before reading). Flow
+  (:class:`rtgate.net.tls.TlsSocketStream`, ALPN ``h2``) for exactly one
+  request whose body and response stream at the same time (httpx cannot: it
+  sends the whole body before reading). Flow
   control both ways: received DATA is acknowledged only when the caller comes
   back for more (so a slow consumer slows Bedrock down, with memory bounded
   by the receive window), and sending waits for window.

@@ -57,11 +57,9 @@ class Front:
         limits = self.gateway.config.server.limits
         with trio.move_on_after(limits.handshake_timeout) as scope:
             if self.tls is not None:
-                if type(stream) is trio.SocketStream:
-                    stream = await TlsSocketStream.wrap(stream, self.tls, server_side=True)
-                else:  # not a socket (tests' in-memory streams): trio's TLS over any stream
-                    stream = trio.SSLStream(stream, self.tls, server_side=True)
-                    await stream.do_handshake()
+                # The listeners are TCP sockets: OpenSSL works the socket itself (net/tls.py).
+                assert isinstance(stream, trio.SocketStream)
+                stream = await TlsSocketStream.wrap(stream, self.tls, server_side=True)
             head = await _read_head(stream)
         if scope.cancelled_caught or head is None:
             if scope.cancelled_caught:
