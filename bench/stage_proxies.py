@@ -4,10 +4,10 @@ Owns: the direct baseline (the load generator straight to the fake
 upstream), every per-proxy measurement (RSS at start and per idle session,
 added latency with one session, CPU per 1000 relayed messages in each mode,
 the session-count sweep for the p99 < 50 ms capacity, RSS of active sessions
-over time, sequential setups), the two floor relays of :mod:`bench.floors`
-(latency and CPU only), and CPU through rtgate and nginx to a ``wss://`` fake
-upstream and :func:`standalone`, one load run through a
-fresh pinned rtgate (``python -m bench.loadgen`` without ``--url``).
+over time, sequential setups); the two floor relays of :mod:`bench.floors`
+(latency and CPU only); CPU through rtgate and nginx to a ``wss://`` fake
+upstream; and :func:`standalone`, one load run through a fresh pinned rtgate
+(``python -m bench.loadgen`` without ``--url``).
 """
 
 from __future__ import annotations
@@ -63,31 +63,10 @@ def measure_proxy(
     out["rss_start_mb"] = round(loadgen.rss_bytes(pids) / 2**20, 1)
     out["idle"] = loadgen.idle_memory(target(), plan.idle_sessions, pids)
     out["rss_per_idle_session_kib"] = out["idle"]["rss_per_idle_session_kib"]
-    one = loadgen.run_load(
-        target(),
-        1,
-        plan.latency_seconds,
-        warmup=plan.warmup,
-        pids=pids,
-        other_pids=[fake_pid],
-    )
-    out["one_session"] = one
-    out["added_latency_ms_p50_1_session"] = _minus(
-        one["latency_ms_p50"], direct["one"]["latency_ms_p50"]
-    )
-    out["added_latency_ms_p99_1_session"] = _minus(
-        one["latency_ms_p99"], direct["one"]["latency_ms_p99"]
-    )
+    out.update(one_session(target(), pids, plan, direct, fake_pid))
 
     def cpu_run(t: Target) -> dict[str, Any]:
-        return loadgen.run_load(
-            t,
-            plan.cpu_sessions,
-            plan.cpu_seconds,
-            warmup=plan.warmup,
-            pids=pids,
-            other_pids=[fake_pid],
-        )
+        return _cpu_run(t, pids, plan, fake_pid)
 
     ga = cpu_run(target())
     out["passthrough"] = ga
@@ -148,28 +127,40 @@ def measure_floor(
     name: str, url: str, pids: Sequence[int], plan: Plan, direct: dict[str, Any], fake_pid: int
 ) -> dict[str, Any]:
     """A floor relay (:mod:`bench.floors`): the latency and CPU rows only, same load as rtgate."""
-    out: dict[str, Any] = {"name": name}
+    out: dict[str, Any] = {"name": name, **one_session(Target(url), pids, plan, direct, fake_pid)}
+    run = out["passthrough"] = _cpu_run(Target(url), pids, plan, fake_pid)
+    out["cpu_s_per_1000_messages"] = run.get("cpu_s_per_1000_messages")
+    return out
+
+
+def one_session(
+    target: Target, pids: Sequence[int], plan: Plan, direct: dict[str, Any], fake_pid: int
+) -> dict[str, Any]:
+    """One audio session: the run, and its added p50/p99 over the direct connection's."""
     one = loadgen.run_load(
-        Target(url), 1, plan.latency_seconds, warmup=plan.warmup, pids=pids, other_pids=[fake_pid]
+        target, 1, plan.latency_seconds, warmup=plan.warmup, pids=pids, other_pids=[fake_pid]
     )
-    out["one_session"] = one
-    out["added_latency_ms_p50_1_session"] = _minus(
-        one["latency_ms_p50"], direct["one"]["latency_ms_p50"]
-    )
-    out["added_latency_ms_p99_1_session"] = _minus(
-        one["latency_ms_p99"], direct["one"]["latency_ms_p99"]
-    )
-    run = loadgen.run_load(
-        Target(url),
+    return {
+        "one_session": one,
+        "added_latency_ms_p50_1_session": _minus(
+            one["latency_ms_p50"], direct["one"]["latency_ms_p50"]
+        ),
+        "added_latency_ms_p99_1_session": _minus(
+            one["latency_ms_p99"], direct["one"]["latency_ms_p99"]
+        ),
+    }
+
+
+def _cpu_run(target: Target, pids: Sequence[int], plan: Plan, fake_pid: int) -> dict[str, Any]:
+    """The CPU measurement: ``plan.cpu_sessions`` audio sessions for ``plan.cpu_seconds``."""
+    return loadgen.run_load(
+        target,
         plan.cpu_sessions,
         plan.cpu_seconds,
         warmup=plan.warmup,
         pids=pids,
         other_pids=[fake_pid],
     )
-    out["passthrough"] = run
-    out["cpu_s_per_1000_messages"] = run.get("cpu_s_per_1000_messages")
-    return out
 
 
 def measure_tls_upstream(
@@ -194,14 +185,8 @@ def measure_tls_upstream(
             )
         for name, start in proxies:
             with start() as (port, pids):
-                run = loadgen.run_load(
-                    Target(f"ws://127.0.0.1:{port}/v1/realtime?model=bench-openai"),
-                    plan.cpu_sessions,
-                    plan.cpu_seconds,
-                    warmup=plan.warmup,
-                    pids=pids,
-                    other_pids=[tls_pid],
-                )
+                url = f"ws://127.0.0.1:{port}/v1/realtime?model=bench-openai"
+                run = _cpu_run(Target(url), pids, plan, tls_pid)
             out = by_name[name]
             out["tls_upstream"] = run
             cpu = out["tls_cpu_s_per_1000_messages"] = run.get("cpu_s_per_1000_messages")
