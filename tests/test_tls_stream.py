@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import ssl
 from types import SimpleNamespace
 from typing import cast
@@ -197,3 +198,37 @@ async def test_warm_connection_check_sees_bytes_left_inside_openssl(ca: trustme.
             await ours.aclose()
             assert warm.readable() is None
             await peer.aclose()
+
+
+class _RenegotiatingSocket:
+    """An SSLSocket stand-in whose first read needs a write first (TLS 1.2 renegotiation);
+    the real socket under it never becomes readable."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.reads = 0
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def pending(self) -> int:
+        return 0
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        if self.reads == 1:
+            self._sock.recv(1)  # what woke the reader is consumed; nothing more comes
+            raise ssl.SSLWantWriteError("renegotiating")
+        return b"after renegotiation"
+
+
+async def test_a_read_that_needs_a_write_is_retried_without_waiting_for_data() -> None:
+    """Waiting for readability there could wait for a peer that waits for our handshake
+    message; the read itself must be retried (it is what makes OpenSSL write)."""
+    a, b = socket.socketpair()
+    with a, b, trio.fail_after(5):
+        fake = _RenegotiatingSocket(a)
+        stream = TlsSocketStream(cast(ssl.SSLSocket, fake))
+        b.send(b"x")  # the first wait (before any read) must return
+        assert await stream.receive_some() == b"after renegotiation"
+        assert fake.reads == 2

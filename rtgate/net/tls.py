@@ -94,20 +94,23 @@ class TlsSocketStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         sock = self.socket
         size = _READ_SIZE if max_bytes is None else max_bytes
+        if sock.fileno() < 0:
+            raise trio.ClosedResourceError("connection was closed")
+        if sock.pending():
+            await trio.lowlevel.checkpoint()  # decrypted bytes wait in OpenSSL
+        else:
+            await trio.lowlevel.wait_readable(sock)
         while True:
-            if sock.fileno() < 0:
-                raise trio.ClosedResourceError("connection was closed")
-            if sock.pending():
-                await trio.lowlevel.checkpoint()  # decrypted bytes wait in OpenSSL
-            else:
-                await trio.lowlevel.wait_readable(sock)
             if sock.fileno() < 0:
                 raise trio.ClosedResourceError("connection was closed")
             try:
                 return sock.recv(size)
             except ssl.SSLWantReadError:
-                continue  # part of a record: wait for the rest
+                await trio.lowlevel.wait_readable(sock)  # part of a record: wait for the rest
             except ssl.SSLWantWriteError:
+                # OpenSSL must write before it can read on (renegotiation): retry the read
+                # itself, which writes; waiting for readability could wait for a peer that
+                # is waiting for us.
                 await trio.sleep(_RENEGOTIATION_POLL)
             except (ssl.SSLError, OSError) as exc:
                 raise trio.BrokenResourceError(f"TLS read failed: {exc}") from exc
