@@ -61,11 +61,11 @@ def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | No
 
 @contextlib.contextmanager
 def process(
-    argv: Sequence[str], *, log: Path, env: dict[str, str] | None = None
+    argv: Sequence[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A child process, terminated (then killed) on exit; its output goes to ``log``."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         yield proc
     finally:

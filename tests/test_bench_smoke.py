@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import trio
 
-from bench import chart, loadgen
+from bench import ab, chart, loadgen
 from bench.fake_upstream import start_in_thread
 from bench.floors import floor
 from bench.procs import gateway_config
@@ -401,3 +401,40 @@ def test_warmstart_stage_adds_its_rows_and_keeps_the_rest(tmp_path: Path) -> Non
     ) in table
     assert f"| {warm['rtgate_cold']['p50_ms']} / {warm['rtgate_cold']['p99_ms']} |" in table
     assert "| metric | target | rtgate | " not in table  # no proxies measured in this file
+
+
+def test_ab_gateway_runs_the_code_of_its_own_tree(tmp_path: Path) -> None:
+    """The A/B tool's gateway imports rtgate from the tree it was given, not from this
+    checkout (``python -m`` puts the working directory first on ``sys.path``)."""
+    tree = tmp_path / "tree"
+    (tree / "rtgate").mkdir(parents=True)
+    (tree / "rtgate" / "__init__.py").write_text("")
+    (tree / "rtgate" / "__main__.py").write_text(
+        "import socket, sys\n"
+        "import rtgate\n"
+        "print('running', rtgate.__file__, flush=True)\n"
+        "port = int(sys.argv[sys.argv.index('--port') + 1])\n"
+        "server = socket.create_server(('127.0.0.1', port))\n"
+        "while True:\n"
+        "    server.accept()[0].close()\n"
+    )
+    log = tmp_path / "gateway.log"
+    with ab.gateway_from(tree, tmp_path / "unused.yaml", log):
+        pass
+    assert f"running {tree / 'rtgate' / '__init__.py'}" in log.read_text()
+
+
+def test_ab_summary_counts_the_pairs_the_candidate_won() -> None:
+    def run(cpu: float, p50: float) -> dict[str, Any]:
+        return {"cpu_s_per_1000_messages": cpu, "latency_ms_p50": p50}
+
+    summary = ab.summarise(
+        {
+            "base": [run(0.04, 0.3), run(0.05, 0.3), run(0.04, 0.2)],
+            "candidate": [run(0.03, 0.2), run(0.06, 0.4), run(0.035, 0.2)],
+        }
+    )
+    assert summary["candidate_won_pairs"] == 2
+    assert summary["pairs"] == 3
+    assert summary["cpu_mean"] == {"base": 0.0433, "candidate": 0.0417}
+    assert summary["p50_mean_ms"] == {"base": 0.267, "candidate": 0.267}
