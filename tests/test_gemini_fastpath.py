@@ -2,18 +2,21 @@
 
 Out: the byte-spelled audio delta equals the event the JSON encoder would
 have written. In: the ``audio`` sliced out of an append equals what a parse
-reads, or the slice declines and the translator parses instead.
+reads, or the slice declines and the translator parses instead; what reaches
+the translators (``appended_audio``) is the parsed value either way, and only
+strict base64 passes ``is_base64`` to be spliced into an upstream message.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtgate.protocol.events import audio_field
+from rtgate.protocol.events import appended_audio, audio_field, is_base64
 from rtgate.translate.base import Outbox
 from rtgate.translate.gemini_output import ResponseWriter
 
@@ -83,3 +86,45 @@ def test_sliced_append_audio_is_what_a_parse_reads(audio: str, event_id: str, sp
 def test_slice_declines_without_an_audio_string() -> None:
     assert audio_field(b'{"type":"input_audio_buffer.append","audio":null}') is None
     assert audio_field(b'{"type":"input_audio_buffer.append","audio":"AAAA') is None
+
+
+@given(
+    audio=st.one_of(
+        st.binary(max_size=90).map(lambda b: base64.b64encode(b).decode()), _APPEND_TEXT
+    ),
+    escaped=st.booleans(),
+)
+def test_appended_audio_is_the_parsed_audio_however_it_is_spelled(
+    audio: str, escaped: bool
+) -> None:
+    """Sliced or parsed, the translators get what the JSON says."""
+    frame = orjson.dumps({"type": "input_audio_buffer.append", "audio": audio})
+    if escaped:  # JSON may escape "/" (as some serialisers do): the slice must decline
+        frame = frame.replace(b"/", b"\\/")
+    assert appended_audio(frame) == audio.encode()
+
+
+def test_appended_audio_is_none_without_an_audio_string() -> None:
+    for frame in (
+        b'{"type":"input_audio_buffer.append"}',
+        b'{"type":"input_audio_buffer.append","audio":null}',
+        b'{"type":"input_audio_buffer.append","audio":[1]}',
+        b"not json",
+    ):
+        assert appended_audio(frame) is None, frame
+
+
+@given(st.binary(max_size=64))
+def test_is_base64_accepts_exactly_strict_padded_base64(data: bytes) -> None:
+    """What is spliced into an upstream JSON string: strict base64 and nothing else."""
+    try:
+        binascii.a2b_base64(data, strict_mode=True)
+        strict = len(data) % 4 == 0
+    except binascii.Error:
+        strict = False
+    assert is_base64(data) == strict
+
+
+@given(st.binary(max_size=64))
+def test_is_base64_accepts_every_encoding(raw: bytes) -> None:
+    assert is_base64(base64.b64encode(raw))

@@ -214,8 +214,10 @@ def test_an_append_that_is_not_base64_is_refused_not_spliced_upstream() -> None:
     s.t.on_client(frame, out, s.now)
     s._take(out)
     s.send({"type": "input_audio_buffer.append", "audio": "AAA"})  # not whole groups
+    s.send({"type": "input_audio_buffer.append"})
+    s.send({"type": "input_audio_buffer.append", "audio": 12})
     assert s.upstream == []
-    assert [(e["type"], e["error"]["code"]) for e in s.client] == [("error", "invalid_value")] * 2
+    assert [(e["type"], e["error"]["code"]) for e in s.client] == [("error", "invalid_value")] * 4
 
 
 def test_clear_and_truncate_are_acknowledged_locally() -> None:

@@ -60,6 +60,21 @@ def audio_field(frame: bytes) -> bytes | None:
     return None
 
 
+def appended_audio(frame: bytes) -> bytes | None:
+    """The ``audio`` of an ``input_audio_buffer.append``, not yet checked as base64.
+
+    Sliced out by :func:`audio_field` on the hot path; parsed when the value holds
+    escapes or the event is laid out otherwise. Either way the string's UTF-8
+    bytes; None when it is missing or not a string.
+    """
+    data = audio_field(frame)
+    if data is not None:
+        return data
+    event = parse_event(frame)
+    value = event.get("audio") if event is not None else None
+    return value.encode("utf-8", "replace") if isinstance(value, str) else None
+
+
 def is_base64(data: bytes) -> bool:
     """Padded base64: whole 4-character groups of the alphabet, ``=`` only at the end.
 

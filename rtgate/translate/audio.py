@@ -14,6 +14,8 @@ stream converted chunk by chunk has no clicks at chunk edges;
 
 from __future__ import annotations
 
+import base64
+import binascii
 import warnings
 from types import ModuleType
 from typing import Any
@@ -39,6 +41,13 @@ def ulaw_to_pcm16(data: bytes) -> bytes:
 def alaw_to_pcm16(data: bytes) -> bytes:
     """G.711 A-law bytes to PCM16 LE."""
     return bytes(_codec.alaw2lin(data, _WIDTH))
+
+
+def g711_b64_to_pcm16_b64(b64: bytes | str, *, mu_law: bool) -> bytes:
+    """Base64 G.711 (µ-law or A-law) as base64 PCM16 at the same rate: what Gemini and
+    Nova take from a G.711 client. Raises ``binascii.Error`` on bad base64."""
+    raw = binascii.a2b_base64(b64)
+    return base64.b64encode(ulaw_to_pcm16(raw) if mu_law else alaw_to_pcm16(raw))
 
 
 def pcm16_to_ulaw(data: bytes) -> bytes:

@@ -138,6 +138,13 @@ def error_event(
     return {"type": "error", "event_id": new_id("event"), "error": error}
 
 
+def invalid_audio_error() -> dict[str, object]:
+    """The ``error`` event for an append whose ``audio`` is missing or not base64."""
+    return error_event(
+        "input_audio_buffer.append needs base64 'audio'", code="invalid_value", param="audio"
+    )
+
+
 def get_path(mapping: object, *path: str) -> Any:
     """``mapping[path[0]][path[1]]...``, or None where a step is missing or not a mapping."""
     for key in path:

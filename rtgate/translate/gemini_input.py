@@ -12,16 +12,15 @@ acknowledgements of events Gemini has no equivalent for (protocols.md §9.2).
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from rtgate.protocol.events import audio_field, is_base64, parse_event
+from rtgate.protocol.events import appended_audio, is_base64
 from rtgate.translate import audio
-from rtgate.translate.base import Outbox, error_event, new_id
+from rtgate.translate.base import Outbox, error_event, invalid_audio_error, new_id
 from rtgate.translate.gemini_setup import AudioFormat
 
 if TYPE_CHECKING:
@@ -58,19 +57,9 @@ def event_id(event: Mapping[str, Any]) -> str | None:
 
 def append_audio(t: GeminiTranslator, frame: bytes, out: Outbox) -> None:
     """``input_audio_buffer.append`` as ``realtimeInput.audio`` (no JSON parse for PCM)."""
-    data = audio_field(frame)
-    if data is None:
-        event = parse_event(frame)
-        value = event.get("audio") if event is not None else None
-        data = value.encode("ascii", "replace") if isinstance(value, str) else None
+    data = appended_audio(frame)
     if data is None or not is_base64(data):
-        out.client_json(
-            error_event(
-                "input_audio_buffer.append needs base64 'audio'",
-                code="invalid_value",
-                param="audio",
-            )
-        )
+        out.client_json(invalid_audio_error())
         return
     if not data:
         return
@@ -96,10 +85,8 @@ def append_audio(t: GeminiTranslator, frame: bytes, out: Outbox) -> None:
 
 
 def _g711_as_pcm16(b64: bytes | str, fmt: AudioFormat) -> bytes:
-    """Base64 G.711 (µ-law or A-law) as base64 PCM16 at 8 kHz: Gemini takes linear PCM only."""
-    raw = binascii.a2b_base64(b64)
-    pcm = audio.ulaw_to_pcm16(raw) if fmt.encoding == "pcmu" else audio.alaw_to_pcm16(raw)
-    return base64.b64encode(pcm)
+    """Base64 G.711 as base64 PCM16 at 8 kHz: Gemini takes linear PCM only."""
+    return audio.g711_b64_to_pcm16_b64(b64, mu_law=fmt.encoding == "pcmu")
 
 
 def _audio_blob(t: GeminiTranslator, b64: str) -> dict[str, str]:

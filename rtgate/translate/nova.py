@@ -62,7 +62,7 @@ from typing import Any
 
 import orjson
 
-from rtgate.protocol.events import audio_field, sniff_type
+from rtgate.protocol.events import sniff_type
 from rtgate.translate import nova_input, nova_output
 from rtgate.translate.base import (
     Binary,
@@ -185,11 +185,8 @@ class NovaTranslator(Translator):
             out.client_json(error_event("binary messages are not part of the Realtime protocol"))
             return
         if sniff_type(frame) == "input_audio_buffer.append":
-            # The hot path: slice the base64 out rather than parse the JSON.
-            audio = audio_field(frame)
-            if audio is not None:
-                nova_input.append_audio(self, audio, out)
-                return
+            nova_input.append_audio(self, frame, out)  # the hot path: no JSON parse
+            return
         try:
             event = orjson.loads(frame)
         except orjson.JSONDecodeError:

@@ -12,15 +12,14 @@ cancel, truncate). Functions take the
 
 from __future__ import annotations
 
-import base64
 import copy
 import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from rtgate.protocol.events import is_base64
-from rtgate.translate.audio import alaw_to_pcm16, ulaw_to_pcm16
-from rtgate.translate.base import Outbox, error_event, new_id
+from rtgate.protocol.events import appended_audio, is_base64
+from rtgate.translate.audio import g711_b64_to_pcm16_b64
+from rtgate.translate.base import Outbox, error_event, invalid_audio_error, new_id
 from rtgate.translate.nova_response import (
     announce_item,
     client_event,
@@ -40,20 +39,15 @@ if TYPE_CHECKING:
     from rtgate.translate.nova import NovaTranslator
 
 
-def append_audio(t: NovaTranslator, audio_b64: bytes, out: Outbox) -> None:
+def append_audio(t: NovaTranslator, frame: bytes, out: Outbox) -> None:
     """One ``audioInput`` into the AUDIO container (opened on the first append).
 
     The base64 is checked before it is spliced into the event as bytes: a parsed
     ``audio`` may hold a ``"`` that would otherwise end the JSON string.
     """
-    if not is_base64(audio_b64):
-        out.client_json(
-            error_event(
-                "input_audio_buffer.append needs base64 'audio'",
-                code="invalid_value",
-                param="audio",
-            )
-        )
+    audio_b64 = appended_audio(frame)
+    if audio_b64 is None or not is_base64(audio_b64):
+        out.client_json(invalid_audio_error())
         return
     if not t.started:
         t.open_stream(out)
@@ -70,13 +64,9 @@ def append_audio(t: NovaTranslator, audio_b64: bytes, out: Outbox) -> None:
             + b'","content":"'
         )
     fmt = t.config.input_format["type"]
-    if fmt == "audio/pcm":
-        pcm_bytes = len(audio_b64) * 3 // 4 - audio_b64[-2:].count(b"=")
-    else:
-        raw = base64.b64decode(audio_b64)
-        pcm = ulaw_to_pcm16(raw) if fmt == "audio/pcmu" else alaw_to_pcm16(raw)
-        pcm_bytes = len(pcm)
-        audio_b64 = base64.b64encode(pcm)
+    if fmt != "audio/pcm":
+        audio_b64 = g711_b64_to_pcm16_b64(audio_b64, mu_law=fmt == "audio/pcmu")
+    pcm_bytes = len(audio_b64) * 3 // 4 - audio_b64[-2:].count(b"=")
     t.input_ms += pcm_bytes / (t.input_rate * 2) * 1000
     out.to_upstream.append(t.audio_prefix + audio_b64 + b'"}}}')
 
@@ -210,14 +200,6 @@ def item_create(
     t.last_item = item_id
 
 
-def _append(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
-    audio = event.get("audio")
-    if isinstance(audio, str):
-        append_audio(t, audio.encode(), out)
-    else:
-        out.client_json(error_event("missing audio", code="invalid_value", event_id=event_id))
-
-
 def _commit(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
     # Nova ends turns itself; acknowledge so manual-turn clients carry on.
     item = t.pending_user_item = t.pending_user_item or new_id("item")
@@ -264,7 +246,6 @@ def unsupported(
 
 Handler = Callable[["NovaTranslator", dict[str, Any], Outbox, "str | None"], None]
 HANDLERS: Final[dict[str, Handler]] = {
-    "input_audio_buffer.append": _append,
     "input_audio_buffer.commit": _commit,
     "input_audio_buffer.clear": _clear,
     "conversation.item.create": item_create,
