@@ -35,7 +35,16 @@ rtgate:
 """
 
 
-def openai_deployment(name: str, base_url: str, *, key: str = UPSTREAM_KEY, extra: str = "") -> str:
+def openai_deployment(
+    name: str,
+    base_url: str,
+    *,
+    key: str = UPSTREAM_KEY,
+    extra: str = "",
+    deployment_id: str | None = None,
+) -> str:
+    """A ``model_list`` entry; ``extra``: more ``litellm_params`` lines."""
+    id_line = f"\n      id: {deployment_id}" if deployment_id is not None else ""
     return f"""  - model_name: {name}
     litellm_params:
       model: openai/gpt-realtime
@@ -43,4 +52,4 @@ def openai_deployment(name: str, base_url: str, *, key: str = UPSTREAM_KEY, extr
       api_base: {base_url}
 {extra}
     model_info:
-      mode: realtime"""
+      mode: realtime{id_line}"""

@@ -27,7 +27,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from rtgate.server import ServerHandle
-from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
+from tests.conftest import CLIENT_KEY, gateway_yaml, openai_deployment
 
 _QUIET = logging.getLogger("tests.rawws")
 _QUIET.setLevel(logging.WARNING)
@@ -41,25 +41,10 @@ def single_yaml(base: str, *, params: str = "", limits: str = "") -> str:
 
     ``params`` are extra ``litellm_params`` lines, ``limits`` extra ``rtgate.limits`` lines.
     """
-    return f"""
-model_list:
-  - model_name: gpt-realtime
-    litellm_params:
-      model: openai/gpt-realtime
-      api_key: {UPSTREAM_KEY}
-      api_base: {base}
-{params}
-    model_info:
-      id: only
-general_settings:
-  master_key: {CLIENT_KEY}
-rtgate:
-  limits:
-    connect_timeout: 2
-    ping_interval: 0
-    drain_seconds: 0.5
-{limits}
-"""
+    return gateway_yaml(
+        openai_deployment("gpt-realtime", base, extra=params, deployment_id="only"),
+        limits=f"    connect_timeout: 2\n    ping_interval: 0\n    drain_seconds: 0.5\n{limits}",
+    )
 
 
 class HandshakeRefused(Exception):

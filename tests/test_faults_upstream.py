@@ -21,7 +21,7 @@ from websockets.frames import Frame, Opcode
 from rtgate.server import ServerHandle
 from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway
-from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
+from tests.conftest import UPSTREAM_KEY, gateway_yaml, openai_deployment
 from tests.test_faults_support import (
     AUTH,
     PATH,
@@ -40,33 +40,11 @@ APPEND = {"type": "input_audio_buffer.append", "audio": "AAAA"}
 
 def failover_yaml(bad: str, good: str, *, bad_params: str = "", limits: str = "") -> str:
     """Group ``gpt-realtime``: deployment ``bad`` first, ``good`` as standby (weight 0)."""
-    return f"""
-model_list:
-  - model_name: gpt-realtime
-    litellm_params:
-      model: openai/gpt-realtime
-      api_key: {UPSTREAM_KEY}
-      api_base: {bad}
-{bad_params}
-    model_info:
-      id: bad
-  - model_name: gpt-realtime
-    litellm_params:
-      model: openai/gpt-realtime
-      api_key: {UPSTREAM_KEY}
-      api_base: {good}
-      weight: 0
-    model_info:
-      id: good
-general_settings:
-  master_key: {CLIENT_KEY}
-rtgate:
-  limits:
-    connect_timeout: 0.5
-    ping_interval: 0
-    drain_seconds: 0.5
-{limits}
-"""
+    return gateway_yaml(
+        openai_deployment("gpt-realtime", bad, extra=bad_params, deployment_id="bad"),
+        openai_deployment("gpt-realtime", good, extra="      weight: 0", deployment_id="good"),
+        limits=f"    connect_timeout: 0.5\n    ping_interval: 0\n    drain_seconds: 0.5\n{limits}",
+    )
 
 
 async def _session_works(gw: ServerHandle) -> None:
