@@ -21,7 +21,12 @@ from functools import partial
 import attrs
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+)
 
 from rtgate.translate.base import Outbox
 from rtgate.translate.mock import MockModel
@@ -137,11 +142,8 @@ class FakeRealtimeServer:
             self.open_now -= 1
 
     async def _accepted(
-        self, ws: object, request: WebSocketRequest, headers: dict[str, str]
+        self, ws: WebSocketConnection, request: WebSocketRequest, headers: dict[str, str]
     ) -> None:
-        from trio_websocket import WebSocketConnection
-
-        assert isinstance(ws, WebSocketConnection)
         behaviour = self.behaviour
         if headers.get("openai-beta", "").replace(" ", "") == "realtime=v1":
             await ws.aclose(4000, "invalid_request_error.beta_api_shape_disabled")
@@ -157,10 +159,7 @@ class FakeRealtimeServer:
             return headers.get("api-key") == self.api_key
         return headers.get("authorization") == f"Bearer {self.api_key}"
 
-    async def _session(self, ws: object, path: str) -> None:
-        from trio_websocket import WebSocketConnection
-
-        assert isinstance(ws, WebSocketConnection)
+    async def _session(self, ws: WebSocketConnection, path: str) -> None:
         behaviour = self.behaviour
         model = MockModel(model="fake-realtime", reply_audio_ms=behaviour.reply_audio_ms)
         out = Outbox()
@@ -209,11 +208,8 @@ class FakeRealtimeServer:
         except ConnectionClosed as exc:
             self.close_codes.append(exc.reason.code if exc.reason else None)
 
-    async def _first_message(self, ws: object) -> str | bytes | None:
+    async def _first_message(self, ws: WebSocketConnection) -> str | bytes | None:
         """The client's first message, while idle events go out; None after an idle close."""
-        from trio_websocket import WebSocketConnection
-
-        assert isinstance(ws, WebSocketConnection)
         behaviour = self.behaviour
         got: list[str | bytes] = []
         closed: ConnectionClosed | None = None
@@ -237,10 +233,7 @@ class FakeRealtimeServer:
             await ws.aclose(*behaviour.idle_close)
         return None
 
-    async def _idle_events(self, ws: object) -> None:
-        from trio_websocket import WebSocketConnection
-
-        assert isinstance(ws, WebSocketConnection)
+    async def _idle_events(self, ws: WebSocketConnection) -> None:
         started = trio.current_time()
         try:
             for at, frame in self.behaviour.idle_events:
@@ -249,10 +242,7 @@ class FakeRealtimeServer:
         except ConnectionClosed:
             pass
 
-    async def _flush(self, ws: object, out: Outbox) -> None:
-        from trio_websocket import WebSocketConnection
-
-        assert isinstance(ws, WebSocketConnection)
+    async def _flush(self, ws: WebSocketConnection, out: Outbox) -> None:
         for message in out.to_client:
             assert isinstance(message, bytes)
             frame = _xai_quirks(message) if self.flavour == "xai" else message
