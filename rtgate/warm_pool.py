@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import select
-import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
@@ -102,18 +100,8 @@ class WarmConnection:
             await self.reader_done.wait()
 
     def readable(self) -> bool | None:
-        """Are bytes (or an EOF) waiting in the socket? None if the socket is unknown."""
-        stream: object = self.link.conn.stream
-        while not hasattr(stream, "socket") and hasattr(stream, "transport_stream"):
-            stream = stream.transport_stream
-        sock = getattr(stream, "socket", None)
-        if sock is None or sock.fileno() < 0:
-            return None
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True  # decrypted bytes inside OpenSSL: poll cannot see them
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI | select.POLLRDHUP)
-        return bool(poller.poll(0))
+        """Are bytes (or an EOF) waiting to be read? None if the connection cannot tell."""
+        return self.link.conn.input_waiting()
 
 
 class WarmLink:

@@ -10,7 +10,6 @@ import os
 import select
 import socket
 import ssl
-from types import SimpleNamespace
 from typing import cast
 
 import pytest
@@ -18,8 +17,6 @@ import trio
 import trustme
 
 from rtgate.net.tls import TlsSocketStream
-from rtgate.net.upstream_ws import WsUpstream
-from rtgate.warm_pool import WarmConnection
 
 Peer = trio.SSLStream[trio.SocketStream]
 
@@ -182,21 +179,19 @@ async def test_untrusted_certificate_fails_the_handshake_and_closes_the_socket(
         assert len(os.listdir("/proc/self/fd")) == before
 
 
-async def test_warm_connection_check_sees_bytes_left_inside_openssl(ca: trustme.CA) -> None:
-    """The warm pool's hand-out check polls the socket; bytes OpenSSL already decrypted
-    are invisible to poll and must count as waiting too."""
+async def test_input_waiting_sees_bytes_left_inside_openssl(ca: trustme.CA) -> None:
+    """What the warm pool's hand-out check asks: bytes OpenSSL already decrypted are
+    invisible to poll and must count as waiting too."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             ours, peer = await _pair(nursery, ca)
-            link = SimpleNamespace(conn=SimpleNamespace(stream=ours))
-            warm = WarmConnection(cast(WsUpstream, link), dialed_at=0.0, dial_seconds=0.0)
-            assert warm.readable() is False
+            assert ours.input_waiting() is False
             await peer.send_all(b"x" * 100)
             await ours.receive_some(10)
             assert ours.socket.pending() and not select.select([ours.socket], [], [], 0)[0]
-            assert warm.readable() is True
+            assert ours.input_waiting() is True
             await ours.aclose()
-            assert warm.readable() is None
+            assert ours.input_waiting() is None
             await peer.aclose()
 
 

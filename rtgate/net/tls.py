@@ -26,6 +26,8 @@ import ssl
 
 import trio
 
+from rtgate.net import readable_now
+
 # The same read size as the plain-socket path (see wsconn.READ_SIZE).
 _READ_SIZE = 64 * 1024
 _RENEGOTIATION_POLL = 0.001
@@ -114,6 +116,13 @@ class TlsSocketStream(trio.abc.Stream):
                 await trio.sleep(_RENEGOTIATION_POLL)
             except (ssl.SSLError, OSError) as exc:
                 raise trio.BrokenResourceError(f"TLS read failed: {exc}") from exc
+
+    def input_waiting(self) -> bool | None:
+        """Bytes (or an EOF) not yet read, in OpenSSL or in the socket; None once closed."""
+        sock = self.socket
+        if sock.fileno() < 0:
+            return None
+        return sock.pending() > 0 or readable_now(sock.fileno())
 
     # -- sending ---------------------------------------------------------------------
 

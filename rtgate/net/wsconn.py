@@ -24,6 +24,7 @@ import trio
 from websockets.frames import Close, Frame
 from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 
+from rtgate.net import readable_now
 from rtgate.net.fastframes import MessageReader, encode_text, library_idle
 from rtgate.net.tls import TlsSocketStream
 from rtgate.translate.base import Binary
@@ -107,6 +108,12 @@ class WsConnection:
                 messages = reader.feed(data if type(data) is bytes else bytes(data))
             else:
                 messages = reader.feed_eof()
+
+    def input_waiting(self) -> bool | None:
+        """Bytes (or an EOF) the peer sent that no receive has read yet; None when the
+        stream is not one of the fast paths' sockets, or is closed."""
+        raw = self._raw
+        return raw.input_waiting() if raw is not None else None
 
     def _raise_if_closed(self) -> None:
         protocol = self.protocol
@@ -307,6 +314,10 @@ class _RawSocket:
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(f"socket read failed: {exc}") from exc
+
+    def input_waiting(self) -> bool | None:
+        fd = self.sock.fileno()
+        return None if fd < 0 else readable_now(fd)
 
     def try_send(self, data: bytes | memoryview) -> int:
         """Bytes the kernel took now (0 if its buffer is full); never waits."""
