@@ -2,11 +2,10 @@
 
 The host's speed drifts by 10-20 % within minutes, so a change is judged by
 runs of both versions taken in turn, many times, not by two runs far apart.
-Each run starts a fresh pinned gateway from its own source tree, with that
-tree as the working directory and first on ``PYTHONPATH``: ``python -m`` puts
-the working directory first on ``sys.path``, so a gateway started from the
-main checkout runs the main checkout's code whatever ``PYTHONPATH`` says
-(which once made an A/B compare a version with itself).
+Each run starts a fresh pinned gateway from its own source tree
+(:func:`bench.procs.rtgate` with ``tree``: a gateway started from the main
+checkout's directory runs the main checkout's code whatever ``PYTHONPATH``
+says, which once made an A/B compare a version with itself).
 
     .venv/bin/python bench/ab.py --base HEAD~1                 # the working tree vs HEAD~1
     .venv/bin/python bench/ab.py --base main --candidate ../other-tree --pairs 8
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import subprocess
 import sys
@@ -35,17 +33,7 @@ if __package__ in (None, ""):
 
 from bench import loadgen
 from bench.loadgen import Target
-from bench.procs import (
-    PROXY_CORE,
-    PYTHON,
-    ROOT,
-    fake_upstream,
-    free_port,
-    gateway_config,
-    pin,
-    process,
-    wait_port,
-)
+from bench.procs import ROOT, fake_upstream, rtgate
 
 
 @contextlib.contextmanager
@@ -66,32 +54,17 @@ def source_tree(spec: str, tree: Path) -> Iterator[Path]:
         )
 
 
-@contextlib.contextmanager
-def gateway_from(tree: Path, config: Path, log: Path) -> Iterator[tuple[int, int]]:
-    """(port, pid) of one rtgate worker running ``tree``'s code, pinned to the proxy core."""
-    port = free_port()
-    argv = [*pin(PROXY_CORE), PYTHON, "-m", "rtgate", "serve", "-c", str(config)]
-    argv += ["--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    with process(argv, log=log, env=env, cwd=tree) as proc:
-        wait_port(port, proc=proc)
-        yield port, proc.pid
-
-
 def compare(
     base: Path, candidate: Path, *, pairs: int, sessions: int, seconds: float, workdir: Path
 ) -> dict[str, Any]:
     """Alternate base and candidate runs (the order flips every pair); every run's report."""
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "candidate": []}
     with fake_upstream(workdir) as (upstream_port, upstream_pid):
-        config = workdir / "rtgate.yaml"
-        config.write_text(gateway_config(upstream_port))
-        config.chmod(0o600)
         for pair in range(pairs):
             order = ("base", "candidate") if pair % 2 == 0 else ("candidate", "base")
             for side in order:
                 tree = base if side == "base" else candidate
-                with gateway_from(tree, config, workdir / f"{side}.log") as (port, pid):
+                with rtgate(workdir, upstream_port, tree=tree) as (port, pid):
                     url = f"ws://127.0.0.1:{port}/v1/realtime?model=bench-openai"
                     report = loadgen.run_load(
                         Target(url), sessions, seconds, pids=[pid], other_pids=[upstream_pid]

@@ -163,16 +163,19 @@ def rtgate_serve(config: Path, port: int, *extra: str) -> list[str]:
 
 @contextlib.contextmanager
 def rtgate(
-    workdir: Path, upstream_port: int, config_text: str | None = None
+    workdir: Path, upstream_port: int, config_text: str | None = None, *, tree: Path = ROOT
 ) -> Iterator[tuple[int, int]]:
     """(port, pid) of one rtgate worker pinned to the proxy core (the bench config unless
-    ``config_text`` is given)."""
+    ``config_text`` is given), running the code of source ``tree``: its working directory
+    and ``PYTHONPATH`` (``python -m`` puts the working directory first on ``sys.path``,
+    so the directory alone decides which rtgate is imported)."""
     config = workdir / "rtgate.yaml"
     config.write_text(config_text or gateway_config(upstream_port))
     config.chmod(0o600)  # rtgate refuses plain-text secrets in a world-readable file
     port = free_port()
     argv = [*pin(PROXY_CORE), *rtgate_serve(config, port)]
-    with process(argv, log=workdir / "rtgate.log") as proc:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    with process(argv, log=workdir / "rtgate.log", env=env, cwd=tree) as proc:
         wait_port(port, proc=proc)
         yield port, proc.pid
 

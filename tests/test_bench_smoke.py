@@ -26,7 +26,7 @@ import trio
 from bench import ab, chart, loadgen
 from bench.fake_upstream import start_in_thread
 from bench.floors import floor
-from bench.procs import gateway_config
+from bench.procs import gateway_config, rtgate
 from rtgate.testing.gateway import open_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -403,9 +403,9 @@ def test_warmstart_stage_adds_its_rows_and_keeps_the_rest(tmp_path: Path) -> Non
     assert "| metric | target | rtgate | " not in table  # no proxies measured in this file
 
 
-def test_ab_gateway_runs_the_code_of_its_own_tree(tmp_path: Path) -> None:
-    """The A/B tool's gateway imports rtgate from the tree it was given, not from this
-    checkout (``python -m`` puts the working directory first on ``sys.path``)."""
+def test_bench_gateway_runs_the_code_of_the_tree_it_is_given(tmp_path: Path) -> None:
+    """What the A/B tool relies on: the gateway imports rtgate from the tree it was given,
+    not from this checkout (``python -m`` puts the working directory first on ``sys.path``)."""
     tree = tmp_path / "tree"
     (tree / "rtgate").mkdir(parents=True)
     (tree / "rtgate" / "__init__.py").write_text("")
@@ -418,10 +418,9 @@ def test_ab_gateway_runs_the_code_of_its_own_tree(tmp_path: Path) -> None:
         "while True:\n"
         "    server.accept()[0].close()\n"
     )
-    log = tmp_path / "gateway.log"
-    with ab.gateway_from(tree, tmp_path / "unused.yaml", log):
+    with rtgate(tmp_path, upstream_port=1, tree=tree):
         pass
-    assert f"running {tree / 'rtgate' / '__init__.py'}" in log.read_text()
+    assert f"running {tree / 'rtgate' / '__init__.py'}" in (tmp_path / "rtgate.log").read_text()
 
 
 def test_ab_summary_counts_the_pairs_the_candidate_won() -> None:
