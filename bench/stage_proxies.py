@@ -12,13 +12,11 @@ upstream; and :func:`standalone`, one load run through a fresh pinned rtgate
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager as ContextManager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +70,12 @@ def measure_proxy(
     out["passthrough"] = ga
     out["cpu_s_per_1000_messages"] = ga.get("cpu_s_per_1000_messages")
 
-    def against_passthrough(mode: str, t: Target) -> None:
-        """``mode``'s CPU run, its cost, and that cost over GA passthrough's."""
-        run = cpu_run(t)
-        out[mode] = run
-        out[f"{mode}_cpu_s_per_1000_messages"] = run.get("cpu_s_per_1000_messages")
-        if ga.get("cpu_s_per_1000_messages") and run.get("cpu_s_per_1000_messages"):
-            out[f"{mode}_over_passthrough"] = round(
-                run["cpu_s_per_1000_messages"] / ga["cpu_s_per_1000_messages"], 2
-            )
-
     if beta:
-        against_passthrough("beta", target(beta=True))
+        record_mode(out, "beta", cpu_run(target(beta=True)))
     if gemini:
         # The same audio stream, translated to Gemini Live and back (bench.fake_upstream
         # answers realtimeInput.audio with a modelTurn carrying the same audio).
-        against_passthrough("gemini", gemini_target())
+        record_mode(out, "gemini", cpu_run(gemini_target()))
     out["sweep"], out["sessions_per_core_p99_50ms"] = sweep_sessions(
         target(), pids, plan, direct, fake_pid
     )
@@ -163,35 +151,32 @@ def _cpu_run(target: Target, pids: Sequence[int], plan: Plan, fake_pid: int) -> 
     )
 
 
+def record_mode(out: dict[str, Any], mode: str, run: dict[str, Any]) -> None:
+    """``mode``'s CPU run into a proxy's results: the run, its cost, and that cost over the
+    proxy's GA passthrough (``out["cpu_s_per_1000_messages"]``)."""
+    out[mode] = run
+    cpu = out[f"{mode}_cpu_s_per_1000_messages"] = run.get("cpu_s_per_1000_messages")
+    if cpu and out.get("cpu_s_per_1000_messages"):
+        out[f"{mode}_over_passthrough"] = round(cpu / out["cpu_s_per_1000_messages"], 2)
+
+
 def measure_tls_upstream(
     by_name: dict[str, dict[str, Any]], plan: Plan, workdir: Path, nginx_binary: str | None
 ) -> None:
     """GA passthrough to a ``wss://`` fake upstream (every real provider is TLS), through
-    rtgate and nginx: CPU per message and its ratio to the plain upstream's."""
+    rtgate and nginx: mode ``tls`` of their results."""
     server_pem, ca = tls_files(workdir)
     with fake_upstream(workdir, tls_cert=server_pem) as (tls_port, tls_pid):
 
-        @contextlib.contextmanager
-        def rtgate_tls() -> Iterator[tuple[int, list[int]]]:
-            with rtgate(workdir, tls_port, tls_gateway_config(tls_port, ca)) as (port, pid):
-                yield port, [pid]
+        def run(port: int, pids: list[int]) -> dict[str, Any]:
+            url = f"ws://127.0.0.1:{port}/v1/realtime?model=bench-openai"
+            return _cpu_run(Target(url), pids, plan, tls_pid)
 
-        proxies: list[tuple[str, Callable[[], ContextManager[tuple[int, list[int]]]]]] = [
-            ("rtgate", rtgate_tls)
-        ]
+        with rtgate(workdir, tls_port, tls_gateway_config(tls_port, ca)) as (port, pid):
+            record_mode(by_name["rtgate"], "tls", run(port, [pid]))
         if nginx_binary is not None and "nginx" in by_name:
-            proxies.append(
-                ("nginx", lambda: nginx(workdir, tls_port, nginx_binary, tls_upstream=True))
-            )
-        for name, start in proxies:
-            with start() as (port, pids):
-                url = f"ws://127.0.0.1:{port}/v1/realtime?model=bench-openai"
-                run = _cpu_run(Target(url), pids, plan, tls_pid)
-            out = by_name[name]
-            out["tls_upstream"] = run
-            cpu = out["tls_cpu_s_per_1000_messages"] = run.get("cpu_s_per_1000_messages")
-            if cpu and out.get("cpu_s_per_1000_messages"):
-                out["tls_over_passthrough"] = round(cpu / out["cpu_s_per_1000_messages"], 2)
+            with nginx(workdir, tls_port, nginx_binary, tls_upstream=True) as (port, pids):
+                record_mode(by_name["nginx"], "tls", run(port, pids))
 
 
 def sweep_sessions(

@@ -230,8 +230,8 @@ def test_run_all_quick_writes_json_and_markdown(tmp_path: Path) -> None:
     assert "| rtgate, Gemini-translated | 2 |" in table
     assert (tmp_path / "quick.svg").exists() == HAS_MATPLOTLIB
     # Through rtgate to a wss:// fake upstream (OpenSSL on both ends): audio comes back.
-    assert rtgate["tls_upstream"]["messages_received"] > 0
-    assert rtgate["tls_upstream"]["error_events"] == 0
+    assert rtgate["tls"]["messages_received"] > 0
+    assert rtgate["tls"]["error_events"] == 0
     assert rtgate["tls_cpu_s_per_1000_messages"] is not None
     assert "| CPU-s per 1000 messages, TLS upstream (wss://) |" in table
     floors = {f["name"]: f for f in data["floors"]}
