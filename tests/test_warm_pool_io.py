@@ -161,6 +161,16 @@ async def start(
     return pools, host
 
 
+async def filled(
+    nursery: trio.Nursery, cfg: GatewayConfig, provider: PairProvider
+) -> tuple[WarmPools, Host]:
+    """:func:`start`, then wait until every deployment holds its warm pool's size."""
+    pools, host = await start(nursery, cfg, provider)
+    size = sum(d.warm_pool.size for d in cfg.deployments if d.warm_pool is not None)
+    await until(lambda: idle(pools) == size)
+    return pools, host
+
+
 def _only(provider: PairProvider) -> Callable[[str], Provider]:
     return lambda name: provider
 
@@ -201,8 +211,7 @@ async def test_fills_to_size_and_hands_out_without_a_dial(
 ) -> None:
     provider = PairProvider()
     dep = deployment()
-    pools, host = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 2)
+    pools, host = await filled(nursery, config(dep), provider)
     assert len(provider.dial_times) == 2
     assert accounting(host, dep) == (2, 0)
     started = trio.current_time()
@@ -226,8 +235,7 @@ async def test_handed_over_reads_lose_nothing_and_repeat_nothing(
     hand-out and after it all reach the session once, in order."""
     provider = PairProvider()
     dep = deployment(size=1)
-    pools, _ = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 1)
+    pools, _ = await filled(nursery, config(dep), provider)
     peer = provider.peers[0]
     await peer.ws.send([b'{"type":"a"}'])  # while idle: kept for the session
     await trio.sleep(1)
@@ -256,8 +264,7 @@ async def test_a_connection_the_upstream_ended_is_never_handed_out(
 ) -> None:
     provider = PairProvider(serve=False)
     dep = deployment()
-    pools, host = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 2)
+    pools, host = await filled(nursery, config(dep), provider)
     order = [provider.peer_of[id(c.link)] for c in pools._sets["d"].idle]
     doomed, alive = order  # the hand-out tries the oldest first
     # The upstream ends the oldest connection and the client arrives in the same
@@ -287,8 +294,7 @@ async def test_upstream_close_while_idle_is_replaced_at_once(
 ) -> None:
     provider = PairProvider(serve=False)
     dep = deployment(size=1, refill_delay_seconds=7)
-    pools, _ = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 1)
+    pools, _ = await filled(nursery, config(dep), provider)
     await trio.sleep(30)
     await provider.peers[0].ws.close(1000, "idle timeout")
     closed_at = trio.current_time()
@@ -308,8 +314,7 @@ async def test_recycled_before_max_idle_and_never_empty_meanwhile(
 ) -> None:
     provider = PairProvider()
     dep = deployment(size=1, max_idle_seconds=60, ping_interval_seconds=0)
-    pools, host = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 1)
+    pools, host = await filled(nursery, config(dep), provider)
     lowest = 1
     for _ in range(2000):  # 200 virtual seconds
         await trio.sleep(0.1)
@@ -328,8 +333,7 @@ async def test_silent_upstream_is_dropped_and_an_answering_one_kept(
 ) -> None:
     answering = PairProvider()
     dep = deployment(size=1, ping_interval_seconds=5, max_idle_seconds=100)
-    pools, _ = await start(nursery, config(dep, ping_timeout=5), answering)
-    await until(lambda: idle(pools) == 1)
+    await filled(nursery, config(dep, ping_timeout=5), answering)
     await trio.sleep(90)
     assert len(answering.dial_times) == 1  # pinged and answered for 90 s
     assert answering.peers[0].ws.last_received > 80  # the pings arrived
@@ -365,8 +369,7 @@ async def test_shed_closes_idle_connections_before_returning(
 ) -> None:
     provider = PairProvider(serve=False)
     dep = deployment(size=2, cap=2)
-    pools, host = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 2)
+    pools, host = await filled(nursery, config(dep), provider)
     oldest = provider.peer_of[id(pools._sets["d"].idle[0].link)]
     sel = host.pool.select("g", trio.current_time())
     assert sel.next(trio.current_time()) == dep  # a session arrives at the cap
@@ -386,8 +389,7 @@ async def test_a_session_whose_target_differs_dials_fresh(
 ) -> None:
     provider = PairProvider()
     dep = deployment(size=1)
-    pools, _ = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 1)
+    pools, _ = await filled(nursery, config(dep), provider)
     assert await pools.take(dep, ctx(intent="transcription"), 0.0) is None
     assert (
         await pools.take(dep, ctx(forwarded_headers={"openai-safety-identifier": "u"}), 0.0) is None
@@ -403,8 +405,7 @@ async def test_gemini_style_connection_sends_nothing_until_the_session_does(
 ) -> None:
     provider = PairProvider(greets=False)
     dep = deployment(size=1)
-    pools, _ = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 1)
+    pools, _ = await filled(nursery, config(dep), provider)
     await trio.sleep(60)
     peer = provider.peers[0]
     assert peer.received == []  # no setup: that is the client's
@@ -423,8 +424,7 @@ async def test_a_client_leaving_during_the_check_leaves_the_connection_warm(
 ) -> None:
     provider = PairProvider(serve=False)
     dep = deployment(size=1)
-    pools, host = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 1)
+    pools, host = await filled(nursery, config(dep), provider)
     provider.peers[0].send_raw_now(encode_text(b'{"type":"x"}', mask=False))
     with trio.CancelScope() as scope:
         scope.cancel()
@@ -441,8 +441,7 @@ async def test_reload_keeps_unchanged_and_closes_changed_sets_drain_says_1001(
 ) -> None:
     provider = PairProvider()
     dep = deployment(size=2)
-    pools, host = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 2)
+    pools, host = await filled(nursery, config(dep), provider)
     reweighted = attrs.evolve(dep, weight=3.0, warm_pool=WarmPoolSettings(size=1))
     new = config(reweighted)
     host.pool.reconfigure(new, trio.current_time())
@@ -472,8 +471,7 @@ async def test_a_reloaded_max_idle_age_applies_to_open_connections(
 ) -> None:
     provider = PairProvider()
     dep = deployment(size=1, max_idle_seconds=120, ping_interval_seconds=0)
-    pools, host = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 1)
+    pools, host = await filled(nursery, config(dep), provider)
     await trio.sleep(50)
     younger = attrs.evolve(dep, warm_pool=WarmPoolSettings(size=1, max_idle_seconds=30))
     new = config(younger)
@@ -510,8 +508,7 @@ async def test_aclose_of_a_handed_out_link_stops_the_warm_reader(
 ) -> None:
     provider = PairProvider()
     dep = deployment(size=1)
-    pools, _ = await start(nursery, config(dep), provider)
-    await until(lambda: idle(pools) == 1)
+    pools, _ = await filled(nursery, config(dep), provider)
     link = await pools.take(dep, ctx(), trio.current_time())
     assert isinstance(link, WarmLink)
     assert not link.warm.reader_done.is_set()  # still the reader's pending receive
