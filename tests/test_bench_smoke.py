@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import trio
 
-from bench import ab, chart, loadgen
+from bench import ab, chart, loadgen, report
 from bench.fake_upstream import start_in_thread
 from bench.floors import floor
 from bench.procs import gateway_config, rtgate
@@ -437,3 +437,41 @@ def test_ab_summary_counts_the_pairs_the_candidate_won() -> None:
     assert summary["pairs"] == 3
     assert summary["cpu_mean"] == {"base": 0.0433, "candidate": 0.0417}
     assert summary["p50_mean_ms"] == {"base": 0.267, "candidate": 0.267}
+
+
+def test_report_says_when_the_generator_bounds_the_capacity() -> None:
+    """A capacity equal to the most sessions the sweep tried is the generator's limit, and
+    the report says so; the floor table divides rtgate's CPU by each relay's."""
+
+    def row(n: int) -> dict[str, object]:
+        return {
+            "sessions": n,
+            "messages_per_s": 120 * n,
+            "cpu_fraction": 0.5,
+            "cpu_s_per_1000_messages": 0.04,
+            "added_latency_ms_p50": 0.1,
+            "added_latency_ms_p99": 1.0,
+            "direct_latency_ms_p99": 0.5,
+            "send_lateness_ms_p99": 0.1,
+        }
+
+    def proxy(name: str, capacity: int, cpu: float) -> dict[str, object]:
+        return {
+            "name": name,
+            "sessions_per_core_p99_50ms": capacity,
+            "sweep_max_tried": 300,
+            "sweep": [row(250), row(300)],
+            "cpu_s_per_1000_messages": cpu,
+        }
+
+    table = report.markdown(
+        {
+            "date": "2026-01-01 00:00",
+            "machine": "2 cores",
+            "proxies": [proxy("rtgate", 300, 0.045), proxy("nginx", 250, 0.015)],
+            "floors": [{"name": "byte pipe on trio", "cpu_s_per_1000_messages": 0.03}],
+        }
+    )
+    capacity = "| sessions per core at added p99 < 50 ms | >= 200 |"
+    assert f"{capacity} >= 300 (generator limit) | 250 | 50 |" in table
+    assert "| rtgate's CPU over this one's | 1.00 | 1.50 | 3.00 |" in table
