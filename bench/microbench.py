@@ -19,10 +19,11 @@ from collections.abc import Callable
 import orjson
 from websockets.protocol import OPEN, Protocol, Side
 
-from rtgate.metrics import RelayCounters
 from rtgate.net.fastframes import MessageReader, encode_text
-from rtgate.relay import _scrub_error_events, _size
-from rtgate.translate.base import Frame, Outbox, Translator
+from rtgate.session.counters import RelayCounters
+from rtgate.session.relay import _scrub_error_events, _size
+from rtgate.translate.base import Outbox, Translator
+from rtgate.wire import Frame
 
 ROUNDS = 200_000
 SYSCALL_ROUNDS = 50_000

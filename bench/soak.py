@@ -84,7 +84,7 @@ def _tasks() -> int:
 
 async def serve_child(config_path: str, port: int, samples_path: str, every: float) -> None:
     from rtgate.config.load import load_config
-    from rtgate.server import ServerHandle, serve
+    from rtgate.edge.server import ServerHandle, serve
     from rtgate.telemetry.eventlog import EventLogger
 
     config = load_config(config_path).config

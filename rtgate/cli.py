@@ -1,6 +1,6 @@
 """The command line: ``rtgate serve``, ``rtgate check``, ``rtgate --version``.
 
-Edge code only: parse flags, load config, hand over to :mod:`rtgate.server`.
+Edge code only: parse flags, load config, hand over to :mod:`rtgate.edge.server`.
 A :class:`ConfigError` becomes ``file:line: what is wrong`` and exit status 1.
 """
 
@@ -28,7 +28,7 @@ def _load(path: str) -> LoadResult:
 
 
 def setup_logging(level: str, fmt: str) -> None:
-    from rtgate.logs import configure
+    from rtgate.edge.logs import configure
 
     configure(level, fmt)
 
@@ -52,8 +52,8 @@ def serve(
     config_path: str, host: str | None, port: int | None, workers: str, listen_fd: int | None
 ) -> None:
     """Start the gateway and serve until SIGTERM/SIGINT (SIGHUP reloads the config)."""
-    from rtgate.server import config_summary, run_until_signalled
-    from rtgate.supervisor import listener_from_fd, supervise, worker_count
+    from rtgate.edge.server import config_summary, run_until_signalled
+    from rtgate.edge.supervisor import listener_from_fd, supervise, worker_count
 
     result = _load(config_path)
     exposed = world_readable_secrets(config_path, result)

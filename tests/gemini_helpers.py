@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 from google.genai import types
 
-from rtgate.translate.base import Binary, Outbox
-from rtgate.translate.gemini import GeminiTranslator
+from rtgate.translate.base import Outbox
+from rtgate.translate.gemini.translator import GeminiTranslator
+from rtgate.wire import Binary
 
 MODEL = "models/gemini-live-2.5-flash-preview"
 

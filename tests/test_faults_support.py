@@ -26,7 +26,7 @@ from websockets.protocol import CLOSED
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from rtgate.server import ServerHandle
+from rtgate.edge.server import ServerHandle
 from tests.conftest import CLIENT_KEY, gateway_yaml, openai_deployment
 
 _QUIET = logging.getLogger("tests.rawws")

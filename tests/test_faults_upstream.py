@@ -18,7 +18,7 @@ import trio
 import trustme
 from websockets.frames import Frame, Opcode
 
-from rtgate.server import ServerHandle
+from rtgate.edge.server import ServerHandle
 from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway
 from tests.conftest import UPSTREAM_KEY, gateway_yaml, openai_deployment

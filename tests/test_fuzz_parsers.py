@@ -20,7 +20,7 @@ from rtgate.aws.eventstream import Decoder, EventStreamError, Int32, encode_mess
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.protocol.events import parse_event, sniff_type
-from rtgate.translate.base import Binary
+from rtgate.wire import Binary
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -15,11 +15,12 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtgate.translate.base import Binary, Frame, Outbox, Translator
-from rtgate.translate.gemini import GeminiTranslator
-from rtgate.translate.mock import MockModel
-from rtgate.translate.nova import NovaTranslator
+from rtgate.mockmodel.translator import MockModel
+from rtgate.translate.base import Outbox, Translator
+from rtgate.translate.gemini.translator import GeminiTranslator
+from rtgate.translate.nova.translator import NovaTranslator
 from rtgate.translate.xai import XaiTranslator
+from rtgate.wire import Binary, Frame
 
 TRANSLATORS: dict[str, Callable[[], Translator]] = {
     "openai": Translator,

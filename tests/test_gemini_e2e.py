@@ -16,7 +16,7 @@ from rtgate.errors import UpstreamClosed
 from rtgate.net.upstream_ws import dial_websocket
 from rtgate.testing.fake_gemini import FakeGeminiServer, FakeTokenEndpoint, make_service_account
 from rtgate.testing.gateway import open_gateway
-from rtgate.translate.base import Binary
+from rtgate.wire import Binary
 from tests.conftest import CLIENT_KEY, gateway_yaml
 from tests.wsclient import connect, recv_json, send_json
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from rtgate.protocol.events import appended_audio, audio_field, is_base64
 from rtgate.translate.base import Outbox
-from rtgate.translate.gemini_output import ResponseWriter
+from rtgate.translate.gemini.output import ResponseWriter
 
 
 def _writer(out: Outbox) -> ResponseWriter:

@@ -8,7 +8,7 @@ import pytest
 
 from rtgate.translate import audio
 from rtgate.translate.base import CloseClient
-from rtgate.translate.gemini import GeminiTranslator, parse_duration
+from rtgate.translate.gemini.translator import GeminiTranslator, parse_duration
 from tests.gemini_helpers import (
     MODEL,
     Driver,

@@ -12,11 +12,11 @@ import trio.testing
 
 from rtgate.config.model import Deployment, GatewayConfig, RouterSettings, Secret
 from rtgate.errors import UpstreamConnectError, UpstreamRejected
-from rtgate.health_checks import provider_connect, run_health_checks
-from rtgate.pool import Pool
+from rtgate.pool.router import Pool
 from rtgate.providers.base import UpstreamLink
+from rtgate.session.health_checks import provider_connect, run_health_checks
 from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
-from rtgate.translate.base import Frame
+from rtgate.wire import Frame
 from tests.conftest import UPSTREAM_KEY
 
 

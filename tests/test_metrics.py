@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from rtgate.metrics import LatencyHistogram, PrometheusMetrics, RelayCounters, _event_log
+from rtgate.control.metrics import PrometheusMetrics, _event_log
+from rtgate.session.counters import LatencyHistogram, RelayCounters
 from rtgate.testing.gateway import open_gateway
 from tests.test_faults_support import sessions_idle
 from tests.test_ops_support import MASTER, http_get, parse_metrics, value

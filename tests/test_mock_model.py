@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.realtime import RealtimeServerEvent
 
+from rtgate.mockmodel.translator import MockModel, audio_chunks, peak_level
 from rtgate.testing.gateway import open_gateway
-from rtgate.translate.base import Binary, Outbox
-from rtgate.translate.mock import MockModel, audio_chunks, peak_level
+from rtgate.translate.base import Outbox
+from rtgate.wire import Binary
 from tests.wsclient import connect, recv_json, recv_until, send_json
 
 GA_SERVER = pydantic.TypeAdapter(RealtimeServerEvent)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from rtgate.translate.audio import pcm16_to_ulaw
 from rtgate.translate.base import Outbox
-from rtgate.translate.nova import USAGE_GRACE, NovaDefaults, NovaTranslator
+from rtgate.translate.nova.translator import USAGE_GRACE, NovaDefaults, NovaTranslator
 
 MODEL = "amazon.nova-sonic-v1:0"
 

@@ -6,9 +6,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from rtgate.relay import _bounded
+from rtgate.session.relay import _bounded
 from rtgate.testing.gateway import open_gateway
-from rtgate.translate.base import Binary, Frame
+from rtgate.wire import Binary, Frame
 from tests.test_faults_support import sessions_idle
 from tests.test_ops_support import MASTER, close_code, scrape, value
 from tests.wsclient import connect, raw_handshake, recv_json, send_json

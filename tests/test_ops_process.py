@@ -16,7 +16,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from rtgate.systemd import Notifier, monotonic_usec, parse_message
+from rtgate.edge.systemd import Notifier, monotonic_usec, parse_message
 from tests.test_ops_support import (
     MASTER,
     Child,

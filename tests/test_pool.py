@@ -12,8 +12,8 @@ import pytest
 
 from rtgate.config.model import Deployment, GatewayConfig, RouterSettings, Secret
 from rtgate.errors import AllDeploymentsBusy, NoDeploymentAvailable, UnknownModel
-from rtgate.pool import Pool, Selection
-from rtgate.pool_strategy import integer_weights, smooth_wrr_pick
+from rtgate.pool.router import Pool, Selection
+from rtgate.pool.strategy import integer_weights, smooth_wrr_pick
 
 
 def dep(name: str, group: str = "rt", **kwargs: object) -> Deployment:

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtgate.config.model import Deployment, GatewayConfig, RouterSettings
-from rtgate.pool import Pool, Selection
-from rtgate.pool_strategy import integer_weights, smooth_wrr_pick
+from rtgate.pool.router import Pool, Selection
+from rtgate.pool.strategy import integer_weights, smooth_wrr_pick
 
 weight_lists = st.lists(st.integers(0, 12), min_size=1, max_size=6).filter(any)
 

@@ -12,9 +12,9 @@ from websockets.protocol import Protocol as WsProtocol
 from rtgate.config.model import Limits
 from rtgate.net.wsconn import WsConnection
 from rtgate.providers.mock import NullLink
-from rtgate.relay import Relay
-from rtgate.translate.base import Frame as Message
+from rtgate.session.relay import Relay
 from rtgate.translate.base import Outbox, Translator
+from rtgate.wire import Frame as Message
 
 
 class _Exploding(Translator):

@@ -12,8 +12,8 @@ import trustme
 from trio_websocket import open_websocket_url
 
 from rtgate.config.load import parse_text
+from rtgate.edge.server import check_exposure
 from rtgate.errors import ConfigError
-from rtgate.server import check_exposure
 from rtgate.testing.gateway import open_gateway
 from tests.conftest import CLIENT_KEY
 from tests.test_ops_support import http_get

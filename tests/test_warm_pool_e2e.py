@@ -11,8 +11,8 @@ from collections.abc import Callable
 import trio
 
 from rtgate.config.load import parse_text
-from rtgate.metrics import render
-from rtgate.server import ServerHandle
+from rtgate.control.metrics import render
+from rtgate.edge.server import ServerHandle
 from rtgate.testing.fake_gemini import FakeGeminiServer
 from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway

@@ -33,10 +33,10 @@ from rtgate.errors import UpstreamClosed, UpstreamConnectError
 from rtgate.net.fastframes import encode_text
 from rtgate.net.upstream_ws import WsUpstream
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
-from rtgate.pool import Pool
+from rtgate.pool.router import Pool
 from rtgate.providers.base import Provider, SessionContext
 from rtgate.providers.websocket import WebSocketProvider, WsTarget
-from rtgate.warm_pool import WarmLink, WarmPools
+from rtgate.session.warm_pool import WarmLink, WarmPools
 
 CREATED = b'{"type":"session.created","session":{"id":"sess_up"}}'
 DELAY = 0.3

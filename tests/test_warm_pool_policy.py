@@ -14,10 +14,9 @@ from hypothesis import strategies as st
 from rtgate.config.load import parse_text
 from rtgate.config.model import Deployment, GatewayConfig, RouterSettings, WarmPoolSettings
 from rtgate.errors import ConfigError
-from rtgate.pool import Pool
-from rtgate.pool_state import Phase
-from rtgate.translate.base import Binary
-from rtgate.warm_policy import (
+from rtgate.pool.router import Pool
+from rtgate.pool.state import Phase
+from rtgate.pool.warm_policy import (
     MAX_IDLE_FRAMES,
     VERTEX_MAX_IDLE_SECONDS,
     RefillBackoff,
@@ -26,6 +25,7 @@ from rtgate.warm_policy import (
     is_young_death,
     recycle_at,
 )
+from rtgate.wire import Binary
 
 WARM = WarmPoolSettings(size=2)
 
@@ -120,10 +120,10 @@ def test_vertex_bound_follows_the_token_refresh_margin() -> None:
 
 def test_policy_module_is_pure() -> None:
     for name in list(sys.modules):
-        if name == "rtgate.warm_policy":
+        if name == "rtgate.pool.warm_policy":
             del sys.modules[name]
     before = set(sys.modules)
-    importlib.import_module("rtgate.warm_policy")
+    importlib.import_module("rtgate.pool.warm_policy")
     loaded = set(sys.modules) - before
     assert not {m for m in loaded if m.split(".")[0] in ("trio", "hypercorn", "websockets")}
 

@@ -18,7 +18,7 @@ from websockets.streams import StreamReader
 
 from rtgate.net.fastframes import MessageReader, encode_text, library_idle
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
-from rtgate.translate.base import Binary
+from rtgate.wire import Binary
 
 
 def _pair(max_size: int = 1 << 20) -> tuple[WsConnection, trio.abc.Stream, WsProtocol]:

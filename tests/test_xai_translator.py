@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.realtime import RealtimeServerEvent
 
-from rtgate.translate.base import Binary, Outbox
+from rtgate.translate.base import Outbox
 from rtgate.translate.xai import XaiTranslator, full_usage
+from rtgate.wire import Binary
 
 GA_SERVER = pydantic.TypeAdapter(RealtimeServerEvent)
 IDS = {"response_id": "resp_1", "item_id": "item_1"}

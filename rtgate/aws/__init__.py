@@ -1,4 +1,4 @@
 """AWS plumbing for the Bedrock provider: event-stream framing, SigV4, credentials, HTTP/2.
 
-Nothing here knows Nova Sonic's events; ``rtgate.translate.nova`` does.
+Nothing here knows Nova Sonic's events; ``rtgate.translate.nova.translator`` does.
 """

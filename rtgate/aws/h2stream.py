@@ -44,7 +44,7 @@ from rtgate.aws.eventstream import Decoder, EventStreamError, encode_headers, en
 from rtgate.aws.sigv4 import EventSigner
 from rtgate.errors import UpstreamClosed, UpstreamConnectError, UpstreamRejected, scrub
 from rtgate.net.tls import TlsSocketStream
-from rtgate.translate.base import Binary, Frame
+from rtgate.wire import Binary, Frame
 
 RECEIVE_WINDOW: Final = 1024 * 1024
 """Bytes Bedrock may send ahead of what rtgate has consumed (per stream and connection)."""

@@ -468,8 +468,8 @@ def _validate_sinks(ctx: _Ctx, sinks: tuple[Mapping[str, object], ...], line: in
 
 
 def _validate_providers(ctx: _Ctx, deployments: tuple[Deployment, ...], nodes: list[Any]) -> None:
+    from rtgate.pool.warm_policy import settings_problems
     from rtgate.providers import get_provider
-    from rtgate.warm_policy import settings_problems
 
     for dep, node in zip(deployments, nodes, strict=True):
         try:

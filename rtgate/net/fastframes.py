@@ -33,8 +33,8 @@ try:
 except ImportError:  # pragma: no cover - the C extension ships with every wheel
     from websockets.utils import apply_mask
 
-from rtgate.translate.base import Binary
-from rtgate.translate.base import Frame as Message
+from rtgate.wire import Binary
+from rtgate.wire import Frame as Message
 
 _TEXT = 0x1
 _BINARY = 0x2

@@ -26,7 +26,7 @@ from rtgate.config.model import TlsSettings
 from rtgate.errors import UpstreamClosed, UpstreamConnectError, UpstreamRejected
 from rtgate.net.tls import TlsSocketStream
 from rtgate.net.wsconn import _QUIET, READ_SIZE, ConnectionClosed, WsConnection
-from rtgate.translate.base import Frame
+from rtgate.wire import Frame
 
 _ssl_contexts: dict[TlsSettings, ssl.SSLContext] = {}
 

@@ -27,8 +27,8 @@ from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 from rtgate.net import readable_now
 from rtgate.net.fastframes import MessageReader, encode_text, library_idle
 from rtgate.net.tls import TlsSocketStream
-from rtgate.translate.base import Binary
-from rtgate.translate.base import Frame as Message
+from rtgate.wire import Binary
+from rtgate.wire import Frame as Message
 
 # 64 KiB: a read buffer past glibc's mmap threshold (128 KiB) costs an mmap/munmap
 # pair per read, which tripled the cost of reading one 1.4 KB audio frame.

@@ -23,7 +23,8 @@ from typing import Protocol
 import attrs
 
 from rtgate.config.model import Deployment
-from rtgate.translate.base import Frame, Translator
+from rtgate.translate.base import Translator
+from rtgate.wire import Frame
 
 
 @attrs.frozen

@@ -35,7 +35,7 @@ from rtgate.config.model import Deployment, TlsSettings
 from rtgate.errors import UpstreamClosed, UpstreamConnectError
 from rtgate.providers.base import SessionContext, UpstreamLink
 from rtgate.translate.base import Translator
-from rtgate.translate.nova import NovaDefaults, NovaTranslator
+from rtgate.translate.nova.translator import NovaDefaults, NovaTranslator
 
 SERVICE = "bedrock"
 DEFAULT_HEADER_WAIT = 1.0

@@ -12,8 +12,8 @@ from rtgate.config.model import Deployment
 from rtgate.net.upstream_ws import websocket_url
 from rtgate.providers.base import SessionContext
 from rtgate.providers.websocket import WebSocketProvider, WsTarget
-from rtgate.translate.gemini import GeminiTranslator
-from rtgate.translate.gemini_setup import model_path
+from rtgate.translate.gemini.setup import model_path
+from rtgate.translate.gemini.translator import GeminiTranslator
 
 DEFAULT_HOST = "wss://generativelanguage.googleapis.com"
 API_VERSIONS = ("v1beta", "v1alpha")

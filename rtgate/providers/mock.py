@@ -1,7 +1,7 @@
 """The built-in ``mock/`` provider: an in-process realtime model, no network, no key.
 
 It lets a newcomer try rtgate in a minute and serves smoke and load tests. The
-model itself is the pure :class:`rtgate.translate.mock.MockModel`; its upstream
+model itself is the pure :class:`rtgate.mockmodel.translator.MockModel`; its upstream
 link carries nothing (the translator answers the client directly).
 """
 
@@ -13,9 +13,10 @@ import trio
 
 from rtgate.config.model import Deployment
 from rtgate.errors import UpstreamClosed
+from rtgate.mockmodel.translator import MockModel
 from rtgate.providers.base import SessionContext
-from rtgate.translate.base import Frame, Translator
-from rtgate.translate.mock import MockModel
+from rtgate.translate.base import Translator
+from rtgate.wire import Frame
 
 
 class NullLink:

@@ -20,8 +20,8 @@ from rtgate.providers.base import SessionContext
 from rtgate.providers.gemini import setup_wait
 from rtgate.providers.google_auth import ServiceAccount, token_source
 from rtgate.providers.websocket import WebSocketProvider, WsTarget
-from rtgate.translate.gemini import GeminiTranslator
-from rtgate.translate.gemini_setup import model_path
+from rtgate.translate.gemini.setup import model_path
+from rtgate.translate.gemini.translator import GeminiTranslator
 
 DEFAULT_LOCATION = "us-central1"
 PATH = "/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent"

@@ -32,7 +32,7 @@ class WebSocketProvider:
     """The provider sends an event as soon as the socket opens (OpenAI's ``session.created``)."""
     warmable = True
     """Connections can be opened before a client asks (``warm_pool``): the dial depends only
-    on :meth:`target`, which :mod:`rtgate.warm_pool` compares per session."""
+    on :meth:`target`, which :mod:`rtgate.session.warm_pool` compares per session."""
 
     def validate(self, deployment: Deployment) -> list[str]:
         return []

@@ -28,8 +28,8 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from rtgate.mockmodel.translator import MockModel
 from rtgate.translate.base import Outbox
-from rtgate.translate.mock import MockModel
 
 
 @attrs.define

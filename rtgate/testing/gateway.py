@@ -14,7 +14,7 @@ import trio
 
 from rtgate.config.load import parse_text
 from rtgate.config.model import GatewayConfig
-from rtgate.server import ServerHandle, serve
+from rtgate.edge.server import ServerHandle, serve
 
 
 @asynccontextmanager

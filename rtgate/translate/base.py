@@ -8,7 +8,7 @@ plain function calls.
 
 Frames are WebSocket messages: ``bytes`` is a *text* message (UTF-8 JSON, as
 received or as ``orjson.dumps`` produces it, so passthrough never decodes);
-:class:`Binary` wraps a binary message. For non-WebSocket upstreams (Bedrock)
+:class:`rtgate.wire.Binary` wraps a binary message. For non-WebSocket upstreams (Bedrock)
 the upstream transport delivers and takes the provider's event JSON as
 ``bytes`` in the same way.
 
@@ -35,16 +35,7 @@ import attrs
 import orjson
 
 from rtgate.protocol.events import parse_event
-
-
-@attrs.frozen(slots=True)
-class Binary:
-    """A binary WebSocket message (text messages are plain ``bytes``)."""
-
-    data: bytes
-
-
-Frame = bytes | Binary
+from rtgate.wire import Frame
 
 
 @attrs.frozen(slots=True)

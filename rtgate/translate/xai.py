@@ -36,7 +36,8 @@ from typing import Final
 import orjson
 
 from rtgate.protocol.events import parse_event, sniff_type
-from rtgate.translate.base import Frame, Outbox, Translator, flatten_usage, new_id
+from rtgate.translate.base import Outbox, Translator, flatten_usage, new_id
+from rtgate.wire import Frame
 
 Json = dict[str, object]
 

@@ -1,6 +1,6 @@
 """Client events other than ``session.update``, translated into Gemini Live input.
 
-Pure. Each handler takes the :class:`~rtgate.translate.gemini.GeminiTranslator`
+Pure. Each handler takes the :class:`~rtgate.translate.gemini.translator.GeminiTranslator`
 whose session it acts on and appends to an :class:`Outbox`. Owns:
 ``input_audio_buffer.append`` (the hot path: the base64 audio is cut out of
 the frame without parsing the JSON and re-wrapped as ``realtimeInput``; only
@@ -21,10 +21,10 @@ import orjson
 from rtgate.protocol.events import appended_audio, is_base64
 from rtgate.translate import audio
 from rtgate.translate.base import Outbox, error_event, invalid_audio_error, new_id
-from rtgate.translate.gemini_setup import AudioFormat
+from rtgate.translate.gemini.setup import AudioFormat
 
 if TYPE_CHECKING:
-    from rtgate.translate.gemini import GeminiTranslator
+    from rtgate.translate.gemini.translator import GeminiTranslator
 
 Handler = Callable[["GeminiTranslator", dict[str, Any], Outbox, float], None]
 

@@ -4,7 +4,7 @@ Owns what a mock response says and in which order, as OpenAI's GA Realtime
 API does (``/work/shared/reference/protocols.md`` 2.5): ``response.created``,
 the output item and content part, text deltas or tone audio deltas
 interleaved word by word with their transcript, ``response.done`` with GA
-usage. Also the pieces :mod:`rtgate.translate.mock` shares with it:
+usage. Also the pieces :mod:`rtgate.mockmodel.translator` shares with it:
 :func:`emit` (every server event with a fresh ``event_id``), :func:`parts`,
 the ``response`` parameter checks and the deterministic reply text.
 
@@ -23,9 +23,8 @@ from typing import Final
 
 import attrs
 
-from rtgate.translate.base import Outbox, flatten_usage, get_path, new_id
-from rtgate.translate.mock_audio import CHUNK_MS, FORMATS, audio_chunks
-from rtgate.translate.mock_session import (
+from rtgate.mockmodel.audio import CHUNK_MS, FORMATS, audio_chunks
+from rtgate.mockmodel.session import (
     Json,
     check_format,
     check_keys,
@@ -34,6 +33,7 @@ from rtgate.translate.mock_session import (
     check_voice,
     invalid,
 )
+from rtgate.translate.base import Outbox, flatten_usage, get_path, new_id
 
 _INPUT_MS_PER_TOKEN: Final = 100  # roughly what OpenAI bills for user audio
 _OUTPUT_MS_PER_TOKEN: Final = 50  # and for assistant audio

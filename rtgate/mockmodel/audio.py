@@ -1,6 +1,6 @@
 """The mock model's audio: a precomputed sine tone and a cheap loudness probe.
 
-Owns everything :mod:`rtgate.translate.mock` knows about sound: the formats it
+Owns everything :mod:`rtgate.mockmodel.translator` knows about sound: the formats it
 accepts (24 kHz PCM16, 8 kHz µ-law and A-law, coded by
 :mod:`rtgate.translate.audio`), the tone it answers with (cut in
 ``CHUNK_MS`` chunks, base64-encoded once at import so a reply costs no

@@ -27,10 +27,10 @@ now (nginx's smooth weighted round-robin by default; ``least-busy``;
 ``simple-shuffle``), failover continues through the rest of the group in file
 order after it, weight-0 (standby) deployments last, then the groups named in
 ``router_settings.fallbacks``. Health (cooldowns, half-open trials) lives in
-:mod:`rtgate.pool_state`; the group rule that caps ejections
+:mod:`rtgate.pool.state`; the group rule that caps ejections
 (``max_ejection_percent``) lives here.
 
-Active health checks (:mod:`rtgate.health_checks`) ask
+Active health checks (:mod:`rtgate.session.health_checks`) ask
 :meth:`Pool.claim_health_checks` what to dial and report back with
 :meth:`Pool.report_probe`.
 """
@@ -46,8 +46,8 @@ import attrs
 
 from rtgate.config.model import Deployment, GatewayConfig, RouterSettings
 from rtgate.errors import AllDeploymentsBusy, NoDeploymentAvailable, UnknownModel
-from rtgate.pool_state import DeploymentState, Gate, Phase
-from rtgate.pool_strategy import integer_weights, smooth_wrr_pick
+from rtgate.pool.state import DeploymentState, Gate, Phase
+from rtgate.pool.strategy import integer_weights, smooth_wrr_pick
 
 log = logging.getLogger("rtgate.pool")
 
@@ -406,7 +406,7 @@ class Pool:
         if state.phase is Phase.HALF_OPEN:
             state.trial_in_flight = False
 
-    # -- warm connections (rtgate.warm_pool does the I/O) -------------------------------
+    # -- warm connections (rtgate.session.warm_pool does the I/O) -------------------------------
 
     def _current(self, dep: Deployment) -> DeploymentState | None:
         """The state of ``dep`` if it is configured now exactly as given (not retired)."""

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from rtgate.gateway import REALTIME_PATHS, Gateway
 from rtgate.net.tls import TlsSocketStream
+from rtgate.session.gateway import REALTIME_PATHS, Gateway
 
 log = logging.getLogger("rtgate.front")
 

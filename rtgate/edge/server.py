@@ -30,12 +30,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from rtgate.config.model import GatewayConfig
-from rtgate.control import ControlApp, MetricsRenderer
+from rtgate.control.app import ControlApp, MetricsRenderer
+from rtgate.edge.front import Front
+from rtgate.edge.systemd import Notifier
 from rtgate.errors import ConfigError
-from rtgate.gateway import Gateway
-from rtgate.health_checks import provider_connect, run_health_checks
-from rtgate.net.front import Front
-from rtgate.systemd import Notifier
+from rtgate.session.gateway import Gateway
+from rtgate.session.health_checks import provider_connect, run_health_checks
 
 log = logging.getLogger("rtgate.server")
 
@@ -110,7 +110,7 @@ async def serve(
 ) -> None:
     """Run the gateway until ``stop`` is set, then drain and return.
 
-    ``metrics`` defaults to the Prometheus renderer of :mod:`rtgate.metrics`;
+    ``metrics`` defaults to the Prometheus renderer of :mod:`rtgate.control.metrics`;
     ``hurry``, set during the drain, cuts it short.
     """
     host = config.server.host if host is None else host
@@ -119,7 +119,7 @@ async def serve(
     stop = trio.Event() if stop is None else stop
     hurry = trio.Event() if hurry is None else hurry
     if metrics is None:
-        from rtgate.metrics import PrometheusMetrics
+        from rtgate.control.metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics()
     gateway = Gateway(config, event_log=event_log)  # type: ignore[arg-type]
@@ -353,7 +353,7 @@ def config_summary(config: GatewayConfig) -> str:
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    from rtgate.logs import configure
+    from rtgate.edge.logs import configure
 
     configure(level, fmt)
 

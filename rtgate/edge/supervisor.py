@@ -11,7 +11,7 @@ own as its drain starts, so the port stops accepting.
 
 Workers are ordinary ``rtgate serve`` processes. Each reports to the
 supervisor over its own notify socket with the systemd protocol
-(:mod:`rtgate.systemd`): ``READY=1`` when listening, ``WATCHDOG=1`` pings. The
+(:mod:`rtgate.edge.systemd`): ``READY=1`` when listening, ``WATCHDOG=1`` pings. The
 supervisor owns the signals: TERM/INT -> ``STOPPING=1``, close its copy of the
 socket, forward TERM, wait for the drains (a second TERM is forwarded too, to
 hurry them); HUP -> validate the config, and if it is good, forward HUP (each
@@ -40,8 +40,8 @@ import attrs
 import trio
 
 from rtgate.config.model import GatewayConfig
+from rtgate.edge.systemd import Notifier, parse_message
 from rtgate.errors import ConfigError
-from rtgate.systemd import Notifier, parse_message
 
 log = logging.getLogger("rtgate.supervisor")
 
@@ -156,7 +156,7 @@ class Supervisor:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> int:
         """Serve until told to stop; return the exit status (0 after a clean drain)."""
-        from rtgate.server import check_exposure
+        from rtgate.edge.server import check_exposure
 
         check_exposure(self.config, self.host)
         runtime = tempfile.mkdtemp(prefix="rtgate-sup-")
@@ -323,7 +323,7 @@ class Supervisor:
                 worker.process.kill()
 
     def _reload(self) -> None:
-        from rtgate.server import reload_config
+        from rtgate.edge.server import reload_config
 
         self.notifier.reloading()
         try:

@@ -1,9 +1,9 @@
 """Warm pool decisions, without I/O: validation, refill backoff, recycling, idle frames.
 
-Pure: no trio, no sockets; time is an argument. :mod:`rtgate.warm_pool` does
+Pure: no trio, no sockets; time is an argument. :mod:`rtgate.session.warm_pool` does
 the dialing and watching and asks this module what to do. Capacity (how many
 warm connections a deployment may hold next to its sessions) is the pool's
-question: :meth:`rtgate.pool.Pool.claim_warm_dial` and friends.
+question: :meth:`rtgate.pool.router.Pool.claim_warm_dial` and friends.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import attrs
 import orjson
 
 from rtgate.config.model import Deployment, WarmPoolSettings
-from rtgate.translate.base import Binary
+from rtgate.wire import Binary
 
 VERTEX_MAX_IDLE_SECONDS = 240.0
 """A Vertex access token is replaced when less than 300 s of it remain

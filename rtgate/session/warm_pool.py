@@ -5,8 +5,8 @@ deployment, one :class:`WarmSet` keeps ``size`` idle connections dialed with a
 canonical :class:`SessionContext` (no intent, nothing forwarded); the
 gateway's ``_dial`` asks :meth:`WarmPools.take` for one after the pool chose
 the deployment, and dials fresh when none fits. Decisions without I/O live in
-:mod:`rtgate.warm_policy`; capacity and health accounting in the pool
-(:meth:`rtgate.pool.Pool.claim_warm_dial` and friends).
+:mod:`rtgate.pool.warm_policy`; capacity and health accounting in the pool
+(:meth:`rtgate.pool.router.Pool.claim_warm_dial` and friends).
 
 Tasks, all in the nursery :meth:`WarmPools.run` opens (the server starts it):
 
@@ -37,18 +37,19 @@ import trio
 from rtgate.config.model import Deployment, GatewayConfig, WarmPoolSettings
 from rtgate.errors import UpstreamClosed, UpstreamConnectError, scrub
 from rtgate.net.upstream_ws import WsUpstream
-from rtgate.pool import Pool, dial_identity
-from rtgate.providers import connect_bounded, get_provider
-from rtgate.providers.base import Provider, SessionContext, UpstreamLink
-from rtgate.providers.websocket import WebSocketProvider, WsTarget
-from rtgate.translate.base import Frame, new_id
-from rtgate.warm_policy import (
+from rtgate.pool.router import Pool, dial_identity
+from rtgate.pool.warm_policy import (
     RefillBackoff,
     dials_wanted,
     idle_frames_problem,
     is_young_death,
     recycle_at,
 )
+from rtgate.providers import connect_bounded, get_provider
+from rtgate.providers.base import Provider, SessionContext, UpstreamLink
+from rtgate.providers.websocket import WebSocketProvider, WsTarget
+from rtgate.translate.base import new_id
+from rtgate.wire import Frame
 
 log = logging.getLogger("rtgate.warm")
 

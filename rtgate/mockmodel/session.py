@@ -1,6 +1,6 @@
 """The mock model's session: OpenAI's GA defaults, ``session.update`` validation and merging.
 
-Owns what :mod:`rtgate.translate.mock` accepts and refuses in client events:
+Owns what :mod:`rtgate.mockmodel.translator` accepts and refuses in client events:
 :class:`Rejected` (a refusal OpenAI answers with an ``error`` event) with the
 helpers that word it the way OpenAI does (``missing_required_parameter``,
 ``invalid_value``, ``unknown_parameter``), the checks shared by
@@ -17,8 +17,8 @@ from typing import Final
 
 import orjson
 
+from rtgate.mockmodel.audio import FORMATS, PCM_RATE
 from rtgate.translate.base import new_id
-from rtgate.translate.mock_audio import FORMATS, PCM_RATE
 
 Json = dict[str, object]
 

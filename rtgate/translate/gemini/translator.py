@@ -3,11 +3,11 @@
 Pure translator (no I/O, time arrives as ``now``). :class:`GeminiTranslator`
 owns one session's state and its lifetime across connections: the one-shot
 ``setup`` (built from the client's first ``session.update``, or defaults after
-``setup_wait`` seconds; :mod:`~rtgate.translate.gemini_setup`), input held
+``setup_wait`` seconds; :mod:`~rtgate.translate.gemini.setup`), input held
 until Gemini accepts that setup, the dispatch of client events (handlers in
-:mod:`~rtgate.translate.gemini_input`), Gemini's messages (output turned into
-GA events by :mod:`~rtgate.translate.gemini_output`, the user's items kept by
-:mod:`~rtgate.translate.gemini_items`), and redials.
+:mod:`~rtgate.translate.gemini.input`), Gemini's messages (output turned into
+GA events by :mod:`~rtgate.translate.gemini.output`, the user's items kept by
+:mod:`~rtgate.translate.gemini.items`), and redials.
 
 The session's phases (``self.phase``)::
 
@@ -38,9 +38,7 @@ import orjson
 from rtgate.errors import close_reason, scrub
 from rtgate.protocol.events import parse_event, sniff_type
 from rtgate.translate.base import (
-    Binary,
     CloseClient,
-    Frame,
     Outbox,
     Reconnect,
     Translator,
@@ -49,10 +47,10 @@ from rtgate.translate.base import (
     get_path,
     new_id,
 )
-from rtgate.translate.gemini_input import HANDLERS, Handler, append_audio, event_id
-from rtgate.translate.gemini_items import Conversation
-from rtgate.translate.gemini_output import ClientAudio, ResponseWriter, map_usage, usage_record
-from rtgate.translate.gemini_setup import (
+from rtgate.translate.gemini.input import HANDLERS, Handler, append_audio, event_id
+from rtgate.translate.gemini.items import Conversation
+from rtgate.translate.gemini.output import ClientAudio, ResponseWriter, map_usage, usage_record
+from rtgate.translate.gemini.setup import (
     SessionPlan,
     build_plan,
     changed_setup_fields,
@@ -61,6 +59,7 @@ from rtgate.translate.gemini_setup import (
     parse_format,
     session_echo,
 )
+from rtgate.wire import Binary, Frame
 
 _CONFIG, _SETUP_SENT, _LIVE, _RECONNECTING, _CLOSED = (
     "config",

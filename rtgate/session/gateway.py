@@ -24,7 +24,6 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from rtgate.auth import Authenticator, Principal, presented_key
 from rtgate.config.model import Deployment, GatewayConfig
 from rtgate.errors import (
     BadRequest,
@@ -37,16 +36,17 @@ from rtgate.errors import (
     UpstreamConnectError,
     scrub,
 )
-from rtgate.metrics import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
 from rtgate.net.wsconn import _QUIET, WsConnection
-from rtgate.pool import Pool, Selection
+from rtgate.pool.router import Pool, Selection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
-from rtgate.relay import Outcome, Relay
+from rtgate.session.auth import Authenticator, Principal, presented_key
+from rtgate.session.counters import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
+from rtgate.session.relay import Outcome, Relay
+from rtgate.session.warm_pool import WarmPools
 from rtgate.telemetry.tap import EventLog, SessionInfo, SessionSummary
 from rtgate.translate.base import new_id
-from rtgate.warm_pool import WarmPools
 
 log = logging.getLogger("rtgate.gateway")
 
@@ -63,7 +63,7 @@ class GatewayCounters:
     handshakes_rejected: dict[int, int] = attrs.field(factory=dict)
     dial_failures: dict[str, int] = attrs.field(factory=dict)
     close_codes: dict[int, int] = attrs.field(factory=dict)
-    # Read by rtgate.metrics at scrape time (plain numbers: nothing prometheus on the hot path).
+    # Read by rtgate.control.metrics at scrape time (plain numbers: nothing prometheus on the hot path).
     sessions_started: dict[tuple[str, str], int] = attrs.field(factory=dict)
     """Accepted sessions by (model group, deployment id)."""
     sessions_ended: dict[tuple[str, str, str], int] = attrs.field(factory=dict)

@@ -18,8 +18,8 @@ import orjson
 import trio
 
 from rtgate import __version__
-from rtgate.auth import presented_key
-from rtgate.gateway import Gateway
+from rtgate.session.auth import presented_key
+from rtgate.session.gateway import Gateway
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

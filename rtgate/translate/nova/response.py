@@ -5,9 +5,9 @@ Owns how rtgate-minted responses and items are announced and closed:
 (``audio`` or ``text``), function call items, barge-in (``speech_started``
 plus a cancelled response), and ``response.done`` with the usage Nova
 reported, which may wait up to :data:`USAGE_GRACE` for the ``usageEvent``
-that follows a turn. Functions take the :class:`~rtgate.translate.nova.NovaTranslator`
+that follows a turn. Functions take the :class:`~rtgate.translate.nova.translator.NovaTranslator`
 whose state they advance; the Nova events that drive them are read in
-:mod:`~rtgate.translate.nova_output`.
+:mod:`~rtgate.translate.nova.output`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import attrs
 from rtgate.translate.base import Outbox, flatten_usage, new_id
 
 if TYPE_CHECKING:
-    from rtgate.translate.nova import NovaTranslator
+    from rtgate.translate.nova.translator import NovaTranslator
 
 USAGE_GRACE: Final = 0.3
 """Seconds ``response.done`` waits after the end of a turn for the ``usageEvent`` that

@@ -1,6 +1,6 @@
 """Active health checks: dial deployments nobody is using and report to the pool.
 
-The pool decides *what* to probe (:meth:`rtgate.pool.Pool.claim_health_checks`):
+The pool decides *what* to probe (:meth:`rtgate.pool.router.Pool.claim_health_checks`):
 a deployment whose cooldown just ended (the probe is its half-open trial, so
 no client pays for it) and a healthy one idle for its
 ``health_check_interval``. Never one that is still cooling down. This task
@@ -21,7 +21,7 @@ import trio
 
 from rtgate.config.model import Deployment
 from rtgate.errors import UpstreamConnectError
-from rtgate.pool import Pool
+from rtgate.pool.router import Pool
 from rtgate.providers import get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
 

@@ -8,7 +8,7 @@ words); ``audioOutput`` passes through (re-encoded for G.711 clients); the
 interrupt marker and INTERRUPTED stops are barge-in; ``toolUse`` becomes a
 function call; ``usageEvent`` deltas (or differenced totals) are summed for
 the response's ``usage``. The GA events themselves are built by
-:mod:`~rtgate.translate.nova_response`.
+:mod:`~rtgate.translate.nova.response`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import orjson
 
 from rtgate.translate.audio import pcm16_to_alaw, pcm16_to_ulaw
 from rtgate.translate.base import Outbox, new_id
-from rtgate.translate.nova_response import (
+from rtgate.translate.nova.response import (
     Response,
     announce_item,
     barge_in,
@@ -34,7 +34,7 @@ from rtgate.translate.nova_response import (
 )
 
 if TYPE_CHECKING:
-    from rtgate.translate.nova import NovaTranslator
+    from rtgate.translate.nova.translator import NovaTranslator
 
 
 @attrs.define

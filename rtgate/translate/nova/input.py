@@ -7,7 +7,7 @@ container (PCM16 base64 passed through untouched, G.711 decoded to PCM16),
 text and function-output items as Nova content blocks, and the local
 acknowledgements for events Nova has no equivalent of (commit, clear,
 cancel, truncate). Functions take the
-:class:`~rtgate.translate.nova.NovaTranslator` whose state they advance.
+:class:`~rtgate.translate.nova.translator.NovaTranslator` whose state they advance.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Final
 from rtgate.protocol.events import appended_audio, is_base64
 from rtgate.translate.audio import g711_b64_to_pcm16_b64
 from rtgate.translate.base import Outbox, error_event, invalid_audio_error, new_id
-from rtgate.translate.nova_response import (
+from rtgate.translate.nova.response import (
     announce_item,
     client_event,
     finish_response,
     message_item,
 )
-from rtgate.translate.nova_setup import (
+from rtgate.translate.nova.setup import (
     audio_content_start,
     merge_update,
     send_session,
@@ -36,7 +36,7 @@ from rtgate.translate.nova_setup import (
 )
 
 if TYPE_CHECKING:
-    from rtgate.translate.nova import NovaTranslator
+    from rtgate.translate.nova.translator import NovaTranslator
 
 
 def append_audio(t: NovaTranslator, frame: bytes, out: Outbox) -> None:

@@ -25,12 +25,13 @@ import trio
 
 from rtgate.config.model import Limits
 from rtgate.errors import UpstreamClosed, close_reason, scrub
-from rtgate.metrics import RELAY_SAMPLE_MASK, RelayCounters
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
+from rtgate.session.counters import RELAY_SAMPLE_MASK, RelayCounters
 from rtgate.telemetry.tap import SessionTap
-from rtgate.translate.base import CloseClient, Frame, Outbox, Translator, error_event
+from rtgate.translate.base import CloseClient, Outbox, Translator, error_event
+from rtgate.wire import Frame
 
 log = logging.getLogger("rtgate.relay")
 

@@ -2,11 +2,11 @@
 
 Owns the whole session mapping of protocols.md 9.3 through
 :class:`NovaTranslator`: the session's lifecycle and state, and the dispatch
-of client events (handlers in :mod:`~rtgate.translate.nova_input`) and Nova
-events (handlers in :mod:`~rtgate.translate.nova_output`, the GA response
-sequence they build in :mod:`~rtgate.translate.nova_response`); the session
+of client events (handlers in :mod:`~rtgate.translate.nova.input`) and Nova
+events (handlers in :mod:`~rtgate.translate.nova.output`, the GA response
+sequence they build in :mod:`~rtgate.translate.nova.response`); the session
 configuration and the Nova events that open a stream live in
-:mod:`~rtgate.translate.nova_setup`. Frames to and from the upstream are
+:mod:`~rtgate.translate.nova.setup`. Frames to and from the upstream are
 Nova's JSON events (``{"event": {name: {...}}}``) as ``bytes``;
 ``rtgate.aws.h2stream`` does the event-stream framing and signing.
 
@@ -63,24 +63,12 @@ from typing import Any
 import orjson
 
 from rtgate.protocol.events import sniff_type
-from rtgate.translate import nova_input, nova_output
-from rtgate.translate.base import (
-    Binary,
-    CloseClient,
-    Frame,
-    Outbox,
-    Translator,
-    error_event,
-    new_id,
-)
-from rtgate.translate.nova_output import Content
-from rtgate.translate.nova_response import (
-    USAGE_GRACE,
-    Response,
-    finish_response,
-    flush_done,
-)
-from rtgate.translate.nova_setup import (
+from rtgate.translate.base import CloseClient, Outbox, Translator, error_event, new_id
+from rtgate.translate.nova import input as nova_input
+from rtgate.translate.nova import output as nova_output
+from rtgate.translate.nova.output import Content
+from rtgate.translate.nova.response import USAGE_GRACE, Response, finish_response, flush_done
+from rtgate.translate.nova.setup import (
     SAMPLE_RATES,
     NovaDefaults,
     SessionConfig,
@@ -89,6 +77,7 @@ from rtgate.translate.nova_setup import (
     send_session,
     send_upstream,
 )
+from rtgate.wire import Binary, Frame
 
 __all__ = ["USAGE_GRACE", "NovaDefaults", "NovaTranslator"]
 

@@ -18,9 +18,9 @@ load tests and the relay can be exercised without a key or a network:
   ``Outbox.usage`` flattened by :func:`rtgate.translate.base.flatten_usage`).
 
 This module owns the conversation state and the client-event handlers; the
-session's defaults and validation live in :mod:`rtgate.translate.mock_session`,
-the tone, G.711 and loudness probe in :mod:`rtgate.translate.mock_audio`, and
-the response event sequence in :mod:`rtgate.translate.mock_response`.
+session's defaults and validation live in :mod:`rtgate.mockmodel.session`,
+the tone, G.711 and loudness probe in :mod:`rtgate.mockmodel.audio`, and
+the response event sequence in :mod:`rtgate.mockmodel.response`.
 
 Responses complete within the call that asked for them, so ``response.cancel``
 always finds nothing to cancel (``response_cancel_not_active``). The reply is
@@ -35,17 +35,8 @@ from typing import Final
 
 import orjson
 
-from rtgate.translate.base import (
-    Binary,
-    Frame,
-    Outbox,
-    Translator,
-    error_event,
-    get_path,
-    new_id,
-)
-from rtgate.translate.mock_audio import FORMATS, audio_chunks, bytes_per_ms, peak_level
-from rtgate.translate.mock_response import (
+from rtgate.mockmodel.audio import FORMATS, audio_chunks, bytes_per_ms, peak_level
+from rtgate.mockmodel.response import (
     ResponsePlan,
     check_response,
     emit,
@@ -53,7 +44,7 @@ from rtgate.translate.mock_response import (
     reply_text,
     stream_response,
 )
-from rtgate.translate.mock_session import (
+from rtgate.mockmodel.session import (
     Json,
     Rejected,
     check_session,
@@ -62,6 +53,8 @@ from rtgate.translate.mock_session import (
     merge,
     missing,
 )
+from rtgate.translate.base import Outbox, Translator, error_event, get_path, new_id
+from rtgate.wire import Binary, Frame
 
 __all__ = ["MockModel", "audio_chunks", "peak_level"]
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from rtgate.translate import audio
 from rtgate.translate.base import Outbox, flatten_usage, new_id
-from rtgate.translate.gemini_setup import OUTPUT_RATE, PCM24, AudioFormat
+from rtgate.translate.gemini.setup import OUTPUT_RATE, PCM24, AudioFormat
 
 _RATE: Final = re.compile(r"rate=(\d+)")
 _BASE64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="

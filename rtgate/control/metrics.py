@@ -2,7 +2,7 @@
 
 The hot path never touches a prometheus object: the gateway and the relay
 bump plain integers (:class:`RelayCounters`, :class:`LatencyHistogram`, the
-dicts of :class:`rtgate.gateway.GatewayCounters`) and a custom collector turns
+dicts of :class:`rtgate.session.gateway.GatewayCounters`) and a custom collector turns
 them, the pool's statistics and the event log's counters into metric families
 when ``/metrics`` is scraped. Each renderer has its own ``CollectorRegistry``
 (never the global one), so a test may run several gateways in one process.
@@ -14,11 +14,9 @@ names, fixed reason words, close codes and the worker number.
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -29,67 +27,10 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from rtgate.session.counters import RELAY_SAMPLE_MASK, LatencyHistogram, RelayCounters
+
 if TYPE_CHECKING:
-    from rtgate.gateway import Gateway
-
-HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-RELAY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
-RELAY_SAMPLE_MASK = 31
-"""The relay times one read batch in 32 (``batch_no & mask == 0``)."""
-
-
-class LatencyHistogram:
-    """Fixed-bucket histogram as plain integers (``observe`` is one bisect and two adds)."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """``(le, cumulative count)`` pairs as Prometheus wants them, ``+Inf`` last."""
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
-            running += n
-            out.append((_fmt(bound), running))
-        out.append(("+Inf", running + self.counts[-1]))
-        return out
-
-
-def _fmt(bound: float) -> str:
-    return repr(float(bound))
-
-
-@attrs.define
-class RelayCounters:
-    """Live counters every relay of the process adds to, once per read batch."""
-
-    messages: dict[str, int] = attrs.field(factory=dict)
-    """WebSocket messages by direction: ``client_in``, ``client_out``, ``upstream_in``, ``upstream_out``."""
-    bytes: dict[str, int] = attrs.field(factory=dict)
-    """Message payload bytes by the same directions."""
-    limit_closes: dict[str, int] = attrs.field(factory=dict)
-    """Sessions ended by a limit or by the gateway, by reason word."""
-    latency: LatencyHistogram = attrs.field(factory=lambda: LatencyHistogram(RELAY_BUCKETS))
-    """Sampled time from a read returning to the matching write finishing."""
-
-    def add(self, direction: str, messages: int, size: int) -> None:
-        self.messages[direction] = self.messages.get(direction, 0) + messages
-        self.bytes[direction] = self.bytes.get(direction, 0) + size
-
-    def limit(self, reason: str) -> None:
-        self.limit_closes[reason] = self.limit_closes.get(reason, 0) + 1
+    from rtgate.session.gateway import Gateway
 
 
 class PrometheusMetrics:

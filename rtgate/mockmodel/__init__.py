@@ -1,0 +1,1 @@
+"""A deterministic in-process model that speaks GA: the ``mock`` provider, for demos, tests and benchmarks (pure)."""

@@ -1,0 +1,1 @@
+"""The deployment pool, pure: weighted selection, health state and ejections, warm-pool policy. No I/O, time enters as ``now``."""

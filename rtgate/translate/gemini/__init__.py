@@ -1,0 +1,1 @@
+"""OpenAI GA <-> Gemini Live translation (pure)."""

@@ -1,0 +1,1 @@
+"""OpenAI GA <-> Amazon Nova Sonic translation (pure)."""
