@@ -11,14 +11,16 @@ becomes once the session runs::
     │   ├── Forbidden                        403  key may not use that model / origin refused
     │   ├── UnknownModel                     404  no such model group
     │   ├── BadRequest                       400  malformed handshake (no model, bad path)
-    │   └── TooManySessions                  429  a key or the gateway is at its session cap
+    │   ├── TooManySessions                  429  a key or the gateway is at its session cap
+    │   └── BudgetExceeded                   400  a key reached its max_budget (1008 in a session)
     ├── UpstreamError                        a provider misbehaved
     │   ├── UpstreamConnectError(kind)       DNS/TCP/TLS/timeout while dialing
     │   │   └── UpstreamRejected(status)     HTTP status other than 101 at the upgrade
     │   └── UpstreamClosed(code, reason)     the provider ended the stream
     ├── NoDeploymentAvailable                503  every deployment failed or is cooling down
     │   └── AllDeploymentsBusy(retry_after)  429  every deployment is at capacity
-    └── GatewayShuttingDown                  503 / 1001
+    ├── GatewayShuttingDown                  503 / 1001
+    └── DatabaseUnavailable                  503  spend database down, budgeted key refused
 
 Messages must never carry a secret: :func:`scrub` removes anything that looks
 like a key before a message leaves the process.
@@ -205,3 +207,19 @@ class GatewayShuttingDown(RtgateError):
     http_status = 503
     close_code = 1001
     error_code = "gateway_restarting"
+
+
+class BudgetExceeded(ClientError):
+    """A key reached its ``max_budget``. LiteLLM's shape: HTTP 400, type ``budget_exceeded``,
+    code ``"400"``; a running session gets an ``error`` event and close code 1008."""
+
+    error_type = "budget_exceeded"
+    error_code = "400"
+
+
+class DatabaseUnavailable(RtgateError):
+    """The spend database is unreachable and the policy refuses this key meanwhile."""
+
+    http_status = 503
+    close_code = 1013
+    error_code = "database_unavailable"

@@ -7,6 +7,8 @@ on a realtime frame's path. Routes::
     GET /health/readiness    200 when every model group has a usable deployment, else 503
     GET /metrics             Prometheus text (optionally master-key protected)
     GET /admin/pool          pool statistics per deployment (master key)
+    /key/*, /spend/logs, /global/spend/report   LiteLLM's key and spend API (master key;
+                             rtgate.control.keys)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import orjson
 import trio
 
 from rtgate import __version__
+from rtgate.control import keys as key_api
 from rtgate.session.auth import presented_key
 from rtgate.session.gateway import Gateway
 
@@ -44,6 +47,10 @@ class ControlApp:
         path = scope["path"].rstrip("/") or "/"
         method = scope["method"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if path in key_api.ROUTES:  # LiteLLM's key and spend API (rtgate/control/keys.py)
+            api = key_api.KeyApi(self.gateway.governance)
+            await key_api.serve(api, scope, receive, send, self._is_master(headers))
+            return
         if method not in ("GET", "HEAD"):
             await _json(send, 405, {"error": "method not allowed"})
             return
@@ -76,6 +83,8 @@ class ControlApp:
             "groups": groups,
             "unavailable_groups": sorted(g for g, ok in groups.items() if not ok),
             "sessions_active": gateway.counters.sessions_active,
+            "db": "connected" if gateway.governance.database_up else "disconnected",
+            "database": gateway.governance.readiness(),
         }
         await _json(send, 200 if ready else 503, body)
 
