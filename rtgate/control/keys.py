@@ -235,7 +235,7 @@ class KeyApi:
 
     async def _db(self, fn: Callable[[Conn], Any], write: bool = False) -> Any:
         try:
-            return await self.gov.db.run(fn, write=write)
+            return await self.gov.query(fn, write=write)
         except ApiError:
             raise
         except Exception as exc:

@@ -137,9 +137,10 @@ class Database:
             self._pool = pool
 
     def close_sync(self) -> None:
-        if self._sqlite is not None:
-            self._sqlite.close()
-            self._sqlite = None
+        with self._sqlite_lock:  # never while another thread is inside a transaction
+            if self._sqlite is not None:
+                self._sqlite.close()
+                self._sqlite = None
         if self._pool is not None:
             self._pool.close()
             self._pool = None

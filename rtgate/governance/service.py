@@ -23,10 +23,10 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import orjson
@@ -42,6 +42,8 @@ from rtgate.spend.prices import Prices, lookup, with_overrides
 from rtgate.spend.records import SpendRecord, Who, price_response, price_seconds
 
 log = logging.getLogger("rtgate.governance")
+
+T = TypeVar("T")
 
 _NEGATIVE_CACHE_MAX = 10_000
 """Unknown keys remembered (so a key flood does not become a database flood)."""
@@ -107,6 +109,7 @@ class Governance:
         self._prices = {d.id: deployment_prices(d) for d in config.deployments}
         self._spill = Path(self.settings.spill_path or state_dir() / "spend-spill.jsonl")
         self._started = False
+        self._tried = False
 
     def reconfigure(self, config: GatewayConfig) -> None:
         """A reload: new prices, settings and policy (the database URL needs a restart)."""
@@ -139,6 +142,11 @@ class Governance:
             await trio.to_thread.run_sync(self._spill_sync, list(self._buffer))
             self._buffer.clear()
         await trio.to_thread.run_sync(self.db.close_sync)
+
+    async def query(self, fn: Callable[[Conn], T], *, write: bool = False) -> T:
+        """Run ``fn`` in a transaction on a worker thread, once the schema is migrated."""
+        await self._ensure_ready()
+        return await self.db.run(fn, write=write)
 
     async def _ensure_ready(self) -> None:
         if self._ready:
@@ -279,6 +287,7 @@ class Governance:
             )  # fmt: skip
         self.database_up = False
         self.database_error = message
+        self._tried = True
 
     def _up(self) -> None:
         if not self.database_up:
@@ -286,6 +295,11 @@ class Governance:
                      self.db.description, len(self._buffer))  # fmt: skip
         self.database_up = True
         self.database_error = None
+        self._tried = True
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
 
     def readiness(self) -> dict[str, Any]:
         """The ``database`` detail of ``/health/readiness``."""
@@ -306,10 +320,10 @@ class Governance:
         if record is not None:
             return record
         now = trio.current_time()
-        if self._unknown.get(token, 0.0) > now or not self.database_up:
+        if self._unknown.get(token, 0.0) > now or (self._tried and not self.database_up):
             return None
         try:
-            record = await self.db.run(partial(store.get_key, token=token))
+            record = await self.query(partial(store.get_key, token=token))
         except Exception as exc:
             self._down(exc)
             return None
