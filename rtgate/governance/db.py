@@ -130,7 +130,7 @@ class Database:
                 kwargs={"row_factory": dict_row, "connect_timeout": 5},
                 open=False,
                 timeout=5.0,
-                reconnect_timeout=0,
+                check=ConnectionPool.check_connection,  # a database restart leaves dead ones
                 name="rtgate",
             )
             pool.open(wait=True, timeout=5.0)
