@@ -42,12 +42,12 @@ class Prices:
         return not any(attrs.astuple(self))
 
 
-def _table(**rows: tuple[float, ...]) -> dict[str, Prices]:
-    """``model=(text in, cached text in, text out, audio in, cached audio in, audio out)`` per 1M."""
+def _table(rows: Mapping[str, tuple[float, ...]]) -> dict[str, Prices]:
+    """``{model: (text in, cached text in, text out, audio in, cached audio in, audio out)}``, per 1M."""
     out: dict[str, Prices] = {}
     for model, row in rows.items():
         t_in, t_cached, t_out, a_in, a_cached, a_out = row
-        out[model.replace("_", "-")] = Prices(
+        out[model] = Prices(
             input_text=t_in * _M,
             cached_text=t_cached * _M,
             output_text=t_out * _M,
@@ -63,14 +63,16 @@ def _table(**rows: tuple[float, ...]) -> dict[str, Prices]:
 # Azure OpenAI bills the same global-deployment figures:
 # https://azure.microsoft.com/en-us/pricing/details/cognitive-services/openai-service/
 _OPENAI = _table(
-    gpt_realtime=(4.00, 0.40, 16.00, 32.00, 0.40, 64.00),
-    gpt_realtime_2025_08_28=(4.00, 0.40, 16.00, 32.00, 0.40, 64.00),
-    gpt_realtime_mini=(0.60, 0.06, 2.40, 10.00, 0.30, 20.00),
-    gpt_4o_realtime_preview=(5.00, 2.50, 20.00, 40.00, 2.50, 80.00),
-    gpt_4o_mini_realtime_preview=(0.60, 0.30, 2.40, 10.00, 0.30, 20.00),
-    # Transcription models (``?intent=transcription``): text in, -, text out, audio in, -, -.
-    gpt_4o_transcribe=(2.50, 2.50, 10.00, 6.00, 6.00, 0.0),
-    gpt_4o_mini_transcribe=(1.25, 1.25, 5.00, 3.00, 3.00, 0.0),
+    {
+        "gpt-realtime": (4.00, 0.40, 16.00, 32.00, 0.40, 64.00),
+        "gpt-realtime-2025-08-28": (4.00, 0.40, 16.00, 32.00, 0.40, 64.00),
+        "gpt-realtime-mini": (0.60, 0.06, 2.40, 10.00, 0.30, 20.00),
+        "gpt-4o-realtime-preview": (5.00, 2.50, 20.00, 40.00, 2.50, 80.00),
+        "gpt-4o-mini-realtime-preview": (0.60, 0.30, 2.40, 10.00, 0.30, 20.00),
+        # Transcription models (``?intent=transcription``): text in, -, text out, audio in, -, -.
+        "gpt-4o-transcribe": (2.50, 2.50, 10.00, 6.00, 6.00, 0.0),
+        "gpt-4o-mini-transcribe": (1.25, 1.25, 5.00, 3.00, 3.00, 0.0),
+    }
 )
 _OPENAI["gpt-realtime"] = attrs.evolve(_OPENAI["gpt-realtime"], input_image=5.00 * _M,
                                        cached_image=0.50 * _M)  # fmt: skip
@@ -83,18 +85,22 @@ _OPENAI["whisper-1"] = Prices(per_second=0.006 / 60)
 # Vertex AI, Live API rows: https://cloud.google.com/vertex-ai/generative-ai/pricing
 # (no context caching on the Live API: cached = uncached).
 _GOOGLE = _table(
-    gemini_2_5_flash_native_audio_preview_09_2025=(0.50, 0.50, 2.00, 3.00, 3.00, 12.00),
-    gemini_2_5_flash_native_audio_latest=(0.50, 0.50, 2.00, 3.00, 3.00, 12.00),
-    gemini_live_2_5_flash_preview=(0.50, 0.50, 2.00, 3.00, 3.00, 12.00),
-    gemini_live_2_5_flash=(0.50, 0.50, 2.00, 3.00, 3.00, 12.00),
-    gemini_2_0_flash_live_001=(0.35, 0.35, 1.50, 2.10, 2.10, 8.50),
+    {
+        "gemini-2.5-flash-native-audio-preview-09-2025": (0.50, 0.50, 2.00, 3.00, 3.00, 12.00),
+        "gemini-2.5-flash-native-audio-latest": (0.50, 0.50, 2.00, 3.00, 3.00, 12.00),
+        "gemini-live-2.5-flash-preview": (0.50, 0.50, 2.00, 3.00, 3.00, 12.00),
+        "gemini-live-2.5-flash": (0.50, 0.50, 2.00, 3.00, 3.00, 12.00),
+        "gemini-2.0-flash-live-001": (0.35, 0.35, 1.50, 2.10, 2.10, 8.50),
+    }
 )
 
-# Amazon Bedrock, Nova Sonic rows ("speech" = audio), per 1K tokens on the page:
-# https://aws.amazon.com/bedrock/pricing/
+# Amazon Bedrock, Nova Sonic rows ("speech" = audio): https://aws.amazon.com/bedrock/pricing/
+# (the page quotes dollars per 1K tokens; here per 1M like the rest).
 _AWS = _table(
-    amazon_nova_sonic_v1_0=(0.06, 0.06, 0.24, 3.40, 3.40, 13.60),
-    amazon_nova_2_sonic_v1_0=(0.33, 0.33, 2.75, 3.00, 3.00, 12.00),
+    {
+        "amazon.nova-sonic-v1:0": (0.06, 0.06, 0.24, 3.40, 3.40, 13.60),
+        "amazon.nova-2-sonic-v1:0": (0.33, 0.33, 2.75, 3.00, 3.00, 12.00),
+    }
 )
 
 # xAI Grok Voice Agent API bills connection time, $0.05 per minute: https://docs.x.ai/docs/models
@@ -108,9 +114,7 @@ PRICE_TABLE: Mapping[str, Mapping[str, Prices]] = {
     "azure": _OPENAI,
     "gemini": _GOOGLE,
     "vertex_ai": _GOOGLE,
-    "bedrock": {
-        k.replace("-v1-0", "-v1:0").replace("amazon-", "amazon."): v for k, v in _AWS.items()
-    },
+    "bedrock": _AWS,
     "xai": _XAI,
     "mock": {},
 }
