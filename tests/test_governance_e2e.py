@@ -187,3 +187,56 @@ async def test_key_api_needs_the_master_key(fake_openai: FakeRealtimeServer) -> 
                 status, answer = await api(gw.http_url, method, path, {} if method == "POST"
                                            else None, key=created["key"])  # fmt: skip
                 assert status == 401 and answer["error"]["type"] == "auth_error"
+
+
+async def test_config_key_session_record_carries_its_cost(
+    fake_openai: FakeRealtimeServer, tmp_path: Path
+) -> None:
+    """Config-file keys keep working beside database keys, and their spend is logged too."""
+    from rtgate.config.load import parse_text
+    from rtgate.telemetry.eventlog import EventLogger
+
+    log_path = tmp_path / "events.jsonl"
+    extra = (f"  keys:\n    - alias: from-file\n      key: sk-config-file-key-0001\n"
+             f"  event_log:\n    flush_interval: 0.05\n    sinks:\n"
+             f"      - {{type: file, path: {log_path}}}\n")  # fmt: skip
+    config = parse_text(priced_config(fake_openai.base_url, extra=extra), path="<t>").config
+    logger = EventLogger.for_config(config)
+    with trio.fail_after(40):
+        async with open_gateway(config, event_log=logger) as gw:
+            result = await trio.to_thread.run_sync(
+                partial(sdk_session, gw.ws_url + "/v1", "sk-config-file-key-0001")
+            )
+            want = expected_cost(result["usages"][0])
+
+            async def logged() -> bool:
+                status, logs = await api(gw.http_url, "GET", "/spend/logs?key_alias=from-file")
+                return status == 200 and len(logs) == 1
+
+            await wait_for(logged)
+            assert logger is not None
+
+            async def recorded() -> bool:
+                return logger.counters.sessions_queued > 0
+
+            await wait_for(recorded)
+    import orjson
+
+    records = [orjson.loads(line) for line in log_path.read_bytes().splitlines()]
+    (session,) = [r for r in records if r["record"] == "session"]
+    assert math.isclose(session["cost_usd"], want, rel_tol=1e-9)
+
+
+async def test_tpm_limit_ends_the_session_then_refuses(fake_openai: FakeRealtimeServer) -> None:
+    with trio.fail_after(40):
+        async with open_gateway(priced_config(fake_openai.base_url)) as gw:
+            _, created = await api(gw.http_url, "POST", "/key/generate", {"tpm_limit": 5})
+            key = created["key"]
+            result = await trio.to_thread.run_sync(
+                partial(sdk_session, gw.ws_url + "/v1", key, expect_close=True)
+            )
+            assert result["usages"][0]["total_tokens"] > 5
+            assert result["error"]["code"] == "tpm_limit_exceeded"
+            assert result["close_code"] == 1008
+            refused = await trio.to_thread.run_sync(sdk_session_open, gw.ws_url + "/v1", key)
+            assert refused["status"] == 429
