@@ -57,7 +57,7 @@ async def test_spend_spills_while_the_database_is_away_then_is_written_once(
                 await trio.sleep(0.02)
             await trio.sleep(0.1)
             assert await rows() == sorted(f"sess_1:resp_{i}" for i in range(10))
-            assert not list(tmp_path.glob("spill*"))
+            assert not await trio.to_thread.run_sync(lambda: list(tmp_path.glob("spill*")))
             assert governance.database_up
             nursery.cancel_scope.cancel()
 
