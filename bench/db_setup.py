@@ -72,7 +72,7 @@ async def setups(database: str | None, key: str, sessions: int) -> dict[str, flo
     latencies: list[float] = []
     async with open_gateway(config) as gw:
         url = f"{gw.ws_url}/v1/realtime?model=m"
-        headers = [("Authorization", f"Bearer {key}")]
+        headers = [(b"Authorization", f"Bearer {key}".encode())]
         for _ in range(20):  # warm-up (and the first database lookup of the key)
             async with open_websocket_url(url, extra_headers=headers) as ws:
                 await ws.get_message()
