@@ -21,7 +21,7 @@ handshake (client errors, no deployment) have no close code of their own::
     │   └── UpstreamClosed(code, reason)     the provider ended the stream
     ├── NoDeploymentAvailable                503  every deployment failed or is cooling down
     │   └── AllDeploymentsBusy(retry_after)  429  every deployment is at capacity
-    ├── GatewayShuttingDown                  503 / 1001  draining: refused, or ended by the drain
+    ├── GatewayShuttingDown                  503 / 1001  draining (refused / ended)
     └── SessionLimit                         1000  a running session reached one of its limits
         ├── SessionExpired                   limits.max_session_seconds
         └── SessionIdle                      limits.idle_timeout

@@ -4,7 +4,8 @@ Owns: reading a service-account JSON (a path or the JSON itself, LiteLLM's
 ``vertex_credentials``), signing the RS256 assertion with ``cryptography``,
 exchanging it at the account's ``token_uri`` (RFC 7523; the same request
 google-auth makes; Google's guide:
-https://developers.google.com/identity/protocols/oauth2/service-account#httprest) and caching the access token until
+https://developers.google.com/identity/protocols/oauth2/service-account#httprest)
+and caching the access token until
 shortly before it expires. The HTTP exchange runs in a worker thread bounded
 by a timeout, so the event loop never waits on it; tests point ``token_uri``
 at a fake on 127.0.0.1.

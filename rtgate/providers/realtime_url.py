@@ -1,4 +1,4 @@
-"""Where an OpenAI-family deployment's realtime WebSocket is: ``api_base`` joined as LiteLLM joins it.
+"""The realtime URL of an OpenAI-family deployment: ``api_base`` joined as LiteLLM joins it.
 
 Pure string work (no I/O), shared by the OpenAI, xAI and Azure providers, so a
 LiteLLM config's ``api_base`` dials the same URL under rtgate as under LiteLLM:

@@ -73,7 +73,8 @@ GEMINI_VOICES: Final = frozenset(
 _GEMINI_BY_LOWER: Final = {v.lower(): v for v in GEMINI_VOICES}
 DEFAULT_VOICE: Final = "Puck"
 OUTPUT_RATE: Final = 24000
-"""Gemini Live always answers 16-bit PCM at 24 kHz (ai.google.dev/gemini-api/docs/live-api/capabilities)."""
+"""Gemini Live always answers 16-bit PCM at 24 kHz
+(https://ai.google.dev/gemini-api/docs/live-api/capabilities)."""
 
 # JSON-schema keys Gemini's ``Schema`` understands (google.genai.types.Schema aliases).
 _SCHEMA_KEYS: Final = frozenset(

@@ -1,7 +1,8 @@
 """Nova Sonic session configuration: GA ``session`` <-> the events that open a Nova stream.
 
 Owns what the client configures and what Nova is told once per stream
-(https://docs.aws.amazon.com/nova/latest/userguide/input-events.html): the per-deployment :class:`NovaDefaults`, the
+(https://docs.aws.amazon.com/nova/latest/userguide/input-events.html): the per-deployment
+:class:`NovaDefaults`, the
 client's :class:`SessionConfig` merged from ``session.update``
 (:func:`merge_update`) and echoed back (:func:`session_object`), the voice and
 audio-format mapping, and the Nova input events built from it:
