@@ -67,8 +67,9 @@ class WarmPoolSettings:
     max_idle_seconds: float = 120.0
     """Age (from connect) at which an unused connection is closed and replaced. Providers
     cap a session's lifetime from connect (OpenAI 30 min, xAI 1 h, Gemini ~10 min per
-    connection: /work/shared/reference/protocols.md section 1), so a client given a
-    connection this old has that much less session time; the default keeps the loss
+    connection: developers.openai.com/api/docs/guides/realtime-websocket,
+    docs.x.ai/docs/guides/voice/agent, ai.google.dev/gemini-api/docs/live-session), so a
+    client given a connection this old has that much less session time; the default keeps the loss
     small. A replacement is dialed shortly before, so the pool does not empty while
     recycling. Vertex: at most 240 (its access token is used with >= 300 s left)."""
     refill_delay_seconds: float = 1.0

@@ -1,7 +1,8 @@
 """The mock model's answer to ``response.create``: the full GA event sequence and its usage.
 
 Owns what a mock response says and in which order, as OpenAI's GA Realtime
-API does (``/work/shared/reference/protocols.md`` 2.5): ``response.created``,
+API does (https://platform.openai.com/docs/api-reference/realtime-server-events):
+``response.created``,
 the output item and content part, text deltas or tone audio deltas
 interleaved word by word with their transcript, ``response.done`` with GA
 usage. Also the pieces :mod:`rtgate.mockmodel.translator` shares with it:

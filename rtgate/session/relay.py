@@ -24,7 +24,15 @@ import orjson
 import trio
 
 from rtgate.config.model import Limits
-from rtgate.errors import UpstreamClosed, close_reason, scrub
+from rtgate.errors import (
+    GatewayShuttingDown,
+    RtgateError,
+    SessionExpired,
+    SessionIdle,
+    UpstreamClosed,
+    close_reason,
+    scrub,
+)
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
@@ -197,7 +205,7 @@ class Relay:
                     exc.code, exc.reason, out, now, error_type=exc.upstream_error_type
                 )
                 if out.close is None:
-                    out.close = CloseClient(1011, "upstream closed")
+                    out.close = CloseClient(exc.close_code, "upstream closed")
                 self._set_outcome(
                     Outcome(
                         out.close.code,
@@ -359,9 +367,7 @@ class Relay:
             with self._timer_scope:
                 if self.shutdown is not None:
                     await self.shutdown.wait()
-                    self._end_by_gateway(
-                        out, 1001, "the gateway is restarting", "gateway_restarting"
-                    )
+                    self._end_by_gateway(out, GatewayShuttingDown("the gateway is restarting"))
                     await self._dispatch(out)
                     return
                 await trio.sleep_forever()
@@ -378,10 +384,10 @@ class Relay:
     async def _check_limits(self, out: Outbox, now: float) -> None:
         limits = self.limits
         if limits.max_session_seconds and now - self._started >= limits.max_session_seconds:
-            self._end_by_gateway(out, 1000, "maximum session duration reached", "session_expired")
+            self._end_by_gateway(out, SessionExpired("maximum session duration reached"))
         last = max(self.client.last_received, self._upstream_last)
         if limits.idle_timeout and now - last >= limits.idle_timeout and out.close is None:
-            self._end_by_gateway(out, 1000, "session idle for too long", "idle_timeout")
+            self._end_by_gateway(out, SessionIdle("session idle for too long"))
         interval = limits.ping_interval
         if interval > 0 and out.close is None:
             if now - self.client.last_received >= interval + limits.ping_timeout:
@@ -400,10 +406,11 @@ class Relay:
                 pass
         await self._dispatch(out)
 
-    def _end_by_gateway(self, out: Outbox, code: int, message: str, error_code: str) -> None:
-        self.counters.limit(error_code)
-        out.client_json(error_event(message, error_type="invalid_request_error", code=error_code))
-        out.close = CloseClient(code, message)
+    def _end_by_gateway(self, out: Outbox, exc: RtgateError) -> None:
+        """The one place an error becomes what the client sees: its ``error`` event and close."""
+        self.counters.limit(exc.error_code)
+        out.client_json(error_event(exc.message, error_type=exc.error_type, code=exc.error_code))
+        out.close = CloseClient(exc.close_code, exc.message)
 
     # -- reconnect (translators that must redial, e.g. before a Gemini goAway) ------------
 

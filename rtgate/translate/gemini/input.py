@@ -7,7 +7,7 @@ the frame without parsing the JSON and re-wrapped as ``realtimeInput``; only
 G.711 is decoded, to PCM16), commit and clear, ``conversation.item.create``
 (messages, images, function calls and their outputs as ``clientContent`` or
 ``toolResponse``), ``response.create`` / ``response.cancel``, and the
-acknowledgements of events Gemini has no equivalent for (protocols.md §9.2).
+acknowledgements of events Gemini has no equivalent for (https://ai.google.dev/api/live).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ The session's phases (``self.phase``)::
     reconnecting --the redial failed--> live, the old connection carrying on (error event)
     any --the upstream closed--> closed (error event unless 1000/1001; client closed)
 
-Mapping reference: protocols.md §9.2. Where Gemini has no equivalent of a
+Gemini's side: https://ai.google.dev/api/live. Where Gemini has no equivalent of a
 client event (truncate, cancel, clear) the client gets the acknowledgement
 OpenAI would send and the difference is absorbed locally; client
 configuration Gemini cannot honour is reported in an ``error`` event.

@@ -1,6 +1,7 @@
 """OpenAI Realtime GA <-> Amazon Nova Sonic events: the pure translator for Bedrock sessions.
 
-Owns the whole session mapping of protocols.md 9.3 through
+Owns the whole session mapping (Nova's events:
+https://docs.aws.amazon.com/nova/latest/userguide/input-events.html and output-events.html) through
 :class:`NovaTranslator`: the session's lifecycle and state, and the dispatch
 of client events (handlers in :mod:`~rtgate.translate.nova.input`) and Nova
 events (handlers in :mod:`~rtgate.translate.nova.output`, the GA response
