@@ -14,7 +14,8 @@ import click
 import trio
 
 from rtgate import __version__
-from rtgate.config.load import LoadResult, load_config, world_readable_secrets
+from rtgate.config.load import LoadResult, world_readable_secrets
+from rtgate.edge.configfile import load_config
 from rtgate.errors import ConfigError
 
 DEFAULT_CONFIG = "etc/config.yaml"

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtgate.cli import cli
-from rtgate.config.load import load_config, parse_text
 from rtgate.config.model import Secret
+from rtgate.edge.configfile import load_config, parse_text
 from rtgate.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

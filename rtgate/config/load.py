@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
+from rtgate.config.checks import ConfigChecks
 from rtgate.config.model import (
     Deployment,
     EventLogSettings,
@@ -55,9 +56,12 @@ class LoadResult:
 class _Ctx:
     """Where we are in the file: for messages, and to collect warnings."""
 
-    def __init__(self, path: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, path: str, env: Mapping[str, str], checks: ConfigChecks | None = None
+    ) -> None:
         self.path = path
         self.env = env
+        self.checks = checks
         self.warnings: list[str] = []
         self.plaintext: list[str] = []
 
@@ -222,8 +226,6 @@ def _event_types(value: object, ctx: _Ctx, line: int | None) -> frozenset[str] |
 
 
 def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
-    from rtgate.providers import KNOWN_PROVIDERS  # local: providers import this package
-
     name = entry.get("model_name", (str, int, float))
     if name is None:
         raise ctx.error(entry.line(), f"model_list[{index}] has no model_name")
@@ -234,11 +236,12 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
             params.line() or entry.line(), f"model_list[{index}].litellm_params.model is required"
         )
     provider, sep, provider_model = model.partition("/")
-    if not sep or provider not in KNOWN_PROVIDERS:
+    known = ctx.checks.provider_names() if ctx.checks is not None else None
+    if not sep or not provider or (known is not None and provider not in known):
         raise ctx.error(
             params.line("model"),
-            f"model {model!r}: expected '<provider>/<model>' with provider one of "
-            + ", ".join(KNOWN_PROVIDERS),
+            f"model {model!r}: expected '<provider>/<model>'"
+            + (f" with provider one of {', '.join(known)}" if known is not None else ""),
         )
     info = entry.section("model_info")
     mode = info.get("mode", str)
@@ -249,11 +252,11 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
         )
     for key in info.node:
         info.used.add(key)
-    known = {"model", "api_key", "api_base", "api_version", "weight", "max_parallel_requests",
+    read = {"model", "api_key", "api_base", "api_version", "weight", "max_parallel_requests",
              "rpm", "ssl_verify", "ca_bundle", "health_check_interval", "warm_pool"}  # fmt: skip
     extra: dict[str, object] = {}
     for key in params.node:
-        if key in known:
+        if key in read:
             continue
         if any(hint in key.lower() for hint in _SECRET_HINTS) and params.has(key):
             extra[key] = params.secret(key)
@@ -360,10 +363,19 @@ def _fallbacks(ctx: _Ctx, node: object, line: int | None) -> dict[str, tuple[str
 
 
 def parse_config(
-    data: object, *, path: str = "<config>", env: Mapping[str, str] | None = None
+    data: object,
+    *,
+    path: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    checks: ConfigChecks | None = None,
 ) -> LoadResult:
-    """Build a config from already-parsed YAML (round-trip nodes keep line numbers)."""
-    ctx = _Ctx(path, os.environ if env is None else env)
+    """Build a config from already-parsed YAML (round-trip nodes keep line numbers).
+
+    Without ``checks`` only what this package knows is checked: any
+    ``<provider>/<model>`` is accepted and sinks are not built. The process edge
+    loads with every check (:mod:`rtgate.edge.configfile`).
+    """
+    ctx = _Ctx(path, os.environ if env is None else env, checks)
     top = _Section(ctx, data, "config")
     model_list = top.raw("model_list")
     if not isinstance(model_list, list) or not model_list:
@@ -455,35 +467,26 @@ def parse_config(
 
 
 def _validate_sinks(ctx: _Ctx, sinks: tuple[Mapping[str, object], ...], line: int | None) -> None:
-    """Build each event-log sink once so a bad entry fails here, with a line, not at start-up."""
-    from rtgate.telemetry.sinks import build_sink
-
+    """Check each event-log sink so a bad entry fails here, with a line, not at start-up."""
     for index, spec in enumerate(sinks):
         if not isinstance(spec, Mapping):
             raise ctx.error(line, f"rtgate.event_log.sinks[{index}] must be a mapping")
-        try:
-            build_sink(spec, index)
-        except ConfigError as exc:
-            raise ctx.error(line, exc.message) from None
+        problem = ctx.checks.sink_problem(spec, index) if ctx.checks is not None else None
+        if problem is not None:
+            raise ctx.error(line, problem)
 
 
 def _validate_providers(ctx: _Ctx, deployments: tuple[Deployment, ...], nodes: list[Any]) -> None:
-    from rtgate.pool.warm_policy import settings_problems
-    from rtgate.providers import get_provider
-
+    checks = ctx.checks
+    if checks is None:
+        return
     for dep, node in zip(deployments, nodes, strict=True):
-        try:
-            provider = get_provider(dep.provider)
-        except (ImportError, AttributeError):
-            raise ctx.error(
-                _line_of(node), f"provider {dep.provider!r} is not available in this build"
-            )
-        problems = provider.validate(dep)
+        problems = checks.deployment_problems(dep)
         if problems:
             raise ctx.error(
                 _line_of(node), f"deployment {dep.model_name!r}: " + "; ".join(problems)
             )
-        warm_problems = settings_problems(dep, bool(getattr(provider, "warmable", False)))
+        warm_problems = checks.warm_pool_problems(dep)
         if warm_problems:
             params = node.get("litellm_params") if isinstance(node, Mapping) else None
             raise ctx.error(
@@ -492,7 +495,9 @@ def _validate_providers(ctx: _Ctx, deployments: tuple[Deployment, ...], nodes: l
             )
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> LoadResult:
+def load_config(
+    path: str | Path, env: Mapping[str, str] | None = None, checks: ConfigChecks | None = None
+) -> LoadResult:
     """Read and validate a config file; :class:`ConfigError` with ``file:line`` on failure."""
     path = str(path)
     try:
@@ -501,11 +506,15 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> LoadR
         raise ConfigError(f"cannot read config: {exc.strerror}", path=path) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"the file is not UTF-8 text (byte {exc.start})", path=path) from None
-    return parse_text(text, path=path, env=env)
+    return parse_text(text, path=path, env=env, checks=checks)
 
 
 def parse_text(
-    text: str, *, path: str = "<config>", env: Mapping[str, str] | None = None
+    text: str,
+    *,
+    path: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    checks: ConfigChecks | None = None,
 ) -> LoadResult:
     yaml = YAML(typ="rt")
     try:
@@ -517,7 +526,7 @@ def parse_text(
         raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from None
     if not isinstance(data, CommentedMap):
         raise ConfigError("the file must be a YAML mapping with a model_list", path=path, line=1)
-    return parse_config(data, path=path, env=env)
+    return parse_config(data, path=path, env=env, checks=checks)
 
 
 def world_readable_secrets(path: str, result: LoadResult) -> str | None:

@@ -323,7 +323,8 @@ class _ReloadState:
 
 def reload_config(path: str, running: GatewayConfig, host: str) -> GatewayConfig:
     """Load and validate ``path`` for a reload (raises :class:`ConfigError`, changes nothing)."""
-    from rtgate.config.load import load_config, world_readable_secrets
+    from rtgate.config.load import world_readable_secrets
+    from rtgate.edge.configfile import load_config
 
     result = load_config(path)
     for warning in result.warnings:

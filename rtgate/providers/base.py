@@ -73,6 +73,8 @@ class Provider(Protocol):
     """One upstream family (see module docstring)."""
 
     name: str
+    warmable: bool
+    """Connections can be opened before a client asks (``litellm_params.warm_pool``)."""
 
     def validate(self, deployment: Deployment) -> list[str]:
         """Problems with this deployment's parameters, as human sentences (empty: fine)."""

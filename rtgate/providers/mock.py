@@ -46,6 +46,8 @@ class NullLink:
 
 class MockProvider:
     name = "mock"
+    warmable = False
+    """The model runs in-process: there is nothing to dial."""
 
     def validate(self, deployment: Deployment) -> list[str]:
         reply_ms = deployment.params.get("reply_audio_ms")

@@ -12,8 +12,8 @@ from functools import partial
 
 import trio
 
-from rtgate.config.load import parse_text
 from rtgate.config.model import GatewayConfig
+from rtgate.edge.configfile import parse_text
 from rtgate.edge.server import ServerHandle, serve
 
 
