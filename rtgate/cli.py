@@ -28,6 +28,15 @@ def _load(path: str) -> LoadResult:
         raise click.ClickException(str(exc)) from None
 
 
+def not_enforced_summary(result: LoadResult) -> str:
+    """One line under the loud warnings, so a long list does not hide them."""
+    count = len(result.not_enforced)
+    return (
+        f"{count} LiteLLM setting(s) that limit access or spending in LiteLLM are NOT enforced "
+        "by rtgate (listed first above; docs/litellm-migration.md)"
+    )
+
+
 def setup_logging(level: str, fmt: str) -> None:
     from rtgate.edge.logs import configure
 
@@ -67,6 +76,8 @@ def serve(
     if worker_id is None:  # the supervisor already said all this once
         for warning in result.warnings:
             log.warning("%s", warning)
+        if result.not_enforced:
+            log.warning("%s", not_enforced_summary(result))
         log.info("rtgate %s: %s", __version__, config_summary(config))
     try:
         count = 1 if listen_fd is not None else worker_count(workers)
@@ -94,6 +105,8 @@ def check(config_path: str) -> None:
     config = result.config
     for warning in result.warnings:
         click.echo(warning, err=True)
+    if result.not_enforced:
+        click.echo(f"warning: {not_enforced_summary(result)}", err=True)
     for location in result.plaintext_secrets:
         click.echo(
             f"{location}: warning: secret written in plain text; use os.environ/NAME", err=True

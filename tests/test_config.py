@@ -74,9 +74,11 @@ def test_litellm_config_loads_with_env_and_defaults() -> None:
     assert config.router.num_retries == 2
     assert config.router.fallbacks == {"gpt-realtime": ("gpt-realtime",)}
     assert list(config.groups()) == ["gpt-realtime"]
-    # Unknown keys warn with their line; LiteLLM's own settings are accepted quietly.
+    # LiteLLM keys rtgate ignores warn with their line; spending and security ones first.
     assert any("redis_host" in w and ":31:" in w for w in result.warnings)
-    assert not any("drop_params" in w or "database_url" in w for w in result.warnings)
+    assert any("drop_params" in w and ":26:" in w for w in result.warnings)
+    assert result.warnings[0].startswith("<config>:23: WARNING: NOT ENFORCED")
+    assert "general_settings.database_url" in result.warnings[0]
 
 
 def test_secrets_never_in_repr() -> None:
