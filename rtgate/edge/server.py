@@ -32,6 +32,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from rtgate.config.model import GatewayConfig
 from rtgate.control.app import ControlApp, MetricsRenderer
 from rtgate.edge.front import Front
+from rtgate.edge.signals import StopRequests
 from rtgate.edge.systemd import Notifier
 from rtgate.errors import ConfigError
 from rtgate.session.gateway import Gateway
@@ -223,7 +224,8 @@ async def run_until_signalled(
 
     The first TERM/INT starts the drain (readiness 503, listener closed,
     sessions get ``drain_seconds``); a second one closes the remaining
-    sessions with 1001 at once; a third one exits without waiting.
+    sessions with 1001 at once; a third one exits without waiting. Copies of
+    one signal within a second count once (:mod:`rtgate.edge.signals`).
     """
     notifier = notifier or Notifier()
     event_log = _event_log_for(config)
@@ -250,13 +252,17 @@ async def run_until_signalled(
             notifier.ready(f"serving {len(config.deployments)} deployments on port {handle.port}")
 
             async def watch_signals() -> None:
-                terms = 0
+                requests = StopRequests()
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         if not stop.is_set():
                             state.reload()
                         continue
-                    terms += 1
+                    if not requests.note(trio.current_time()):
+                        log.debug("%s again within %.0f s: the same request",
+                                  signal.Signals(signum).name, requests.window)  # fmt: skip
+                        continue
+                    terms = requests.count
                     if terms == 1:
                         log.info("%s: draining", signal.Signals(signum).name)
                         stop.set()
