@@ -55,6 +55,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "testing": frozenset(
         {
             "edge",
+            "telemetry",
             "providers",
             "aws",
             "translate",

@@ -37,6 +37,7 @@ from rtgate.edge.systemd import Notifier
 from rtgate.errors import ConfigError
 from rtgate.session.gateway import Gateway
 from rtgate.session.health_checks import provider_connect, run_health_checks
+from rtgate.telemetry.tap import ServedEventLog
 
 log = logging.getLogger("rtgate.server")
 
@@ -103,7 +104,7 @@ async def serve(
     port: int | None = None,
     stop: trio.Event | None = None,
     metrics: MetricsRenderer | None = None,
-    event_log: object | None = None,
+    event_log: ServedEventLog | None = None,
     listeners: list[trio.SocketListener] | None = None,
     on_stopping: Callable[[], Awaitable[None]] | None = None,
     hurry: trio.Event | None = None,
@@ -123,14 +124,13 @@ async def serve(
         from rtgate.control.metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics()
-    gateway = Gateway(config, event_log=event_log)  # type: ignore[arg-type]
+    gateway = Gateway(config, event_log=event_log)
     runtime_dir = tempfile.mkdtemp(prefix="rtgate-")
     control_socket = os.path.join(runtime_dir, "control.sock")
     try:
         async with trio.open_nursery() as nursery:
-            run_log = getattr(event_log, "run", None)
-            if run_log is not None:
-                await nursery.start(run_log)
+            if event_log is not None:
+                await nursery.start(event_log.run)
             control_stop = trio.Event()
             await nursery.start(
                 partial(
@@ -171,9 +171,8 @@ async def serve(
             # The drain length is the config in force now (a reload may have changed it).
             await _drain(gateway, listen_scope, gateway.config.server.limits.drain_seconds, hurry)
             control_stop.set()
-            close_log = getattr(event_log, "aclose", None)
-            if close_log is not None:
-                await close_log()
+            if event_log is not None:
+                await event_log.aclose()
             nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(runtime_dir, ignore_errors=True)
@@ -295,7 +294,7 @@ class _ReloadState:
     path: str
     config: GatewayConfig
     host: str
-    event_log: object | None
+    event_log: ServedEventLog | None
     notifier: Notifier
     handle: ServerHandle | None = None
 
@@ -307,9 +306,8 @@ class _ReloadState:
         try:
             new = reload_config(self.path, self.config, self.host)
             gateway.reload(new)
-            reconfigure = getattr(self.event_log, "reconfigure", None)
-            if callable(reconfigure):
-                reconfigure(new.event_log)
+            if self.event_log is not None:
+                self.event_log.reconfigure(new.event_log)
             if (new.server.log_level, new.server.log_format) != (
                 self.config.server.log_level,
                 self.config.server.log_format,
@@ -365,7 +363,7 @@ def configure_logging(level: str, fmt: str) -> None:
     configure(level, fmt)
 
 
-def _event_log_for(config: GatewayConfig) -> object | None:
+def _event_log_for(config: GatewayConfig) -> ServedEventLog | None:
     from rtgate.telemetry.eventlog import EventLogger
 
     return EventLogger.for_config(config)

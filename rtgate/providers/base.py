@@ -65,6 +65,10 @@ class UpstreamLink(Protocol):
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close politely, bounded in time; never raises."""
 
+    async def abandon(self, code: int = 1000, reason: str = "") -> None:
+        """Close while another task may still be reading this link (a reconnect swapped it
+        out): never reads, bounded in time; never raises."""
+
     def pending_bytes(self) -> int:
         """Bytes written but not yet accepted by the peer's socket (0 if unknown)."""
 

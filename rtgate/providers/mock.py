@@ -40,6 +40,9 @@ class NullLink:
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         self._closed.set()
 
+    async def abandon(self, code: int = 1000, reason: str = "") -> None:
+        self._closed.set()
+
     def pending_bytes(self) -> int:
         return 0
 

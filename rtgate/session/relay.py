@@ -251,26 +251,31 @@ class Relay:
         self._scope.cancel()
 
     async def _dispatch(self, out: Outbox, *, final: bool = False) -> None:
+        """Send what ``out`` holds, act on the rest, and leave it empty for the next batch."""
         try:
-            if out.to_upstream and not final:
-                await self._send_upstream(out.to_upstream)
-            if out.to_client:
-                await self._send_client(out.to_client)
-        except UpstreamClosed as exc:
-            # The reader task will see the close too; make sure the session ends.
-            self._set_outcome(
-                Outcome(1011, "upstream connection lost", exc.code, exc.reason, "upstream", True)
-            )
-        except ConnectionClosed as exc:
-            if not exc.by_peer and exc.code == 1011:
-                # The write timeout fired: the client stopped reading.
-                self.counters.limit("slow_consumer")
-            self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
+            try:
+                if out.to_upstream and not final:
+                    await self._send_upstream(out.to_upstream)
+                if out.to_client:
+                    await self._send_client(out.to_client)
+            except UpstreamClosed as exc:
+                # The reader task will see the close too; make sure the session ends.
+                self._set_outcome(
+                    Outcome(
+                        1011, "upstream connection lost", exc.code, exc.reason, "upstream", True
+                    )
+                )
+            except ConnectionClosed as exc:
+                if not exc.by_peer and exc.code == 1011:
+                    # The write timeout fired: the client stopped reading.
+                    self.counters.limit("slow_consumer")
+                self._set_outcome(
+                    Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client")
+                )
+            if out.responses_done or out.reconnect is not None or out.close is not None:
+                self._after_dispatch(out)
         finally:
-            out.to_upstream.clear()
-            out.to_client.clear()
-        if out.responses_done or out.reconnect is not None or out.close is not None:
-            self._after_dispatch(out)
+            out.clear()
         deadline = self.translator.deadline
         if deadline is not None and deadline < self._timer_scope.deadline:
             self._timer_scope.deadline = deadline
@@ -281,15 +286,11 @@ class Relay:
         """The rare parts of a dispatch: usage, a reconnect request, a close."""
         if out.responses_done:
             self._add_usage(out.usage or {}, out.responses_done)
-            out.usage = None
-            out.responses_done = 0
         if out.reconnect is not None and not self._reconnecting and self.reconnector is not None:
             self._reconnecting = True
             self._nursery.start_soon(self._reconnect)
-        out.reconnect = None
-        if out.close is not None:
-            close = out.close
-            out.close = None
+        close = out.close
+        if close is not None:
             self._set_outcome(Outcome(close.code, close.reason, 1000, "", "gateway"))
 
     async def _send_client(self, frames: list[Frame]) -> None:
@@ -427,11 +428,7 @@ class Relay:
         self._reconnecting = False
         await self._dispatch(out)
         # The upstream pump may be reading ``old`` right now, so it must not be read here.
-        abandon = getattr(old, "abandon", None)
-        if abandon is not None:
-            await abandon(1000, "reconnected")
-        else:
-            await old.aclose(1000, "reconnected")
+        await old.abandon(1000, "reconnected")
 
     # -- endings -----------------------------------------------------------------
 
