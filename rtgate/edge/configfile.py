@@ -18,7 +18,7 @@ from rtgate.config.load import LoadResult
 from rtgate.config.model import Deployment
 from rtgate.errors import ConfigError
 from rtgate.pool.warm_policy import settings_problems
-from rtgate.providers import KNOWN_PROVIDERS, get_provider
+from rtgate.providers import EXTRAS, KNOWN_PROVIDERS, get_provider
 from rtgate.providers.base import Provider
 from rtgate.telemetry.sinks import build_sink
 
@@ -32,6 +32,12 @@ class EdgeChecks:
     def deployment_problems(self, deployment: Deployment) -> list[str]:
         provider = _provider(deployment)
         if provider is None:
+            extra = EXTRAS.get(deployment.provider)
+            if extra is not None:
+                return [
+                    f"provider {deployment.provider!r} needs an optional dependency that is not "
+                    f"installed: pip install 'rtgate[{extra}]'"
+                ]
             return [f"provider {deployment.provider!r} is not available in this build"]
         return provider.validate(deployment)
 

@@ -150,7 +150,7 @@ class Relay:
             now = client.last_received  # the clock read the receive already made
             translator = self.translator
             stats.frames_from_client += len(frames)
-            counters.add("client_in", len(frames), _size(frames))
+            counters.add("client_in", len(frames), batch_bytes(frames))
             batch_no += 1
             try:
                 if bridge is None and tap is None:
@@ -211,7 +211,7 @@ class Relay:
                 await self._dispatch(out, final=True)
                 return
             now = self._upstream_last = trio.current_time()
-            counters.add("upstream_in", len(frames), _size(frames))
+            counters.add("upstream_in", len(frames), batch_bytes(frames))
             batch_no += 1
             translator = self.translator
             try:
@@ -295,7 +295,7 @@ class Relay:
 
     async def _send_client(self, frames: list[Frame]) -> None:
         self.stats.frames_to_client += len(frames)
-        _scrub_error_events(frames, self.secrets)
+        scrub_error_events(frames, self.secrets)
         tap = self.tap
         if tap is not None:
             wall = time.time()
@@ -304,7 +304,7 @@ class Relay:
                     tap.record("server", frame, wall)
         if self.bridge is not None:
             frames = self._to_beta(frames)
-        size = _size(frames)
+        size = batch_bytes(frames)
         self.stats.bytes_to_client += size
         self.counters.add("client_out", len(frames), size)
         if size <= self.limits.max_pending_bytes:
@@ -314,7 +314,7 @@ class Relay:
             await self.client.send(chunk)
 
     async def _send_upstream(self, frames: list[Frame]) -> None:
-        size = _size(frames)
+        size = batch_bytes(frames)
         self.counters.add("upstream_out", len(frames), size)
         if size <= self.limits.max_pending_bytes:
             await self.upstream.send(frames)
@@ -463,7 +463,7 @@ def _upstream_code(client_code: int) -> int:
     return 1001  # the client vanished or broke: the session is going away
 
 
-def _scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
+def scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
     """Remove keys from ``error`` events in place (a provider may echo the key it was sent).
 
     Only error events are looked at (a bounded byte search per frame), and they
@@ -492,7 +492,7 @@ def _scrub_strings(value: object, secrets: tuple[str, ...]) -> object:
     return value
 
 
-def _size(frames: Sequence[Frame]) -> int:
+def batch_bytes(frames: Sequence[Frame]) -> int:
     """Payload bytes of a batch (one ``len`` per message, no copy)."""
     try:
         return sum(map(len, frames))  # type: ignore[arg-type]
