@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import trio
 
-from rtgate.config.load import parse_text
 from rtgate.control.metrics import render
+from rtgate.edge.configfile import parse_text
 from rtgate.edge.server import ServerHandle
 from rtgate.testing.fake_gemini import FakeGeminiServer
 from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer

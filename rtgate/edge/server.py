@@ -32,10 +32,12 @@ from hypercorn.trio import serve as hypercorn_serve
 from rtgate.config.model import GatewayConfig
 from rtgate.control.app import ControlApp, MetricsRenderer
 from rtgate.edge.front import Front
+from rtgate.edge.signals import StopRequests
 from rtgate.edge.systemd import Notifier
 from rtgate.errors import ConfigError
 from rtgate.session.gateway import Gateway
 from rtgate.session.health_checks import provider_connect, run_health_checks
+from rtgate.telemetry.tap import ServedEventLog
 
 log = logging.getLogger("rtgate.server")
 
@@ -102,7 +104,7 @@ async def serve(
     port: int | None = None,
     stop: trio.Event | None = None,
     metrics: MetricsRenderer | None = None,
-    event_log: object | None = None,
+    event_log: ServedEventLog | None = None,
     listeners: list[trio.SocketListener] | None = None,
     on_stopping: Callable[[], Awaitable[None]] | None = None,
     hurry: trio.Event | None = None,
@@ -122,14 +124,13 @@ async def serve(
         from rtgate.control.metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics()
-    gateway = Gateway(config, event_log=event_log)  # type: ignore[arg-type]
+    gateway = Gateway(config, event_log=event_log)
     runtime_dir = tempfile.mkdtemp(prefix="rtgate-")
     control_socket = os.path.join(runtime_dir, "control.sock")
     try:
         async with trio.open_nursery() as nursery:
-            run_log = getattr(event_log, "run", None)
-            if run_log is not None:
-                await nursery.start(run_log)
+            if event_log is not None:
+                await nursery.start(event_log.run)
             control_stop = trio.Event()
             await nursery.start(
                 partial(
@@ -170,9 +171,8 @@ async def serve(
             # The drain length is the config in force now (a reload may have changed it).
             await _drain(gateway, listen_scope, gateway.config.server.limits.drain_seconds, hurry)
             control_stop.set()
-            close_log = getattr(event_log, "aclose", None)
-            if close_log is not None:
-                await close_log()
+            if event_log is not None:
+                await event_log.aclose()
             nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(runtime_dir, ignore_errors=True)
@@ -223,7 +223,8 @@ async def run_until_signalled(
 
     The first TERM/INT starts the drain (readiness 503, listener closed,
     sessions get ``drain_seconds``); a second one closes the remaining
-    sessions with 1001 at once; a third one exits without waiting.
+    sessions with 1001 at once; a third one exits without waiting. Copies of
+    one signal within a second count once (:mod:`rtgate.edge.signals`).
     """
     notifier = notifier or Notifier()
     event_log = _event_log_for(config)
@@ -250,13 +251,17 @@ async def run_until_signalled(
             notifier.ready(f"serving {len(config.deployments)} deployments on port {handle.port}")
 
             async def watch_signals() -> None:
-                terms = 0
+                requests = StopRequests()
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         if not stop.is_set():
                             state.reload()
                         continue
-                    terms += 1
+                    if not requests.note(trio.current_time()):
+                        log.debug("%s again within %.0f s: the same request",
+                                  signal.Signals(signum).name, requests.window)  # fmt: skip
+                        continue
+                    terms = requests.count
                     if terms == 1:
                         log.info("%s: draining", signal.Signals(signum).name)
                         stop.set()
@@ -289,7 +294,7 @@ class _ReloadState:
     path: str
     config: GatewayConfig
     host: str
-    event_log: object | None
+    event_log: ServedEventLog | None
     notifier: Notifier
     handle: ServerHandle | None = None
 
@@ -301,9 +306,8 @@ class _ReloadState:
         try:
             new = reload_config(self.path, self.config, self.host)
             gateway.reload(new)
-            reconfigure = getattr(self.event_log, "reconfigure", None)
-            if callable(reconfigure):
-                reconfigure(new.event_log)
+            if self.event_log is not None:
+                self.event_log.reconfigure(new.event_log)
             if (new.server.log_level, new.server.log_format) != (
                 self.config.server.log_level,
                 self.config.server.log_format,
@@ -323,7 +327,8 @@ class _ReloadState:
 
 def reload_config(path: str, running: GatewayConfig, host: str) -> GatewayConfig:
     """Load and validate ``path`` for a reload (raises :class:`ConfigError`, changes nothing)."""
-    from rtgate.config.load import load_config, world_readable_secrets
+    from rtgate.config.load import world_readable_secrets
+    from rtgate.edge.configfile import load_config
 
     result = load_config(path)
     for warning in result.warnings:
@@ -358,7 +363,7 @@ def configure_logging(level: str, fmt: str) -> None:
     configure(level, fmt)
 
 
-def _event_log_for(config: GatewayConfig) -> object | None:
+def _event_log_for(config: GatewayConfig) -> ServedEventLog | None:
     from rtgate.telemetry.eventlog import EventLogger
 
     return EventLogger.for_config(config)

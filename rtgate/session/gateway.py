@@ -45,7 +45,7 @@ from rtgate.session.auth import Authenticator, Principal, presented_key
 from rtgate.session.counters import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
 from rtgate.session.relay import Outcome, Relay
 from rtgate.session.warm_pool import WarmPools
-from rtgate.telemetry.tap import EventLog, SessionInfo, SessionSummary
+from rtgate.telemetry.tap import ServedEventLog, SessionInfo, SessionSummary
 from rtgate.translate.base import new_id
 
 log = logging.getLogger("rtgate.gateway")
@@ -81,7 +81,7 @@ class GatewayCounters:
 class Gateway:
     """Process-wide state of the data plane: config, pool, keys, event log, counters."""
 
-    def __init__(self, config: GatewayConfig, *, event_log: EventLog | None = None) -> None:
+    def __init__(self, config: GatewayConfig, *, event_log: ServedEventLog | None = None) -> None:
         self.config = config
         self.pool = Pool(config)
         self.auth = Authenticator(config)
@@ -96,11 +96,7 @@ class Gateway:
 
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new config to new sessions; running sessions keep theirs."""
-        reconfigure = getattr(self.pool, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(config, trio.current_time())
-        else:
-            self.pool = Pool(config)
+        self.pool.reconfigure(config, trio.current_time())
         self.config = config
         self.auth = Authenticator(config)
         self.secrets = config.secret_values()
@@ -392,9 +388,8 @@ def _json_response(
 
 def _error_response(exc: RtgateError, secrets: tuple[str, ...]) -> Response:
     extra: dict[str, str] = {}
-    retry_after = getattr(exc, "retry_after", None)
-    if isinstance(exc, TooManySessions | NoDeploymentAvailable) and retry_after is not None:
-        extra["Retry-After"] = str(max(1, round(retry_after)))
+    if isinstance(exc, TooManySessions | NoDeploymentAvailable) and exc.retry_after is not None:
+        extra["Retry-After"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, ClientError) and exc.http_status == 401:
         extra["WWW-Authenticate"] = "Bearer"
     return _json_response(

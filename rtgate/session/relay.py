@@ -158,7 +158,7 @@ class Relay:
             now = client.last_received  # the clock read the receive already made
             translator = self.translator
             stats.frames_from_client += len(frames)
-            counters.add("client_in", len(frames), _size(frames))
+            counters.add("client_in", len(frames), batch_bytes(frames))
             batch_no += 1
             try:
                 if bridge is None and tap is None:
@@ -219,7 +219,7 @@ class Relay:
                 await self._dispatch(out, final=True)
                 return
             now = self._upstream_last = trio.current_time()
-            counters.add("upstream_in", len(frames), _size(frames))
+            counters.add("upstream_in", len(frames), batch_bytes(frames))
             batch_no += 1
             translator = self.translator
             try:
@@ -259,26 +259,31 @@ class Relay:
         self._scope.cancel()
 
     async def _dispatch(self, out: Outbox, *, final: bool = False) -> None:
+        """Send what ``out`` holds, act on the rest, and leave it empty for the next batch."""
         try:
-            if out.to_upstream and not final:
-                await self._send_upstream(out.to_upstream)
-            if out.to_client:
-                await self._send_client(out.to_client)
-        except UpstreamClosed as exc:
-            # The reader task will see the close too; make sure the session ends.
-            self._set_outcome(
-                Outcome(1011, "upstream connection lost", exc.code, exc.reason, "upstream", True)
-            )
-        except ConnectionClosed as exc:
-            if not exc.by_peer and exc.code == 1011:
-                # The write timeout fired: the client stopped reading.
-                self.counters.limit("slow_consumer")
-            self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
+            try:
+                if out.to_upstream and not final:
+                    await self._send_upstream(out.to_upstream)
+                if out.to_client:
+                    await self._send_client(out.to_client)
+            except UpstreamClosed as exc:
+                # The reader task will see the close too; make sure the session ends.
+                self._set_outcome(
+                    Outcome(
+                        1011, "upstream connection lost", exc.code, exc.reason, "upstream", True
+                    )
+                )
+            except ConnectionClosed as exc:
+                if not exc.by_peer and exc.code == 1011:
+                    # The write timeout fired: the client stopped reading.
+                    self.counters.limit("slow_consumer")
+                self._set_outcome(
+                    Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client")
+                )
+            if out.responses_done or out.reconnect is not None or out.close is not None:
+                self._after_dispatch(out)
         finally:
-            out.to_upstream.clear()
-            out.to_client.clear()
-        if out.responses_done or out.reconnect is not None or out.close is not None:
-            self._after_dispatch(out)
+            out.clear()
         deadline = self.translator.deadline
         if deadline is not None and deadline < self._timer_scope.deadline:
             self._timer_scope.deadline = deadline
@@ -289,20 +294,16 @@ class Relay:
         """The rare parts of a dispatch: usage, a reconnect request, a close."""
         if out.responses_done:
             self._add_usage(out.usage or {}, out.responses_done)
-            out.usage = None
-            out.responses_done = 0
         if out.reconnect is not None and not self._reconnecting and self.reconnector is not None:
             self._reconnecting = True
             self._nursery.start_soon(self._reconnect)
-        out.reconnect = None
-        if out.close is not None:
-            close = out.close
-            out.close = None
+        close = out.close
+        if close is not None:
             self._set_outcome(Outcome(close.code, close.reason, 1000, "", "gateway"))
 
     async def _send_client(self, frames: list[Frame]) -> None:
         self.stats.frames_to_client += len(frames)
-        _scrub_error_events(frames, self.secrets)
+        scrub_error_events(frames, self.secrets)
         tap = self.tap
         if tap is not None:
             wall = time.time()
@@ -311,7 +312,7 @@ class Relay:
                     tap.record("server", frame, wall)
         if self.bridge is not None:
             frames = self._to_beta(frames)
-        size = _size(frames)
+        size = batch_bytes(frames)
         self.stats.bytes_to_client += size
         self.counters.add("client_out", len(frames), size)
         if size <= self.limits.max_pending_bytes:
@@ -321,7 +322,7 @@ class Relay:
             await self.client.send(chunk)
 
     async def _send_upstream(self, frames: list[Frame]) -> None:
-        size = _size(frames)
+        size = batch_bytes(frames)
         self.counters.add("upstream_out", len(frames), size)
         if size <= self.limits.max_pending_bytes:
             await self.upstream.send(frames)
@@ -434,11 +435,7 @@ class Relay:
         self._reconnecting = False
         await self._dispatch(out)
         # The upstream pump may be reading ``old`` right now, so it must not be read here.
-        abandon = getattr(old, "abandon", None)
-        if abandon is not None:
-            await abandon(1000, "reconnected")
-        else:
-            await old.aclose(1000, "reconnected")
+        await old.abandon(1000, "reconnected")
 
     # -- endings -----------------------------------------------------------------
 
@@ -473,7 +470,7 @@ def _upstream_code(client_code: int) -> int:
     return 1001  # the client vanished or broke: the session is going away
 
 
-def _scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
+def scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
     """Remove keys from ``error`` events in place (a provider may echo the key it was sent).
 
     Only error events are looked at (a bounded byte search per frame), and they
@@ -502,7 +499,7 @@ def _scrub_strings(value: object, secrets: tuple[str, ...]) -> object:
     return value
 
 
-def _size(frames: Sequence[Frame]) -> int:
+def batch_bytes(frames: Sequence[Frame]) -> int:
     """Payload bytes of a batch (one ``len`` per message, no copy)."""
     try:
         return sum(map(len, frames))  # type: ignore[arg-type]

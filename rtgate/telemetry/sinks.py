@@ -27,6 +27,7 @@ import attrs
 import h11
 import trio
 
+from rtgate.config.model import Secret
 from rtgate.errors import ConfigError, scrub
 
 log = logging.getLogger("rtgate.eventlog")
@@ -579,7 +580,7 @@ class _Getter:
             raise ConfigError(f"{self.where}.{key} must be a mapping of header names to values")
         out: dict[str, str] = {}
         for name, raw in value.items():
-            text = str(getattr(raw, "value", raw))  # the loader may hand a Secret
+            text = raw.value if isinstance(raw, Secret) else str(raw)  # from the loader
             if text.startswith("os.environ/"):
                 var = text.removeprefix("os.environ/")
                 if var not in os.environ:
