@@ -220,3 +220,18 @@ async def test_a_good_head_still_works() -> None:
             gw.port, (UPGRADE + f"Authorization: Bearer {MASTER}x\r\n\r\n").encode()
         )
         assert one_answer(raw)[0] == 401
+
+
+def test_a_bare_cr_is_refused_without_waiting_for_a_line_end() -> None:
+    refusal = scan_head(b"GET /v1/realtime HTTP/1.1\rHost: x\r\r")
+    assert isinstance(refusal, Refusal) and refusal.reason == "bare_cr"
+    assert scan_head(b"GET / HTTP/1.1\r") is None  # its LF may be the next byte
+
+
+async def test_the_control_plane_never_switches_protocols() -> None:
+    # hypercorn takes Upgrade: h2c and would speak HTTP/2 past the front: the front drops it.
+    head = HEALTH + "Connection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\n"
+    head += "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    async with open_gateway(config()) as gw:
+        status, body = one_answer(await exchange(gw.port, head.encode()))
+    assert (status, body["status"]) == (200, "alive")

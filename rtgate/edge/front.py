@@ -86,20 +86,20 @@ class Front:
         if isinstance(head, Refusal):
             await self._refuse(stream, head, client_addr)
             return
-        target, is_upgrade = _route_facts(head)
-        if target is None:
+        request = _parse_request(head)
+        if request is None:
             refusal = Refusal(400, "malformed", "malformed HTTP request")
             await self._refuse(stream, refusal, client_addr)
             return
-        path = urlsplit(target).path.rstrip("/")
-        if path in REALTIME_PATHS and is_upgrade:
+        path = urlsplit(request.target.decode("latin-1")).path.rstrip("/")
+        if path in REALTIME_PATHS and _asks_websocket(request):
             if not self.realtime:
                 refusal = Refusal(404, "ops_listener", "realtime sessions use the public port")
                 await self._refuse(stream, refusal, client_addr)
                 return
             await self.gateway.serve_realtime(stream, head, client_addr)
         else:
-            await self._splice_to_control(stream, head)
+            await self._splice_to_control(stream, _without_upgrade(head, request))
 
     async def _refuse(self, stream: trio.abc.Stream, refusal: Refusal, client_addr: str) -> None:
         """Answer a head no plane may see: one JSON error, one rate-limited log line, close."""
@@ -165,20 +165,44 @@ async def _read_head(stream: trio.abc.Stream) -> bytes | Refusal | None:
             return bytes(buf)
 
 
-def _route_facts(head: bytes) -> tuple[str | None, bool]:
-    """Request target and whether it asks for a WebSocket upgrade (h11 parses the head)."""
+def _parse_request(head: bytes) -> h11.Request | None:
+    """The request head, parsed by h11 (None: malformed)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     conn.receive_data(head)
     try:
         event = conn.next_event()
     except h11.RemoteProtocolError:
-        return None, False
-    if not isinstance(event, h11.Request):
-        return None, False
-    upgrade = any(
-        name == b"upgrade" and value.lower() == b"websocket" for name, value in event.headers
+        return None
+    return event if isinstance(event, h11.Request) else None
+
+
+def _asks_websocket(request: h11.Request) -> bool:
+    return any(
+        name == b"upgrade" and value.lower() == b"websocket" for name, value in request.headers
     )
-    return event.target.decode("latin-1"), upgrade
+
+
+_UPGRADE_HEADERS = (b"upgrade", b"http2-settings")
+
+
+def _without_upgrade(head: bytes, request: h11.Request) -> bytes:
+    """The head for the control plane, which never switches protocols (RFC 9110 7.8 lets it ignore
+    ``Upgrade``): hypercorn would otherwise take ``Upgrade: h2c`` and speak HTTP/2 past the front."""
+    if not any(name in _UPGRADE_HEADERS for name, _ in request.headers):
+        return head
+    lines = [b"%s %s HTTP/%s" % (request.method, request.target, request.http_version)]
+    for name, value in request.headers:
+        if name in _UPGRADE_HEADERS:
+            continue
+        if name == b"connection":
+            tokens = [t.strip() for t in value.split(b",")]
+            value = b", ".join(t for t in tokens if t and t.lower() not in _UPGRADE_HEADERS)
+            if not value:
+                continue
+        lines.append(name + b": " + value)
+    end = scan_head(head)
+    assert isinstance(end, int)  # the front read this head whole
+    return b"\r\n".join(lines) + b"\r\n\r\n" + head[end:]
 
 
 async def _reply_error(stream: trio.abc.Stream, status: int, message: str) -> None:

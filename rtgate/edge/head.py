@@ -10,7 +10,7 @@ it then refuses.
 * more than ``max_headers`` header lines, a header line over ``max_line`` bytes,
   or a head over ``max_total`` bytes: 431 Request Header Fields Too Large;
 * a request line over ``max_line`` bytes: 414 URI Too Long (RFC 9110 15.5.15);
-* a line ending in a bare LF: 400 at once. RFC 9112 2.2 lets a server accept
+* a line ending in a bare LF, or a CR not followed by LF: 400 at once. RFC 9112 2.2 lets a server accept
   it, but front proxies disagree on it (a request-smuggling lever), and the
   ``websockets`` parser refuses it, so rtgate refuses it for both planes.
 
@@ -65,6 +65,9 @@ def scan_head(buf: bytes | bytearray, limits: HeadLimits = HEAD_LIMITS) -> int |
     while True:
         end = buf.find(b"\n", start)
         if end < 0:
+            cr = buf.find(b"\r", start)
+            if 0 <= cr < len(buf) - 1:  # a CR followed by something other than LF
+                return _bare_cr()
             partial = len(buf) - start
             if partial > limits.max_line + 1:  # + 1: its CR may be the next byte
                 return _line_too_long(index, limits)
@@ -73,6 +76,8 @@ def scan_head(buf: bytes | bytearray, limits: HeadLimits = HEAD_LIMITS) -> int |
             return None
         if end == start or buf[end - 1] != 0x0D:
             return Refusal(400, "bare_lf", "malformed HTTP request: a line ends in LF without CR")
+        if buf.find(b"\r", start, end - 1) >= 0:
+            return _bare_cr()
         length = end - 1 - start
         if length > limits.max_line:
             return _line_too_long(index, limits)
@@ -90,6 +95,11 @@ def scan_head(buf: bytes | bytearray, limits: HeadLimits = HEAD_LIMITS) -> int |
             )
         index += 1
         start = end + 1
+
+
+def _bare_cr() -> Refusal:
+    # RFC 9112 2.2: a bare CR is invalid; refusing it beats guessing what a proxy made of it.
+    return Refusal(400, "bare_cr", "malformed HTTP request: a CR not followed by LF")
 
 
 def _line_too_long(index: int, limits: HeadLimits) -> Refusal:
