@@ -42,7 +42,7 @@ from rtgate.pool.router import Pool, Selection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
-from rtgate.session.auth import Authenticator, Principal, presented_key
+from rtgate.session.auth import Authenticator, Principal, check_one_credential, presented_key
 from rtgate.session.counters import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
 from rtgate.session.relay import Outcome, Relay
 from rtgate.session.warm_pool import WarmPools
@@ -164,6 +164,7 @@ class Gateway:
         if origins is not None and "origin" in headers and headers["origin"] not in origins:
             raise Forbidden("origin not allowed")
         subprotocols = _offered_subprotocols(request.headers)
+        check_one_credential(request.headers.raw_items(), subprotocols, parse_qsl(url.query))
         principal = self.auth.authenticate(presented_key(headers, subprotocols, query))
         intent = query.get("intent")
         group = query.get("model") or query.get("deployment")
