@@ -12,6 +12,8 @@ import h11
 import orjson
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtgate.edge.head import MAX_HEADERS, MAX_LINE, HeadLimits, Refusal, scan_head
 from rtgate.testing.gateway import open_gateway
@@ -235,3 +237,28 @@ async def test_the_control_plane_never_switches_protocols() -> None:
     async with open_gateway(config()) as gw:
         status, body = one_answer(await exchange(gw.port, head.encode()))
     assert (status, body["status"]) == (200, "alive")
+
+
+HEAD_BYTES = st.lists(
+    st.sampled_from([b"GET / HTTP/1.1", b"X: v", b"Host: h", b"a" * 40, b"", b"\r", b"\n", b"\r\n",
+                     b":", b" ", b"\x00", b"\xff"]),
+    max_size=40,
+).map(b"".join)  # fmt: skip
+SMALL = HeadLimits(max_headers=4, max_line=30, max_total=120)
+
+
+@settings(max_examples=500, deadline=None)
+@given(buf=HEAD_BYTES, cut=st.integers(0, 400))
+def test_scan_head_is_consistent_however_the_bytes_arrive(buf: bytes, cut: int) -> None:
+    whole = scan_head(buf, SMALL)
+    if isinstance(whole, int):
+        head = buf[:whole]
+        assert head.endswith(b"\r\n\r\n") and b"\r\n\r\n" not in head[:-2]
+        lines = head[:-4].split(b"\r\n")
+        assert len(lines) - 1 <= SMALL.max_headers and whole <= SMALL.max_total
+        assert all(len(line) <= SMALL.max_line and b"\r" not in line and b"\n" not in line
+                   for line in lines)  # fmt: skip
+    # A prefix is never refused when the whole is not, and never decides otherwise.
+    part = scan_head(buf[:cut], SMALL)
+    if part is not None:
+        assert whole == part

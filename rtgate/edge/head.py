@@ -55,51 +55,57 @@ class Refusal:
 HEAD_LIMITS = HeadLimits()
 
 
-def scan_head(buf: bytes | bytearray, limits: HeadLimits = HEAD_LIMITS) -> int | Refusal | None:
+def scan_head(buf: bytes | bytearray, limits: HeadLimits | None = None) -> int | Refusal | None:
     """Where the head in ``buf`` ends (the offset after its blank line), a refusal, or None (more).
 
-    Bytes after the head (a body, or frames sent early) are not looked at.
+    The answer is the one due at the first byte that decides it, so it does not
+    depend on how the bytes were cut into reads. Bytes after the head (a body,
+    frames sent early) are not looked at.
     """
+    limits = HEAD_LIMITS if limits is None else limits
+    size = len(buf)
     start = 0
     index = 0  # 0: the request line; 1..: header lines
     while True:
         end = buf.find(b"\n", start)
-        if end < 0:
-            cr = buf.find(b"\r", start)
-            if 0 <= cr < len(buf) - 1:  # a CR followed by something other than LF
-                return _bare_cr()
-            partial = len(buf) - start
-            if partial > limits.max_line + 1:  # + 1: its CR may be the next byte
-                return _line_too_long(index, limits)
-            if len(buf) > limits.max_total:
-                return _head_too_large(limits)
+        complete = end >= 0
+        line_end = end if complete else size  # the line's bytes before its LF (or so far)
+        # (position of the byte that decides it, refusal): the earliest one wins.
+        found: list[tuple[int, Refusal]] = []
+        cr = buf.find(b"\r", start, line_end)
+        if 0 <= cr < line_end - 1:  # a CR followed by something other than LF
+            found.append((cr + 1, _BARE_CR))
+        if line_end - start > limits.max_line + 1:  # + 1: the line's CR
+            found.append((start + limits.max_line + 1, _line_too_long(index, limits)))
+        if limits.max_total < (end + 1 if complete else size):
+            found.append((limits.max_total, _head_too_large(limits)))
+        if complete:
+            if end == start or buf[end - 1] != 0x0D:
+                found.append((end, _BARE_LF))
+            elif end - start == 1 and index == 0:
+                found.append((end, _EMPTY_REQUEST_LINE))
+            elif end - start > 1 and index > limits.max_headers:
+                found.append((end, _too_many_headers(limits)))
+        if found:
+            return min(found, key=lambda candidate: candidate[0])[1]
+        if not complete:
             return None
-        if end == start or buf[end - 1] != 0x0D:
-            return Refusal(400, "bare_lf", "malformed HTTP request: a line ends in LF without CR")
-        if buf.find(b"\r", start, end - 1) >= 0:
-            return _bare_cr()
-        length = end - 1 - start
-        if length > limits.max_line:
-            return _line_too_long(index, limits)
-        if end + 1 > limits.max_total:
-            return _head_too_large(limits)
-        if length == 0:
-            if index == 0:
-                return Refusal(400, "empty_request_line", "malformed HTTP request: no request line")
+        if end - start == 1:  # the blank line
             return end + 1
-        if index > limits.max_headers:
-            return Refusal(
-                431,
-                "too_many_headers",
-                f"request has more than {limits.max_headers} header fields",
-            )
         index += 1
         start = end + 1
 
 
-def _bare_cr() -> Refusal:
-    # RFC 9112 2.2: a bare CR is invalid; refusing it beats guessing what a proxy made of it.
-    return Refusal(400, "bare_cr", "malformed HTTP request: a CR not followed by LF")
+# RFC 9112 2.2: a bare CR is invalid; refusing it beats guessing what a proxy made of it.
+_BARE_CR = Refusal(400, "bare_cr", "malformed HTTP request: a CR not followed by LF")
+_BARE_LF = Refusal(400, "bare_lf", "malformed HTTP request: a line ends in LF without CR")
+_EMPTY_REQUEST_LINE = Refusal(400, "empty_request_line", "malformed HTTP request: no request line")
+
+
+def _too_many_headers(limits: HeadLimits) -> Refusal:
+    return Refusal(
+        431, "too_many_headers", f"request has more than {limits.max_headers} header fields"
+    )
 
 
 def _line_too_long(index: int, limits: HeadLimits) -> Refusal:
