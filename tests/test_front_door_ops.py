@@ -257,3 +257,23 @@ async def test_serve_names_unusable_sinks_at_start_up(tmp_path: Path) -> None:
     async with rtgate_process(tmp_path, mock_config(port, extra=extra), port) as child:
         log = child.log()
     assert "event log sink cannot work: rtgate.event_log.sinks[0] (file /dev/full)" in log
+
+
+async def test_a_reload_changes_the_control_plane_keep_alive(tmp_path: Path) -> None:
+    from rtgate.edge.server import _ReloadState
+    from rtgate.edge.systemd import Notifier
+
+    path = tmp_path / "config.yaml"
+    path.touch(mode=0o600)
+    path.write_text(mock_config(0))
+    config = parse_text(path.read_text(), path=str(path)).config
+    async with open_gateway(config) as gw:
+        assert [c.keep_alive_timeout for c in gw.control_configs] == [10.0]
+        path.write_text(
+            mock_config(0).replace(
+                "    ping_interval: 0", "    ping_interval: 0\n    handshake_timeout: 3"
+            )
+        )
+        state = _ReloadState(str(path), config, "127.0.0.1", None, Notifier({}), gw)
+        assert state.reload()
+        assert [c.keep_alive_timeout for c in gw.control_configs] == [3.0]
