@@ -114,6 +114,13 @@ def check(config_path: str) -> None:
     exposed = world_readable_secrets(config_path, result)
     if exposed is not None:
         click.echo(f"warning: {exposed}", err=True)
+    from rtgate.edge.server import unusable_sinks
+
+    unusable = unusable_sinks(config)
+    if unusable:
+        for problem in unusable:
+            click.echo(f"{config.source}: {problem}", err=True)
+        raise SystemExit(1)
     click.echo(f"{config.source}: OK")
     auth = "master key" if config.master_key else "no master key"
     click.echo(

@@ -7,6 +7,7 @@ checks with ``file:line: what is wrong`` errors, warnings for unknown keys
 
 from __future__ import annotations
 
+import hashlib
 import os
 import types
 import typing
@@ -312,7 +313,9 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
         else:
             params.used.add(key)
     api_base = params.get("api_base", str)
-    dep_id = info.get("id", (str, int)) or f"{name}:{provider}:{provider_model}:{api_base or ''}"
+    dep_id = info.get("id", (str, int)) or _derived_id(
+        str(name), provider, provider_model, api_base.rstrip("/") if api_base else None
+    )
     deployment = Deployment(
         model_name=str(name),
         provider=provider,
@@ -497,6 +500,12 @@ def parse_config(
     server = ServerSettings(**server_values, keys=keys, limits=limits)
     if (server.tls_cert is None) != (server.tls_key is None):
         raise ctx.error(own.line(), "rtgate.tls_cert and rtgate.tls_key go together")
+    try:
+        ops = server.ops_address()
+    except ValueError as exc:
+        raise ctx.error(own.line("ops_listen"), str(exc)) from None
+    if ops is not None and ops[1] != 0 and ops == (server.host, server.port):
+        raise ctx.error(own.line("ops_listen"), "rtgate.ops_listen must differ from host:port")
     own.used.update({"keys", "limits", "event_log"})
     own.warn_unknown()
 
@@ -597,3 +606,16 @@ def world_readable_secrets(path: str, result: LoadResult) -> str | None:
         f"by other users (mode {mode & 0o777:o}): chmod 600 it, move the secrets to "
         "os.environ/NAME, or set rtgate.allow_world_readable_secrets: true"
     )
+
+
+def _derived_id(group: str, provider: str, model: str, api_base: str | None) -> str:
+    """A deployment's id without ``model_info.id``: stable across reloads, and no URL in it.
+
+    The id names the deployment in metric labels, logs and records, where a base URL
+    (a private host name, a tenant in the path) has no place: a short digest of it
+    tells deployments of one group apart instead.
+    """
+    base = f"{group}:{provider}:{model}"
+    if not api_base:
+        return base
+    return f"{base}:{hashlib.sha256(api_base.encode()).hexdigest()[:10]}"

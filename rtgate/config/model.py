@@ -247,6 +247,22 @@ class ServerSettings:
     """Require the master key for ``/metrics``."""
     allow_world_readable_secrets: bool = False
     """Serve even if the config file holds literal secrets and other users may read it."""
+    ops_listen: str | None = None
+    """``HOST:PORT`` (``[::1]:4001`` for IPv6) of a separate listener for ``/metrics``, ``/admin/*``
+    and detailed readiness; the public port then answers only liveness and a short readiness."""
+
+    def ops_address(self) -> tuple[str, int] | None:
+        """``ops_listen`` as (host, port); ValueError if it is not ``HOST:PORT``."""
+        if self.ops_listen is None:
+            return None
+        host, sep, port = self.ops_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"rtgate.ops_listen must be HOST:PORT, not {self.ops_listen!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ValueError(f"rtgate.ops_listen: write an IPv6 host in brackets: [{host}]:{port}")
+        return host, int(port)
 
 
 @attrs.frozen
