@@ -185,6 +185,7 @@ async def test_over_the_budget_the_biggest_unfinished_message_is_closed_1013(
                     big.protocol.send_continuation(b"A" * 1_000_000, fin=False)
                 await big.flush()
                 await _held_at_least(budget, 2_500_000)
+                holding = await scrape(gw.port)
                 await steady.send_json({"type": "input_audio_buffer.append", "audio": "QUJD"})
                 small.protocol.send_continuation(b"B" * 600_000, fin=False)  # now over 3 MB
                 await small.flush()
@@ -210,6 +211,9 @@ async def test_over_the_budget_the_biggest_unfinished_message_is_closed_1013(
     assert len(fake_openai.received) == 3  # the big message never reached the provider
     assert held_after == 0
     assert value(samples, "rtgate_limit_closes_total", limit="max_buffered_bytes") == 1
+    assert value(holding, "rtgate_buffered_bytes") >= 2_500_000
+    assert value(holding, "rtgate_buffered_messages_unfinished") == 2
+    assert value(samples, "rtgate_buffered_bytes") == 0
 
 
 async def test_a_session_leaving_mid_message_gives_its_bytes_back(
