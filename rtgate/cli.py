@@ -62,9 +62,11 @@ def serve(
     config_path: str, host: str | None, port: int | None, workers: str, listen_fd: int | None
 ) -> None:
     """Start the gateway and serve until SIGTERM/SIGINT (SIGHUP reloads the config)."""
+    from rtgate.edge.memory import pin_malloc_thresholds
     from rtgate.edge.server import config_summary, run_until_signalled
     from rtgate.edge.supervisor import listener_from_fd, supervise, worker_count
 
+    pin_malloc_thresholds()  # before any large buffer: freed messages go back to the OS
     result = _load(config_path)
     exposed = world_readable_secrets(config_path, result)
     if exposed is not None:

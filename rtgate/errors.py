@@ -229,3 +229,19 @@ class SessionIdle(SessionLimit):
     """No frame either way for ``limits.idle_timeout`` seconds."""
 
     error_code = "idle_timeout"
+
+
+class MessageTimeout(SessionLimit):
+    """A client message was not completed within ``limits.message_timeout`` of its first bytes."""
+
+    close_code = 1008
+    error_code = "message_timeout"
+
+
+class BufferBudgetExceeded(SessionLimit):
+    """The gateway holds ``limits.max_buffered_bytes`` in unfinished messages; this session's
+    was the largest and was dropped (1013: try again later)."""
+
+    close_code = 1013
+    error_type = "server_error"
+    error_code = "max_buffered_bytes"

@@ -222,6 +222,13 @@ class Limits:
     ping_timeout: float = 20.0
     drain_seconds: float = 30.0
     """On SIGTERM, how long running sessions may continue before 1001."""
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    """Bytes the whole gateway (one worker) may hold in unfinished client messages and
+    in batches waiting for their write (0: no bound). Over it, the session holding the
+    biggest unfinished message is closed with 1013 after an ``error`` event."""
+    message_timeout: float = 30.0
+    """Seconds a client message may take to complete once its first bytes arrived
+    (0: no bound); over it the session is closed with 1008 after an ``error`` event."""
 
 
 @attrs.frozen

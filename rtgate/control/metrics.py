@@ -82,6 +82,7 @@ class GatewayCollector(Collector):
         yield from _pool(gateway.pool.statistics(now))
         yield from _warm(gateway.warm)
         yield from _event_log(gateway.event_log)
+        yield from _buffers(gateway)
 
     def _info(self, gateway: Gateway) -> Iterator[Metric]:
         from rtgate import __version__
@@ -303,6 +304,20 @@ def _event_log(event_log: ServedEventLog | None) -> Iterator[Metric]:
         sink_down.add_metric([str(name)], int(bool(sink.get("down"))))
     yield sink_records
     yield sink_down
+
+
+def _buffers(gateway: Gateway) -> Iterator[Metric]:
+    budget = gateway.buffers
+    yield GaugeMetricFamily(
+        "rtgate_buffered_bytes",
+        "Bytes held now in unfinished client messages and batches waiting for their write",
+        value=budget.held,
+    )
+    yield GaugeMetricFamily(
+        "rtgate_buffered_messages_unfinished",
+        "Client connections holding an unfinished message now",
+        value=len(budget.holders),
+    )
 
 
 def _histogram(name: str, documentation: str, hist: LatencyHistogram) -> HistogramMetricFamily:

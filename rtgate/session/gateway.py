@@ -37,6 +37,7 @@ from rtgate.errors import (
     UpstreamConnectError,
     scrub,
 )
+from rtgate.net.budget import BufferBudget
 from rtgate.net.wsconn import _QUIET, WsConnection
 from rtgate.pool.router import Pool, Selection
 from rtgate.protocol.beta import BetaBridge
@@ -94,6 +95,8 @@ class Gateway:
         self.secrets = config.secret_values()
         self.warm = WarmPools(self)
         """Pre-opened upstream connections (``warm_pool``); the server runs it."""
+        self.buffers = BufferBudget(config.server.limits.max_buffered_bytes or None)
+        """Bytes held in unfinished and queued messages, across every session."""
 
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new config to new sessions; running sessions keep theirs."""
@@ -102,6 +105,8 @@ class Gateway:
         self.auth = Authenticator(config)
         self.secrets = config.secret_values()
         self.warm.reconfigure(config)
+        self.buffers.limit = config.server.limits.max_buffered_bytes or None
+        self.buffers.enforce()
 
     # -- handshake ---------------------------------------------------------------
 
@@ -145,7 +150,10 @@ class Gateway:
         # This frame lives as long as the session: keep only what the session needs
         # (the parsed request and response are a few KiB per idle session).
         del request, response
-        await session.run(self, WsConnection(stream, protocol, write_timeout=limits.ping_timeout))
+        client = WsConnection(
+            stream, protocol, write_timeout=limits.ping_timeout, budget=self.buffers
+        )
+        await session.run(self, client)
 
     async def _open_session(self, request: Request, client_addr: str) -> _Session:
         config = self.config
@@ -307,6 +315,7 @@ class _Session:
             secrets=gateway.secrets + self.deployment.secret_values(),
             shutdown=gateway.shutdown,
             counters=gateway.counters.relay,
+            budget=gateway.buffers,
         )
         outcome: Outcome | None = None
         try:

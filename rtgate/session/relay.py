@@ -25,7 +25,9 @@ import trio
 
 from rtgate.config.model import Limits
 from rtgate.errors import (
+    BufferBudgetExceeded,
     GatewayShuttingDown,
+    MessageTimeout,
     RtgateError,
     SessionExpired,
     SessionIdle,
@@ -33,6 +35,7 @@ from rtgate.errors import (
     close_reason,
     scrub,
 )
+from rtgate.net.budget import BufferBudget
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
@@ -90,6 +93,7 @@ class Relay:
         secrets: tuple[str, ...] = (),
         shutdown: trio.Event | None = None,
         counters: RelayCounters | None = None,
+        budget: BufferBudget | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -108,6 +112,10 @@ class Relay:
         self._started = 0.0
         self._upstream_last = 0.0
         self._reconnecting = False
+        self.budget = budget if budget is not None else BufferBudget(None)
+        """Where batches waiting for their write are counted (the gateway's budget)."""
+        self._evicted = False
+        """The budget dropped the client's unfinished message: the timer closes the session."""
 
     # -- public ------------------------------------------------------------------
 
@@ -116,6 +124,7 @@ class Relay:
         for peer behaviour (only for cancellation from outside)."""
         now = trio.current_time()
         self._started = self._upstream_last = now
+        self.client.watch_unfinished(self._message_started, self._message_evicted)
         try:
             with self._scope:
                 out = Outbox()
@@ -315,20 +324,30 @@ class Relay:
         size = batch_bytes(frames)
         self.stats.bytes_to_client += size
         self.counters.add("client_out", len(frames), size)
-        if size <= self.limits.max_pending_bytes:
-            await self.client.send(frames)
-            return
-        for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
-            await self.client.send(chunk)
+        budget = self.budget
+        budget.queue(size)  # queued until written: counted in the gateway's budget
+        try:
+            if size <= self.limits.max_pending_bytes:
+                await self.client.send(frames)
+                return
+            for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
+                await self.client.send(chunk)
+        finally:
+            budget.held -= size
 
     async def _send_upstream(self, frames: list[Frame]) -> None:
         size = batch_bytes(frames)
         self.counters.add("upstream_out", len(frames), size)
-        if size <= self.limits.max_pending_bytes:
-            await self.upstream.send(frames)
-            return
-        for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
-            await self.upstream.send(chunk)
+        budget = self.budget
+        budget.queue(size)
+        try:
+            if size <= self.limits.max_pending_bytes:
+                await self.upstream.send(frames)
+                return
+            for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
+                await self.upstream.send(chunk)
+        finally:
+            budget.held -= size
 
     def _to_beta(self, frames: Sequence[Frame]) -> list[Frame]:
         assert self.bridge is not None
@@ -364,6 +383,11 @@ class Relay:
                 deadline = min(deadline, last + limits.idle_timeout)
             if self.translator.deadline is not None:
                 deadline = min(deadline, self.translator.deadline)
+            since = self.client.unfinished_since
+            if limits.message_timeout and since is not None:
+                deadline = min(deadline, since + limits.message_timeout)
+            if self._evicted:
+                deadline = -math.inf
             self._timer_scope = trio.CancelScope(deadline=deadline)
             with self._timer_scope:
                 if self.shutdown is not None:
@@ -384,6 +408,22 @@ class Relay:
 
     async def _check_limits(self, out: Outbox, now: float) -> None:
         limits = self.limits
+        if self._evicted and out.close is None:
+            self.client.drop_unfinished()
+            self._end_by_gateway(
+                out,
+                BufferBudgetExceeded(
+                    "the gateway holds too many unfinished messages and dropped this session's"
+                    " largest one; try again later"
+                ),
+            )
+        since = self.client.unfinished_since
+        timeout = limits.message_timeout
+        if timeout and since is not None and now - since >= timeout and out.close is None:
+            self.client.drop_unfinished()
+            self._end_by_gateway(
+                out, MessageTimeout(f"a message was not completed within {timeout:g} s")
+            )
         if limits.max_session_seconds and now - self._started >= limits.max_session_seconds:
             self._end_by_gateway(out, SessionExpired("maximum session duration reached"))
         last = max(self.client.last_received, self._upstream_last)
@@ -412,6 +452,18 @@ class Relay:
         self.counters.limit(exc.error_code)
         out.client_json(error_event(exc.message, error_type=exc.error_type, code=exc.error_code))
         out.close = CloseClient(exc.close_code, exc.message)
+
+    def _message_started(self, now: float) -> None:
+        """The client began a message it has not finished: bound it by ``message_timeout``."""
+        timeout = self.limits.message_timeout
+        if timeout and now + timeout < self._timer_scope.deadline:
+            self._timer_scope.deadline = now + timeout
+
+    def _message_evicted(self) -> None:
+        """The gateway's buffer budget dropped the client's message (maybe from another
+        session's task): the timer sends the ``error`` event and closes the session."""
+        self._evicted = True
+        self._timer_scope.deadline = -math.inf
 
     # -- reconnect (translators that must redial, e.g. before a Gemini goAway) ------------
 
