@@ -293,11 +293,9 @@ class WsConnection:
         Must not run while another task reads this connection. Never raises.
         """
         self._reader.release()  # the library reads the closing handshake itself
-        if code in UNSENDABLE_CLOSE_CODES:
-            # The peer is gone (or unreachable): there is no closing handshake to hold.
-            await trio.aclose_forcefully(self.stream)
-            return
         try:
+            if code in UNSENDABLE_CLOSE_CODES:
+                return  # the peer is gone (or unreachable): no closing handshake to hold
             with trio.move_on_after(grace):
                 await self._send_close(code, reason)
                 while self.protocol.state is not CLOSED and not self._reader.discarding:
