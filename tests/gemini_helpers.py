@@ -38,8 +38,7 @@ def validate_upstream(frame: bytes) -> dict[str, Any]:
 def gemini(translator: GeminiTranslator | None = None, now: float = 100.0) -> Transcript:
     """A transcript of a Gemini session: Gemini's frames binary, every frame to it checked."""
     return Transcript(
-        translator
-        or GeminiTranslator(model_path=MODEL, model_group="gem", session_id="sess_1"),
+        translator or GeminiTranslator(model_path=MODEL, model_group="gem", session_id="sess_1"),
         now=now,
         check_upstream=validate_upstream,
         upstream_binary=True,

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.gemini_helpers import append, gemini, model_audio, pcm
-from tests.transcript import Transcript, check_response_order
+from tests.transcript import check_response_order
 
 _SESSIONS = [
     {"type": "realtime"},

@@ -11,9 +11,9 @@ from rtgate.translate.base import CloseClient
 from rtgate.translate.gemini.translator import GeminiTranslator, parse_duration
 from tests.gemini_helpers import (
     MODEL,
-    gemini,
     append,
     b64,
+    gemini,
     model_audio,
     pcm,
 )
@@ -314,7 +314,9 @@ def test_tool_call_round_trip_keeps_the_name() -> None:
     assert done_args["arguments"] == '{"city":"Oslo"}'
     assert client[-1]["response"]["output"][0]["type"] == "function_call"
     check_response_order(client)
-    d.upstream_says({"serverContent": {"turnComplete": True}})  # Gemini's bare turn end: nothing to say
+    d.upstream_says(
+        {"serverContent": {"turnComplete": True}}
+    )  # Gemini's bare turn end: nothing to say
     assert d.client == []
     d.client_says(
         {
@@ -554,7 +556,9 @@ def test_upstream_close_codes_become_an_error_then_a_close(
 ) -> None:
     d = live_driver()
     d.upstream_says(model_audio(pcm(48)))
-    out = d.upstream_closed(code, "Request contains an invalid argument. key=AIzaSyFAKEFAKEFAKEFAKE")
+    out = d.upstream_closed(
+        code, "Request contains an invalid argument. key=AIzaSyFAKEFAKEFAKEFAKE"
+    )
     error = next(e for e in d.client if e["type"] == "error")
     assert error["error"]["type"] == kind and error["error"]["code"] == f"upstream_{code}"
     assert "AIza" not in error["error"]["message"]

@@ -99,6 +99,11 @@ class Step:
         return self.outbox.close
 
     @property
+    def usage(self) -> dict[str, int] | None:
+        """Usage of the responses that ended in this step (flattened, summed)."""
+        return self.outbox.usage
+
+    @property
     def reconnect(self) -> Reconnect | None:
         """The translator asked the relay to redial."""
         return self.outbox.reconnect
@@ -111,6 +116,8 @@ class Transcript:
     example against the provider SDK's own message types; by default frames are
     decoded as JSON. ``relays_upstream``: the translator passes the upstream's
     events through, so frames it did not build itself go unchecked.
+    ``check_client=False`` only where a passthrough is fed garbage on purpose
+    (fuzzing): it relays the upstream's own events, repaired or not.
     """
 
     def __init__(
@@ -121,12 +128,14 @@ class Transcript:
         check_upstream: Callable[[bytes], Any] | None = None,
         relays_upstream: bool = False,
         upstream_binary: bool = False,
+        check_client: bool = True,
     ) -> None:
         self.t = translator
         self.now = now
         self.check_upstream = check_upstream or orjson.loads
         self.relays_upstream = relays_upstream
         self.upstream_binary = upstream_binary
+        self.check_client = check_client
         self.client: list[Event] = []
         self.upstream: list[Any] = []
         self.raw_client: list[Frame] = []
@@ -179,7 +188,9 @@ class Transcript:
 
     def upstream_closed(self, code: int, reason: str = "", error_type: str | None = None) -> Step:
         return self._step(
-            lambda out: self.t.on_upstream_closed(code, reason, out, self.now, error_type=error_type)
+            lambda out: self.t.on_upstream_closed(
+                code, reason, out, self.now, error_type=error_type
+            )
         )
 
     def client_closed(self) -> Step:
@@ -210,7 +221,7 @@ class Transcript:
             self.raw_client.append(frame)
             if isinstance(frame, Binary):
                 continue
-            if frame in self._from_upstream:
+            if not self.check_client or frame in self._from_upstream:
                 continue  # relayed as the upstream said it
             event = orjson.loads(frame)
             validate_server_event(event)

@@ -46,9 +46,7 @@ def assistant_content(modality: Modality, text: str) -> dict[str, object]:
     return {"type": "output_text", "text": text}
 
 
-def message_item(
-    item_id: str, role: str, status: ItemStatus, content: list[Any]
-) -> dict[str, Any]:
+def message_item(item_id: str, role: str, status: ItemStatus, content: list[Any]) -> dict[str, Any]:
     """A GA ``message`` item."""
     return {
         "id": item_id,
@@ -62,7 +60,9 @@ def message_item(
 
 def user_audio_item(item_id: str, status: ItemStatus, transcript: str | None) -> dict[str, Any]:
     """The user's spoken turn: one ``input_audio`` entry with its transcript (None until known)."""
-    return message_item(item_id, "user", status, [{"type": "input_audio", "transcript": transcript}])
+    return message_item(
+        item_id, "user", status, [{"type": "input_audio", "transcript": transcript}]
+    )
 
 
 def text_message(item_id: str, role: str, texts: list[str]) -> dict[str, Any]:
@@ -159,9 +159,15 @@ def _echo_part(role: str, part: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "input_audio":
         # OpenAI echoes an audio entry without its bytes (retrieve returns them).
         transcript = part.get("transcript")
-        return {"type": "input_audio", "transcript": transcript if isinstance(transcript, str) else None}
+        return {
+            "type": "input_audio",
+            "transcript": transcript if isinstance(transcript, str) else None,
+        }
     if kind == "input_image":
-        echoed: dict[str, Any] = {"type": "input_image", "image_url": _as_text(part.get("image_url"))}
+        echoed: dict[str, Any] = {
+            "type": "input_image",
+            "image_url": _as_text(part.get("image_url")),
+        }
         if part.get("detail") in ("auto", "low", "high"):
             echoed["detail"] = part["detail"]
         return echoed

@@ -68,7 +68,7 @@ class ResponseWriter:
         out: Outbox,
         *,
         modality: Modality,
-        output_format: dict[str, object],
+        output_format: object,
         voice: object,
         max_output_tokens: object,
         conversation: ItemChain | None,
@@ -111,7 +111,8 @@ class ResponseWriter:
     def _emit(self, out: Outbox, kind: str, **fields: object) -> None:
         out.client_json(server_event(kind, response_id=self.id, **fields))
 
-    def _open_message(self, out: Outbox) -> _Message:
+    def open_message(self, out: Outbox) -> _Message:
+        """The assistant message being said, announced now if there is none (or its audio ended)."""
         message = self._message
         if message is not None and not message.audio_done:
             return message
@@ -137,7 +138,7 @@ class ResponseWriter:
         """A base64 audio chunk, already in the client's output format (audio responses only)."""
         if self.modality != "audio" or self.closed:
             return
-        message = self._open_message(out)
+        message = self.open_message(out)
         raw = data.encode("ascii", "replace")
         if raw.translate(None, _BASE64_ALPHABET):
             # Not plain base64 (it came from the provider as is): let the encoder escape it.
@@ -162,7 +163,7 @@ class ResponseWriter:
             return
         message = self._message
         if message is None:
-            message = self._open_message(out)
+            message = self.open_message(out)
         message.pieces.append(text)
         self._emit(
             out, "response.output_audio_transcript.delta", **message.part_fields(), delta=text
@@ -172,7 +173,7 @@ class ResponseWriter:
         """Words of a text answer (text responses only)."""
         if self.modality != "text" or self.closed:
             return
-        message = self._open_message(out)
+        message = self.open_message(out)
         message.pieces.append(text)
         self._emit(out, "response.output_text.delta", **message.part_fields(), delta=text)
 
@@ -197,7 +198,9 @@ class ResponseWriter:
             self._emit(out, "response.output_audio_transcript.done", **common, transcript=said)
         else:
             self._emit(out, "response.output_text.done", **common, text=said)
-        self._emit(out, "response.content_part.done", **common, part=stream_part(self.modality, said))
+        self._emit(
+            out, "response.content_part.done", **common, part=stream_part(self.modality, said)
+        )
         item = self.items[message.output_index]
         item["status"] = status
         item["content"] = [assistant_content(self.modality, said)]

@@ -52,9 +52,7 @@ class Conversation:
         if item_id is None or self.user_announced:
             return
         self.user_announced = True
-        emit(
-            out, "input_audio_buffer.committed", previous_item_id=self.chain.last, item_id=item_id
-        )
+        emit(out, "input_audio_buffer.committed", previous_item_id=self.chain.last, item_id=item_id)
         self.chain.added_and_done(out, ga_items.user_audio_item(item_id, "completed", None))
 
     def input_transcript(self, out: Outbox, text: str) -> None:

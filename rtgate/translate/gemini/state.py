@@ -133,10 +133,7 @@ class GeminiState:
     def reserve(self, size: int, out: Outbox) -> bool:
         """Room for ``size`` more held bytes? Says so once when there is none."""
         held = len(self.raw_queue) + len(self.pending)
-        if (
-            self.buffered_bytes + size > self.max_buffered_bytes
-            or held >= self.max_buffered_frames
-        ):
+        if self.buffered_bytes + size > self.max_buffered_bytes or held >= self.max_buffered_frames:
             if not self.overflowing:
                 self.overflowing = True
                 out.client_json(

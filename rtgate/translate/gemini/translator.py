@@ -78,7 +78,7 @@ class GeminiTranslator(Translator):
         )
 
     @property
-    def deadline(self) -> float | None:  # type: ignore[override]
+    def deadline(self) -> float | None:
         return self.state.deadline
 
     @deadline.setter
