@@ -16,7 +16,9 @@ A provider's translator only feeds it what its model said: :meth:`audio`
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
+
+import orjson
 
 from rtgate.translate.base import Outbox, new_id
 from rtgate.translate.ga.events import emit, server_event
@@ -30,12 +32,6 @@ from rtgate.translate.ga.items import (
     stream_part,
 )
 from rtgate.translate.ga.usage import Usage
-
-_BASE64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
-_AUDIO_DELTA: Final = (
-    b'{"type":"response.output_audio.delta","event_id":"%s","response_id":"%s",'
-    b'"item_id":"%s","output_index":%d,"content_index":0,"delta":"%s"}'
-)
 
 
 class _Message:
@@ -138,22 +134,22 @@ class ResponseWriter:
         """A base64 audio chunk, already in the client's output format (audio responses only)."""
         if self.modality != "audio" or self.closed:
             return
-        message = self.open_message(out)
-        raw = data.encode("ascii", "replace")
-        if raw.translate(None, _BASE64_ALPHABET):
-            # Not plain base64 (it came from the provider as is): let the encoder escape it.
-            self._emit(out, "response.output_audio.delta", **message.part_fields(), delta=data)
-            return
-        # The hot path: the event spelled out as bytes, no dict and no JSON encoder
-        # (ids are ours and base64 needs no escaping).
+        message = self._message
+        if message is None or message.audio_done:
+            message = self.open_message(out)
+        # Per audio frame: one dict literal and orjson, no helper calls. (A bytes template
+        # with a base64 check measured slower: the check alone costs more than the encoder.)
         out.to_client.append(
-            _AUDIO_DELTA
-            % (
-                new_id("event").encode(),
-                self.id.encode(),
-                message.id.encode(),
-                message.output_index,
-                raw,
+            orjson.dumps(
+                {
+                    "type": "response.output_audio.delta",
+                    "event_id": new_id("event"),
+                    "response_id": self.id,
+                    "item_id": message.id,
+                    "output_index": message.output_index,
+                    "content_index": 0,
+                    "delta": data,
+                }
             )
         )
 

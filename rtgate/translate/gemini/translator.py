@@ -49,6 +49,8 @@ _CLOSE_MEANINGS: Final = {
     1011: ("Gemini failed internally (1011)", "server_error", 1011),
 }
 """Gemini's close codes: what the client is told, the error type, the client's close code."""
+_CLOSED: Final = Phase.CLOSED  # read per client frame: a global is cheaper than Enum.attr
+_CONFIG: Final = Phase.CONFIG
 
 
 class GeminiTranslator(Translator):
@@ -167,7 +169,8 @@ class GeminiTranslator(Translator):
 
     def on_client(self, frame: Frame, out: Outbox, now: float) -> None:
         s = self.state
-        if s.phase is Phase.CLOSED:
+        phase = s.phase
+        if phase is _CLOSED:
             return
         if isinstance(frame, Binary):
             out.client_json(
@@ -177,7 +180,7 @@ class GeminiTranslator(Translator):
             )
             return
         kind = sniff_type(frame)
-        if s.phase is Phase.CONFIG and kind != "session.update":
+        if phase is _CONFIG and kind != "session.update":
             s.hold_raw(frame, out)
             return
         if kind == "input_audio_buffer.append":

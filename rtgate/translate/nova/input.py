@@ -33,6 +33,8 @@ from rtgate.translate.nova.setup import (
 )
 from rtgate.translate.nova.state import NovaState, Phase
 
+_STREAMING: Final = Phase.STREAMING  # read per audio frame: a global is cheaper than Enum.attr
+
 
 def append_audio(t: NovaState, frame: bytes, out: Outbox) -> None:
     """One ``audioInput`` into the AUDIO container (opened on the first append).
@@ -44,27 +46,33 @@ def append_audio(t: NovaState, frame: bytes, out: Outbox) -> None:
     if audio_b64 is None or not is_base64(audio_b64):
         out.client_json(invalid_audio_error())
         return
-    if not t.started:
-        t.open_stream(out)
-    if t.phase is not Phase.OPEN and t.phase is not Phase.STREAMING:
+    if t.phase is not _STREAMING and not _open_audio(t, out):
         return
-    if t.audio_content is None:
-        t.phase = Phase.STREAMING
-        content = t.audio_content = str(uuid.uuid4())
-        out.upstream_json(audio_content_start(t.prompt, content, t.input_rate))
-        t.audio_prefix = (
-            b'{"event":{"audioInput":{"promptName":"'
-            + t.prompt.encode()
-            + b'","contentName":"'
-            + content.encode()
-            + b'","content":"'
-        )
     fmt = t.config.input_format["type"]
     if fmt != "audio/pcm":
         audio_b64 = g711_b64_to_pcm16_b64(audio_b64, mu_law=fmt == "audio/pcmu")
     pcm_bytes = len(audio_b64) * 3 // 4 - audio_b64[-2:].count(b"=")
     t.input_ms += pcm_bytes / (t.input_rate * 2) * 1000
     out.to_upstream.append(t.audio_prefix + audio_b64 + b'"}}}')
+
+
+def _open_audio(t: NovaState, out: Outbox) -> bool:
+    """Open the stream if needed and its one AUDIO container; False once the stream is ending."""
+    if t.phase is Phase.WAITING:
+        t.open_stream(out)
+    if t.phase is not Phase.OPEN:
+        return False
+    t.phase = Phase.STREAMING
+    content = t.audio_content = str(uuid.uuid4())
+    out.upstream_json(audio_content_start(t.prompt, content, t.input_rate))
+    t.audio_prefix = (
+        b'{"event":{"audioInput":{"promptName":"'
+        + t.prompt.encode()
+        + b'","contentName":"'
+        + content.encode()
+        + b'","content":"'
+    )
+    return True
 
 
 def session_update(t: NovaState, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
