@@ -31,6 +31,7 @@ from rtgate.session.counters import RELAY_SAMPLE_MASK, LatencyHistogram, RelayCo
 
 if TYPE_CHECKING:
     from rtgate.session.gateway import Gateway
+    from rtgate.telemetry.tap import ServedEventLog
 
 
 class PrometheusMetrics:
@@ -79,7 +80,7 @@ class GatewayCollector(Collector):
         yield from _handshakes(counters)
         yield from _relay(counters.relay)
         yield from _pool(gateway.pool.statistics(now))
-        yield from _warm(getattr(gateway, "warm", None))
+        yield from _warm(gateway.warm)
         yield from _event_log(gateway.event_log)
 
     def _info(self, gateway: Gateway) -> Iterator[Metric]:
@@ -261,10 +262,9 @@ def _warm(warm: Any) -> Iterator[Metric]:
         yield family
 
 
-def _event_log(event_log: object | None) -> Iterator[Metric]:
-    """Event log counters, read defensively (any logger with ``snapshot()`` works)."""
-    snapshot_fn = getattr(event_log, "snapshot", None)
-    snap: Mapping[str, Any] = snapshot_fn() if callable(snapshot_fn) else {}
+def _event_log(event_log: ServedEventLog | None) -> Iterator[Metric]:
+    """Event log counters (none without an event log)."""
+    snap: Mapping[str, Any] = event_log.snapshot() if event_log is not None else {}
     records = CounterMetricFamily(
         "rtgate_eventlog_records", "Event log records by stage", labels=["stage"]
     )

@@ -13,8 +13,9 @@ Workers are ordinary ``rtgate serve`` processes. Each reports to the
 supervisor over its own notify socket with the systemd protocol
 (:mod:`rtgate.edge.systemd`): ``READY=1`` when listening, ``WATCHDOG=1`` pings. The
 supervisor owns the signals: TERM/INT -> ``STOPPING=1``, close its copy of the
-socket, forward TERM, wait for the drains (a second TERM is forwarded too, to
-hurry them); HUP -> validate the config, and if it is good, forward HUP (each
+socket, forward TERM, wait for the drains (a second TERM, more than a second
+later, is forwarded too, to hurry them; copies of one group-wide signal count
+once, here and in each worker); HUP -> validate the config, and if it is good, forward HUP (each
 worker reloads; a bad file changes nothing anywhere). A worker that exits on
 its own, or stops pinging its watchdog, is restarted with exponential backoff.
 The supervisor tells systemd ``READY=1`` once every worker is listening and
@@ -40,6 +41,7 @@ import attrs
 import trio
 
 from rtgate.config.model import GatewayConfig
+from rtgate.edge.signals import StopRequests
 from rtgate.edge.systemd import Notifier, parse_message
 from rtgate.errors import ConfigError
 
@@ -294,14 +296,15 @@ class Supervisor:
     # -- signals ----------------------------------------------------------------
 
     async def _watch_signals(self, signals: object, nursery: trio.Nursery) -> None:
-        terms = 0
+        requests = StopRequests()
         async for signum in signals:  # type: ignore[attr-defined]
             if signum == signal.SIGHUP:
                 if not self.stopping:
                     self._reload()
                 continue
-            terms += 1
-            if terms == 1:
+            if not requests.note(trio.current_time()):
+                continue  # a copy of the same request (a signal sent to the process group)
+            if requests.count == 1:
                 self._begin_stop()
                 nursery.start_soon(self._kill_after, self.config.server.limits.drain_seconds + 15)
             else:

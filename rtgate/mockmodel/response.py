@@ -5,7 +5,8 @@ word by word or tone audio interleaved word by word with its transcript, the
 ``max_output_tokens`` cut, and usage estimated from the context. The GA event
 sequence itself (``response.created`` ... ``response.done``, ids, indices,
 item and part shapes) is :class:`rtgate.translate.ga.response.ResponseWriter`'s,
-as for every translating provider. Also the pieces
+as for every translating provider (OpenAI's GA server events:
+https://platform.openai.com/docs/api-reference/realtime-server-events). Also the pieces
 :mod:`rtgate.mockmodel.translator` shares with it: :func:`emit` (every server
 event with a fresh ``event_id``), :func:`parts` and the ``response``
 parameter checks.

@@ -2,7 +2,7 @@
 
 There is no upstream. :class:`MockModel` answers every client event itself on
 ``to_client`` with the events, ids, ordering and errors OpenAI's GA Realtime
-API produces (``/work/shared/reference/protocols.md`` 2.3-2.6), so clients,
+API produces (https://platform.openai.com/docs/api-reference/realtime), so clients,
 load tests and the relay can be exercised without a key or a network:
 
 * ``session.created`` on start; ``session.update`` validated and merged

@@ -33,6 +33,9 @@ from rtgate.wire import Frame as Message
 # 64 KiB: a read buffer past glibc's mmap threshold (128 KiB) costs an mmap/munmap
 # pair per read, which tripled the cost of reading one 1.4 KB audio frame.
 READ_SIZE = 64 * 1024
+UNSENDABLE_CLOSE_CODES = frozenset({1005, 1006, 1015})
+"""Codes that only describe a close and must never travel in a close frame (RFC 6455 7.4.1)."""
+
 _QUIET = logging.getLogger("rtgate.wire")
 _QUIET.setLevel(logging.WARNING)  # websockets logs every connection at INFO
 
@@ -250,6 +253,10 @@ class WsConnection:
         Must not run while another task reads this connection. Never raises.
         """
         self._reader.release()  # the library reads the closing handshake itself
+        if code in UNSENDABLE_CLOSE_CODES:
+            # The peer is gone (or unreachable): there is no closing handshake to hold.
+            await trio.aclose_forcefully(self.stream)
+            return
         try:
             with trio.move_on_after(grace):
                 await self._send_close(code, reason)

@@ -24,7 +24,15 @@ import orjson
 import trio
 
 from rtgate.config.model import Limits
-from rtgate.errors import UpstreamClosed, close_reason, scrub
+from rtgate.errors import (
+    GatewayShuttingDown,
+    RtgateError,
+    SessionExpired,
+    SessionIdle,
+    UpstreamClosed,
+    close_reason,
+    scrub,
+)
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
@@ -150,7 +158,7 @@ class Relay:
             now = client.last_received  # the clock read the receive already made
             translator = self.translator
             stats.frames_from_client += len(frames)
-            counters.add("client_in", len(frames), _size(frames))
+            counters.add("client_in", len(frames), batch_bytes(frames))
             batch_no += 1
             try:
                 if bridge is None and tap is None:
@@ -197,7 +205,7 @@ class Relay:
                     exc.code, exc.reason, out, now, error_type=exc.upstream_error_type
                 )
                 if out.close is None:
-                    out.close = CloseClient(1011, "upstream closed")
+                    out.close = CloseClient(exc.close_code, "upstream closed")
                 self._set_outcome(
                     Outcome(
                         out.close.code,
@@ -211,7 +219,7 @@ class Relay:
                 await self._dispatch(out, final=True)
                 return
             now = self._upstream_last = trio.current_time()
-            counters.add("upstream_in", len(frames), _size(frames))
+            counters.add("upstream_in", len(frames), batch_bytes(frames))
             batch_no += 1
             translator = self.translator
             try:
@@ -251,26 +259,31 @@ class Relay:
         self._scope.cancel()
 
     async def _dispatch(self, out: Outbox, *, final: bool = False) -> None:
+        """Send what ``out`` holds, act on the rest, and leave it empty for the next batch."""
         try:
-            if out.to_upstream and not final:
-                await self._send_upstream(out.to_upstream)
-            if out.to_client:
-                await self._send_client(out.to_client)
-        except UpstreamClosed as exc:
-            # The reader task will see the close too; make sure the session ends.
-            self._set_outcome(
-                Outcome(1011, "upstream connection lost", exc.code, exc.reason, "upstream", True)
-            )
-        except ConnectionClosed as exc:
-            if not exc.by_peer and exc.code == 1011:
-                # The write timeout fired: the client stopped reading.
-                self.counters.limit("slow_consumer")
-            self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
+            try:
+                if out.to_upstream and not final:
+                    await self._send_upstream(out.to_upstream)
+                if out.to_client:
+                    await self._send_client(out.to_client)
+            except UpstreamClosed as exc:
+                # The reader task will see the close too; make sure the session ends.
+                self._set_outcome(
+                    Outcome(
+                        1011, "upstream connection lost", exc.code, exc.reason, "upstream", True
+                    )
+                )
+            except ConnectionClosed as exc:
+                if not exc.by_peer and exc.code == 1011:
+                    # The write timeout fired: the client stopped reading.
+                    self.counters.limit("slow_consumer")
+                self._set_outcome(
+                    Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client")
+                )
+            if out.responses_done or out.reconnect is not None or out.close is not None:
+                self._after_dispatch(out)
         finally:
-            out.to_upstream.clear()
-            out.to_client.clear()
-        if out.responses_done or out.reconnect is not None or out.close is not None:
-            self._after_dispatch(out)
+            out.clear()
         deadline = self.translator.deadline
         if deadline is not None and deadline < self._timer_scope.deadline:
             self._timer_scope.deadline = deadline
@@ -281,20 +294,16 @@ class Relay:
         """The rare parts of a dispatch: usage, a reconnect request, a close."""
         if out.responses_done:
             self._add_usage(out.usage or {}, out.responses_done)
-            out.usage = None
-            out.responses_done = 0
         if out.reconnect is not None and not self._reconnecting and self.reconnector is not None:
             self._reconnecting = True
             self._nursery.start_soon(self._reconnect)
-        out.reconnect = None
-        if out.close is not None:
-            close = out.close
-            out.close = None
+        close = out.close
+        if close is not None:
             self._set_outcome(Outcome(close.code, close.reason, 1000, "", "gateway"))
 
     async def _send_client(self, frames: list[Frame]) -> None:
         self.stats.frames_to_client += len(frames)
-        _scrub_error_events(frames, self.secrets)
+        scrub_error_events(frames, self.secrets)
         tap = self.tap
         if tap is not None:
             wall = time.time()
@@ -303,7 +312,7 @@ class Relay:
                     tap.record("server", frame, wall)
         if self.bridge is not None:
             frames = self._to_beta(frames)
-        size = _size(frames)
+        size = batch_bytes(frames)
         self.stats.bytes_to_client += size
         self.counters.add("client_out", len(frames), size)
         if size <= self.limits.max_pending_bytes:
@@ -313,7 +322,7 @@ class Relay:
             await self.client.send(chunk)
 
     async def _send_upstream(self, frames: list[Frame]) -> None:
-        size = _size(frames)
+        size = batch_bytes(frames)
         self.counters.add("upstream_out", len(frames), size)
         if size <= self.limits.max_pending_bytes:
             await self.upstream.send(frames)
@@ -359,9 +368,7 @@ class Relay:
             with self._timer_scope:
                 if self.shutdown is not None:
                     await self.shutdown.wait()
-                    self._end_by_gateway(
-                        out, 1001, "the gateway is restarting", "gateway_restarting"
-                    )
+                    self._end_by_gateway(out, GatewayShuttingDown("the gateway is restarting"))
                     await self._dispatch(out)
                     return
                 await trio.sleep_forever()
@@ -378,10 +385,10 @@ class Relay:
     async def _check_limits(self, out: Outbox, now: float) -> None:
         limits = self.limits
         if limits.max_session_seconds and now - self._started >= limits.max_session_seconds:
-            self._end_by_gateway(out, 1000, "maximum session duration reached", "session_expired")
+            self._end_by_gateway(out, SessionExpired("maximum session duration reached"))
         last = max(self.client.last_received, self._upstream_last)
         if limits.idle_timeout and now - last >= limits.idle_timeout and out.close is None:
-            self._end_by_gateway(out, 1000, "session idle for too long", "idle_timeout")
+            self._end_by_gateway(out, SessionIdle("session idle for too long"))
         interval = limits.ping_interval
         if interval > 0 and out.close is None:
             if now - self.client.last_received >= interval + limits.ping_timeout:
@@ -400,10 +407,11 @@ class Relay:
                 pass
         await self._dispatch(out)
 
-    def _end_by_gateway(self, out: Outbox, code: int, message: str, error_code: str) -> None:
-        self.counters.limit(error_code)
-        out.client_json(error_event(message, error_type="invalid_request_error", code=error_code))
-        out.close = CloseClient(code, message)
+    def _end_by_gateway(self, out: Outbox, exc: RtgateError) -> None:
+        """The one place an error becomes what the client sees: its ``error`` event and close."""
+        self.counters.limit(exc.error_code)
+        out.client_json(error_event(exc.message, error_type=exc.error_type, code=exc.error_code))
+        out.close = CloseClient(exc.close_code, exc.message)
 
     # -- reconnect (translators that must redial, e.g. before a Gemini goAway) ------------
 
@@ -425,11 +433,7 @@ class Relay:
         self._reconnecting = False
         await self._dispatch(out)
         # The upstream pump may be reading ``old`` right now, so it must not be read here.
-        abandon = getattr(old, "abandon", None)
-        if abandon is not None:
-            await abandon(1000, "reconnected")
-        else:
-            await old.aclose(1000, "reconnected")
+        await old.abandon(1000, "reconnected")
 
     # -- endings -----------------------------------------------------------------
 
@@ -464,7 +468,7 @@ def _upstream_code(client_code: int) -> int:
     return 1001  # the client vanished or broke: the session is going away
 
 
-def _scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
+def scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
     """Remove keys from ``error`` events in place (a provider may echo the key it was sent).
 
     Only error events are looked at (a bounded byte search per frame), and they
@@ -493,7 +497,7 @@ def _scrub_strings(value: object, secrets: tuple[str, ...]) -> object:
     return value
 
 
-def _size(frames: Sequence[Frame]) -> int:
+def batch_bytes(frames: Sequence[Frame]) -> int:
     """Payload bytes of a batch (one ``len`` per message, no copy)."""
     try:
         return sum(map(len, frames))  # type: ignore[arg-type]

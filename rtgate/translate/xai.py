@@ -2,7 +2,7 @@
 
 xAI speaks OpenAI Realtime GA event names but with quirks that make a strict
 client (the openai SDK's pydantic types, pipecat) reject events
-(``/work/shared/reference/protocols.md`` sections 4 and 9.1):
+(https://docs.x.ai/docs/guides/voice/agent):
 
 * ``ping`` keepalive server events, which GA does not have: dropped;
 * streaming response events without ``output_index`` / ``content_index``:

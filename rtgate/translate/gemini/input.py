@@ -8,7 +8,8 @@ G.711 is decoded, to PCM16), commit and clear, ``conversation.item.create``
 (messages, images, function calls and their outputs as ``clientContent`` or
 ``toolResponse``), ``response.create`` / ``response.cancel``, and the
 acknowledgements of events Gemini has no equivalent for (the Live API's
-``BidiGenerateContentClientMessage`` has no truncate, delete, retrieve or cancel).
+``BidiGenerateContentClientMessage`` has no truncate, delete, retrieve or
+cancel: https://ai.google.dev/api/live).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ transcription), listing what Gemini cannot honour so the translator can say
 so, and the GA ``session`` object rtgate echoes in ``session.created`` /
 ``session.updated``.
 
-Facts used (protocols.md §5, §9.2): the setup is one-shot (a second one is
+Facts used (https://ai.google.dev/api/live and
+https://ai.google.dev/gemini-api/docs/live-api/capabilities): the setup is one-shot (a second one is
 closed with 1007), ``turn_detection: null`` means client-driven activity
 (``automaticActivityDetection.disabled``), Gemini takes PCM16 at any rate named
 in the MIME type and always answers PCM16 at 24 kHz.
@@ -73,7 +74,8 @@ GEMINI_VOICES: Final = frozenset(
 _GEMINI_BY_LOWER: Final = {v.lower(): v for v in GEMINI_VOICES}
 DEFAULT_VOICE: Final = "Puck"
 OUTPUT_RATE: Final = 24000
-"""Gemini Live always answers 16-bit PCM at 24 kHz (protocols.md §5.4)."""
+"""Gemini Live always answers 16-bit PCM at 24 kHz
+(https://ai.google.dev/gemini-api/docs/live-api/capabilities)."""
 
 # JSON-schema keys Gemini's ``Schema`` understands (google.genai.types.Schema aliases).
 _SCHEMA_KEYS: Final = frozenset(
@@ -310,7 +312,8 @@ def build_plan(session: Mapping[str, Any], model: str) -> SessionPlan:
     if not text_output:
         # OpenAI always streams a transcript of spoken answers; Gemini does on request.
         setup["outputAudioTranscription"] = {}
-    # Without compression an audio session ends after 15 minutes (protocols.md §5.4).
+    # Without compression an audio session ends after 15 minutes
+    # (https://ai.google.dev/gemini-api/docs/live-session).
     setup["contextWindowCompression"] = {"slidingWindow": {}}
 
     noise = get_path(session, "audio", "input", "noise_reduction")

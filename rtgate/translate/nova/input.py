@@ -1,6 +1,7 @@
 """GA client events turned into Nova Sonic input: the ``on_client`` handlers.
 
-Owns what each client event means for a Nova stream (protocols.md 9.3):
+Owns what each client event means for a Nova stream
+(https://docs.aws.amazon.com/nova/latest/userguide/input-events.html):
 ``session.update`` (applied before the stream opens, reported when a later
 one would need a new stream), audio appends into the one AUDIO content
 container (PCM16 base64 passed through untouched, G.711 decoded to PCM16),
@@ -154,7 +155,7 @@ def _text_message(
         return None
     text = "\n".join(texts)
     if t.audio_content is None:
-        # History: allowed once, before audio streaming begins (protocols.md 7.3).
+        # History: allowed once, before audio streaming begins (Nova's input-events.html).
         send_upstream(out, text_content(t.prompt, str(uuid.uuid4()), role.upper(), text))
     elif "nova-2" in t.config.model and role == "user":
         # Nova 2 cross-modal input: typed text during a live audio session.

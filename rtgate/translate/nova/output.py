@@ -1,6 +1,7 @@
 """Nova Sonic output events read into the GA stream: the ``on_upstream`` handlers.
 
-Owns the meaning of each Nova output event (protocols.md 9.3): content blocks
+Owns the meaning of each Nova output event
+(https://docs.aws.amazon.com/nova/latest/userguide/output-events.html): content blocks
 tracked by ``contentId`` (:class:`Content`); a USER TEXT block is the user's
 turn (``speech_started`` / ``committed`` / transcription events); only FINAL
 ASSISTANT text becomes the transcript (SPECULATIVE is a preview of the same

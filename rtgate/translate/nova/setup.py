@@ -1,7 +1,8 @@
 """Nova Sonic session configuration: GA ``session`` <-> the events that open a Nova stream.
 
 Owns what the client configures and what Nova is told once per stream
-(protocols.md 7.3, 9.3): the per-deployment :class:`NovaDefaults`, the
+(https://docs.aws.amazon.com/nova/latest/userguide/input-events.html): the per-deployment
+:class:`NovaDefaults`, the
 client's :class:`SessionConfig` merged from ``session.update``
 (:func:`merge_update`) and echoed back (:func:`session_object`), the voice and
 audio-format mapping, and the Nova input events built from it:
@@ -21,7 +22,7 @@ import orjson
 from rtgate.translate.base import Outbox
 from rtgate.translate.ga import session as ga_session
 
-# Nova Sonic v1 voices (protocols.md 7.3); other ids pass through for newer models.
+# Nova Sonic v1 voices (input-events.html above); other ids pass through for newer models.
 NOVA_VOICES: Final = frozenset(
     [
         "matthew",
@@ -281,7 +282,7 @@ def _tool_spec(tool: Mapping[str, Any]) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "name": str(tool.get("name", "")),
         "description": str(tool.get("description", "")),
-        # Nova wants the JSON schema as a string (protocols.md 7.3).
+        # Nova wants the JSON schema as a string (input-events.html, toolConfiguration).
         "inputSchema": {"json": orjson.dumps(parameters).decode()},
     }
     return {"toolSpec": spec}

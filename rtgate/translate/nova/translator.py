@@ -1,6 +1,8 @@
 """OpenAI Realtime GA <-> Amazon Nova Sonic events: the pure translator for Bedrock sessions.
 
-Owns the whole session mapping through :class:`NovaTranslator`: the
+Owns the whole session mapping (Nova's events:
+https://docs.aws.amazon.com/nova/latest/userguide/input-events.html and
+output-events.html) through :class:`NovaTranslator`: the
 session's lifecycle (its state and phases are
 :class:`~rtgate.translate.nova.state.NovaState`), and the dispatch of client
 events (handlers in :mod:`~rtgate.translate.nova.input`) and Nova
