@@ -34,6 +34,7 @@ from rtgate.control.app import ControlApp, MetricsRenderer
 from rtgate.edge.front import Front
 from rtgate.edge.head import HEAD_LIMITS
 from rtgate.edge.signals import StopRequests
+from rtgate.edge.sockets import bind_listener
 from rtgate.edge.systemd import Notifier
 from rtgate.errors import ConfigError
 from rtgate.session.gateway import Gateway
@@ -259,8 +260,6 @@ def _hypercorn_config(control_socket: str, handshake_timeout: float) -> Hypercor
 
 def _ops_listener(host: str, port: int) -> trio.SocketListener:
     """The ops port; workers of ``--workers N`` share it with SO_REUSEPORT like the public one."""
-    from rtgate.edge.supervisor import bind_listener
-
     under_supervisor = "RTGATE_SUPERVISOR_PID" in os.environ
     sock = bind_listener(host, port, backlog=128, reuse_port=under_supervisor)
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))

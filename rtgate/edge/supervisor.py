@@ -42,6 +42,7 @@ import trio
 
 from rtgate.config.model import GatewayConfig
 from rtgate.edge.signals import StopRequests
+from rtgate.edge.sockets import bind_listener
 from rtgate.edge.systemd import Notifier, parse_message
 from rtgate.errors import ConfigError
 
@@ -84,28 +85,6 @@ def bind_listeners(host: str, port: int, count: int) -> list[socket.socket]:
             sock.close()
         raise
     return socks
-
-
-def bind_listener(
-    host: str, port: int, backlog: int = 4096, *, reuse_port: bool = False
-) -> socket.socket:
-    """A listening socket a worker can inherit (inheritable, non-blocking)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    sock.set_inheritable(True)
-    return sock
 
 
 def listener_from_fd(fd: int) -> trio.SocketListener:

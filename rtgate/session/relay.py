@@ -474,9 +474,7 @@ class Relay:
             new = await self.reconnector()
         except Exception as exc:  # the old link stays in use; the translator is told
             self._reconnecting = False
-            self.translator.on_upstream_closed(
-                1011, f"reconnect failed: {exc}", out, trio.current_time()
-            )
+            self.translator.on_reconnect_failed(str(exc), out, trio.current_time())
             await self._dispatch(out)
             return
         old = self.upstream
