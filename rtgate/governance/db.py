@@ -120,8 +120,14 @@ class Database:
                 self._sqlite = conn
             return
         if self._pool is None:
-            from psycopg.rows import dict_row
-            from psycopg_pool import ConnectionPool
+            try:
+                from psycopg.rows import dict_row
+                from psycopg_pool import ConnectionPool
+            except ImportError:
+                raise RuntimeError(
+                    "a postgresql:// database_url needs the PostgreSQL driver: "
+                    "pip install 'rtgate[postgres]'"
+                ) from None
 
             pool = ConnectionPool(
                 self.url or "",

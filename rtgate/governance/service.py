@@ -38,7 +38,7 @@ from rtgate.governance import store
 from rtgate.governance.db import Conn, Database, state_dir
 from rtgate.spend import keys as key_rules
 from rtgate.spend.keys import KeyRecord, Standing
-from rtgate.spend.prices import Prices, lookup, with_overrides
+from rtgate.spend.prices import OVERRIDE_FIELDS, Prices, lookup, with_overrides
 from rtgate.spend.records import SpendRecord, Who, price_response, price_seconds
 
 log = logging.getLogger("rtgate.governance")
@@ -78,8 +78,10 @@ BUDGET_CLOSE_CODE = 1008
 
 
 def deployment_prices(deployment: Deployment) -> Prices | None:
-    """The shipped prices of a deployment's model with its ``model_info`` overrides."""
-    info = deployment.model_info
+    """The shipped prices of a deployment's model with its overrides: LiteLLM's price fields
+    in ``litellm_params`` or ``model_info`` (``model_info`` wins where both set one)."""
+    info = {**{k: v for k, v in deployment.params.items() if k in OVERRIDE_FIELDS},
+            **deployment.model_info}  # fmt: skip
     base_model = info.get("base_model")
     base = lookup(deployment.provider, deployment.model, str(base_model) if base_model else None)
     return with_overrides(base, info)
