@@ -40,7 +40,7 @@ model_list:
       id: azure-east
 general_settings:
   master_key: os.environ/MASTER
-  database_url: postgres://ignored
+  database_type: dynamo_db
 litellm_settings:
   logged_real_time_event_types: "*"
   drop_params: true
@@ -80,7 +80,7 @@ def test_litellm_config_loads_with_env_and_defaults() -> None:
     assert any("redis_host" in w and ":31:" in w for w in result.warnings)
     assert any("drop_params" in w and ":26:" in w for w in result.warnings)
     assert result.warnings[0].startswith("<config>:23: WARNING: NOT ENFORCED")
-    assert "general_settings.database_url" in result.warnings[0]
+    assert "general_settings.database_type" in result.warnings[0]
 
 
 def test_secrets_never_in_repr() -> None:

@@ -18,7 +18,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "rtgate"
 
 # The unit of a rule is the first component under rtgate/ (a folder or a loose module).
-PURE = frozenset({"wire", "errors", "config", "protocol", "translate", "mockmodel", "pool"})
+PURE = frozenset(
+    {"wire", "errors", "config", "protocol", "translate", "mockmodel", "pool", "spend"}
+)
 """Plain functions and data: no sockets, no clock, no event loop."""
 
 MAY_IMPORT: dict[str, frozenset[str]] = {
@@ -29,6 +31,8 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "pool": frozenset({"config", "errors", "wire"}),
     "translate": frozenset({"protocol", "config", "errors", "wire"}),
     "mockmodel": frozenset({"translate", "protocol", "config", "errors", "wire"}),
+    "spend": frozenset({"errors"}),
+    "governance": frozenset({"spend", "config", "errors", "wire"}),
     "net": frozenset({"config", "errors", "wire"}),
     "aws": frozenset({"net", "config", "errors", "wire"}),
     "telemetry": frozenset({"protocol", "config", "errors", "wire"}),
@@ -37,6 +41,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     ),
     "session": frozenset(
         {
+            "governance",
             "providers",
             "telemetry",
             "net",
@@ -48,7 +53,19 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
             "wire",
         }
     ),
-    "control": frozenset({"session", "telemetry", "pool", "config", "errors", "wire", "__init__"}),
+    "control": frozenset(
+        {
+            "session",
+            "governance",
+            "spend",
+            "telemetry",
+            "pool",
+            "config",
+            "errors",
+            "wire",
+            "__init__",
+        }
+    ),
     "edge": frozenset(
         {"control", "session", "providers", "telemetry", "net", "pool", "config", "errors", "wire"}
     ),
@@ -66,7 +83,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
             "wire",
         }
     ),
-    "cli": frozenset({"edge", "config", "errors", "__init__"}),
+    "cli": frozenset({"edge", "governance", "spend", "config", "errors", "__init__"}),
     "__main__": frozenset({"cli"}),
     "__init__": frozenset(),
 }

@@ -13,8 +13,8 @@ that ``router_settings`` feeds, and the key fields of ``/key/generate``.
 
 When rtgate makes a key real, its loader reads the key and its row goes (a test
 fails while a read key still has a row). Rows that other work will remove:
-``router_settings.redis_*`` (shared state), ``general_settings.database_url``
-and the ``rtgate.keys`` budget and limit fields (governance),
+``router_settings.redis_*`` (shared state), the ``rtgate.keys`` budget and limit
+fields (config-file keys; database keys have them through the key API),
 ``litellm_settings.callbacks`` / ``success_callback`` / ``failure_callback``
 (tracing). Keys not in the table that rtgate does not read still warn, with a
 generic sentence.
@@ -97,8 +97,6 @@ ROWS: tuple[UnhonouredKey, ...] = (
     UnhonouredKey("", "default_vertex_config", "sets defaults for the Vertex pass-through routes"),
     UnhonouredKey("", "worker_registry", "makes this proxy a control plane for other instances"),
     # --- general_settings (ProxyConfig.load_config, ConfigGeneralSettings) ---
-    UnhonouredKey(_GS, "database_url", "keeps virtual keys, spend and budgets in PostgreSQL "
-                  "and enforces them", _M, "rtgate.keys"),
     UnhonouredKey(_GS, "database_type", "keeps keys and spend in DynamoDB instead", _M),
     UnhonouredKey(_GS, "database_connection_pool_limit", "sizes the database pool"),
     UnhonouredKey(_GS, "database_connection_timeout", "bounds database connects"),
@@ -253,23 +251,17 @@ ROWS: tuple[UnhonouredKey, ...] = (
     UnhonouredKey(_LP, "organization", "sends the OpenAI-Organization header"),
     UnhonouredKey(_LP, "litellm_credential_name", "takes this deployment's key from "
                   "credential_list", instead="litellm_params.api_key"),
-    UnhonouredKey(_LP, "input_cost_per_token", "prices this deployment's input tokens"),
-    UnhonouredKey(_LP, "output_cost_per_token", "prices this deployment's output tokens"),
-    UnhonouredKey(_LP, "input_cost_per_second", "prices this deployment by the second"),
     UnhonouredKey(_LP, "tags", "routes tagged requests to this deployment"),
     UnhonouredKey(_LP, "mock_response", "answers with this text instead of calling the "
                   "provider", instead="a mock/ deployment"),
     # --- model_info ---
-    UnhonouredKey("model_info", "base_model", "prices usage with this model's costs"),
-    UnhonouredKey("model_info", "input_cost_per_token", "prices input tokens"),
-    UnhonouredKey("model_info", "output_cost_per_token", "prices output tokens"),
     # --- rtgate.keys entries: LiteLLM's /key/generate fields people copy over ---
-    UnhonouredKey(_KEYS, "max_budget", "blocks the key once it has spent this much", _M),
-    UnhonouredKey(_KEYS, "budget_duration", "resets the key's budget on this period", _M),
+    UnhonouredKey(_KEYS, "max_budget", "blocks the key once it has spent this much", _M, "a database key (POST /key/generate)"),
+    UnhonouredKey(_KEYS, "budget_duration", "resets the key's budget on this period", _M, "a database key (POST /key/generate)"),
     UnhonouredKey(_KEYS, "soft_budget", "alerts when the key has spent this much", _M),
     UnhonouredKey(_KEYS, "model_max_budget", "caps the key's spend per model", _M),
-    UnhonouredKey(_KEYS, "tpm_limit", "caps the key's tokens per minute", _M),
-    UnhonouredKey(_KEYS, "rpm_limit", "caps the key's requests (sessions) per minute", _M),
+    UnhonouredKey(_KEYS, "tpm_limit", "caps the key's tokens per minute", _M, "a database key (POST /key/generate)"),
+    UnhonouredKey(_KEYS, "rpm_limit", "caps the key's requests (sessions) per minute", _M, "a database key (POST /key/generate)"),
     UnhonouredKey(_KEYS, "max_parallel_requests", "caps the key's concurrent requests", _M,
                   "rtgate.keys[].max_sessions"),
     UnhonouredKey(_KEYS, "expires", "stops accepting the key after this time", _S),

@@ -26,6 +26,7 @@ from rtgate.config.model import (
     Deployment,
     EventLogSettings,
     GatewayConfig,
+    GovernanceSettings,
     Limits,
     RouterSettings,
     Secret,
@@ -297,6 +298,7 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
         if row is not None:
             ctx.warn_unhonoured(info.line(key), row)
         info.used.add(key)  # the rest is metadata LiteLLM shows on /model/info
+    model_info = _model_info(ctx, info, index)
     read = {"model", "api_key", "api_base", "api_version", "weight", "max_parallel_requests",
              "rpm", "ssl_verify", "ca_bundle", "health_check_interval", "warm_pool"}  # fmt: skip
     extra: dict[str, object] = {}
@@ -333,10 +335,40 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
         params=extra,
         health_check_interval=params.positive("health_check_interval", float),
         warm_pool=_warm_pool(ctx, params, index),
+        model_info=model_info,
     )
     entry.warn_unknown()
     params.warn_unknown()
     return deployment
+
+
+def _model_info(ctx: _Ctx, info: _Section, index: int) -> dict[str, object]:
+    """``model_info`` as written; its price fields (``*cost*``) must be numbers >= 0."""
+    values: dict[str, object] = {}
+    for key in info.node:
+        value = info.resolve(key, info.node[key])
+        if "cost" in str(key) and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ctx.error(
+                    info.line(key), f"model_list[{index}].model_info.{key} must be a number >= 0"
+                )
+            value = float(value)
+        values[str(key)] = value
+    return values
+
+
+def _database_url(ctx: _Ctx, general: _Section) -> Secret | None:
+    """``general_settings.database_url``, else ``$DATABASE_URL`` (LiteLLM reads both)."""
+    url = general.secret("database_url")
+    if url is None and ctx.env.get("DATABASE_URL"):
+        url = Secret(ctx.env["DATABASE_URL"])
+    if url is not None and not url.value.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        raise ctx.error(
+            general.line("database_url"),
+            "general_settings.database_url must start with postgresql://, postgres:// or "
+            "sqlite:///",
+        )
+    return url
 
 
 def _warm_pool(ctx: _Ctx, params: _Section, index: int) -> WarmPoolSettings | None:
@@ -444,6 +476,8 @@ def parse_config(
 
     general = top.section("general_settings")
     master_key = general.secret("master_key")
+    database_url = _database_url(ctx, general)
+    allow_db_down = bool(general.get("allow_requests_on_db_unavailable", bool, False))
     general.warn_unhonoured("general_settings")
 
     litellm = top.section("litellm_settings")
@@ -506,6 +540,9 @@ def parse_config(
         raise ctx.error(own.line("ops_listen"), str(exc)) from None
     if ops is not None and ops[1] != 0 and ops == (server.host, server.port):
         raise ctx.error(own.line("ops_listen"), "rtgate.ops_listen must differ from host:port")
+    gov_sec = own.section("governance")
+    governance = GovernanceSettings(**_fill_attrs(gov_sec, GovernanceSettings))
+    gov_sec.warn_unknown()
     own.used.update({"keys", "limits", "event_log"})
     own.warn_unknown()
 
@@ -524,6 +561,9 @@ def parse_config(
         event_log=EventLogSettings(**log_values, event_types=event_types),
         master_key=master_key,
         source=path,
+        database_url=database_url,
+        allow_requests_on_db_unavailable=allow_db_down,
+        governance=governance,
     )
     return LoadResult(config, ctx.all_warnings(), ctx.plaintext, ctx.not_enforced)
 

@@ -112,6 +112,11 @@ class Deployment:
     """Seconds between active health probes of this deployment (None: global setting)."""
     warm_pool: WarmPoolSettings | None = None
     """Pre-opened upstream connections (None: every session dials); see :class:`WarmPoolSettings`."""
+    model_info: Mapping[str, object] = attrs.field(factory=dict, repr=False)
+    """The entry's ``model_info`` as written: LiteLLM's price overrides (``input_cost_per_token``,
+    ``input_cost_per_audio_token``, ``cache_read_input_token_cost``, ``output_cost_per_token``,
+    ``output_cost_per_audio_token``, ``input_cost_per_image``, ``input_cost_per_second``, all
+    dollars per token or second) and ``base_model`` (the priced model of an Azure deployment)."""
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this deployment holds, for scrubbing text that leaves the process."""
@@ -273,6 +278,23 @@ class ServerSettings:
 
 
 @attrs.frozen
+class GovernanceSettings:
+    """``rtgate.governance``: how database keys and spend are kept (the database itself is
+    ``general_settings.database_url``)."""
+
+    key_refresh_seconds: float = 2.0
+    """Every key is re-read this often, so a key blocked or deleted on another host is
+    refused here within this time (a key never seen here is looked up at once)."""
+    spend_flush_interval: float = 0.2
+    """The spend writer waits this long after a response to batch the ones that follow."""
+    spend_buffer_records: int = 100_000
+    """Spend records held in memory while the database is away; the oldest half is
+    spilled to ``spill_path`` beyond this (written back, once each, when it returns)."""
+    spill_path: str | None = None
+    """Spill file (default: ``spend-spill.jsonl`` in the state directory)."""
+
+
+@attrs.frozen
 class GatewayConfig:
     """Everything rtgate serves, as loaded from one file."""
 
@@ -283,6 +305,13 @@ class GatewayConfig:
     master_key: Secret | None = None
     source: str = ""
     """Path the config was read from (for messages)."""
+    database_url: Secret | None = None
+    """``general_settings.database_url`` (or ``$DATABASE_URL``): ``postgresql://...`` or
+    ``sqlite:///PATH``; None: ``rtgate.db`` in the state directory."""
+    allow_requests_on_db_unavailable: bool = False
+    """LiteLLM's switch: admit sessions of budgeted keys while the database is unreachable
+    (on the spend this host knows)."""
+    governance: GovernanceSettings = attrs.field(factory=GovernanceSettings)
 
     def groups(self) -> dict[str, tuple[Deployment, ...]]:
         """Deployments by model group, in file order."""
@@ -296,6 +325,8 @@ class GatewayConfig:
 
     def secret_values(self) -> tuple[str, ...]:
         found: list[str] = [self.master_key.value] if self.master_key else []
+        if self.database_url is not None:
+            found.append(self.database_url.value)
         for dep in self.deployments:
             found.extend(dep.secret_values())
         return tuple(found)

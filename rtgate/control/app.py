@@ -7,6 +7,8 @@ on a realtime frame's path. Routes::
     GET /health/readiness    200 when every model group has a usable deployment, else 503
     GET /metrics             Prometheus text (optionally master-key protected)
     GET /admin/pool          pool statistics per deployment (master key)
+    /key/*, /spend/logs, /global/spend/report   LiteLLM's key and spend API (master key;
+                             rtgate.control.keys)
 
 With ``rtgate.ops_listen`` set, the public port's app is made with
 ``detail=False``: ``/metrics`` and ``/admin/*`` answer 404 there (they live on
@@ -24,6 +26,7 @@ import orjson
 import trio
 
 from rtgate import __version__
+from rtgate.control import keys as key_api
 from rtgate.errors import BadRequest
 from rtgate.session.auth import check_one_credential, presented_key
 from rtgate.session.gateway import Gateway
@@ -66,6 +69,13 @@ class ControlApp:
         if self.head_limits is not None and _over_limits(scope, *self.head_limits):
             await _json(send, 431, {"error": "request header fields too large"})
             return
+        if path in key_api.ROUTES:  # LiteLLM's key and spend API (rtgate/control/keys.py)
+            if not self._one_credential(scope):
+                await _json(send, 400, {"error": "more than one credential"})
+                return
+            api = key_api.KeyApi(self.gateway.governance)
+            await key_api.serve(api, scope, receive, send, self._is_master(headers))
+            return
         if method not in ("GET", "HEAD"):
             await _json(send, 405, {"error": "method not allowed"})
             return
@@ -93,6 +103,16 @@ class ControlApp:
         else:
             await _json(send, 404, {"error": f"no route {path}"})
 
+    @staticmethod
+    def _one_credential(scope: Scope) -> bool:
+        """False for a request with several credentials (answered 400 by the common path)."""
+        try:
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+            check_one_credential(headers_of(scope), (), query)
+        except BadRequest:
+            return False
+        return True
+
     def _is_master(self, headers: dict[str, str]) -> bool:
         return self.gateway.auth.is_master(presented_key(headers, (), {}))
 
@@ -111,6 +131,8 @@ class ControlApp:
             "groups": groups,
             "unavailable_groups": sorted(g for g, ok in groups.items() if not ok),
             "sessions_active": gateway.counters.sessions_active,
+            "db": "connected" if gateway.governance.database_up else "disconnected",
+            "database": gateway.governance.readiness(),
         }
         await _json(send, 200 if ready else 503, body)
 

@@ -83,6 +83,7 @@ class GatewayCollector(Collector):
         yield from _warm(gateway.warm)
         yield from _event_log(gateway.event_log)
         yield from _buffers(gateway)
+        yield from _spend(gateway.governance)
 
     def _info(self, gateway: Gateway) -> Iterator[Metric]:
         from rtgate import __version__
@@ -324,3 +325,30 @@ def _histogram(name: str, documentation: str, hist: LatencyHistogram) -> Histogr
     family = HistogramMetricFamily(name, documentation)
     family.add_metric([], hist.cumulative(), hist.sum)
     return family
+
+
+def _spend(governance: Any) -> Iterator[Metric]:
+    """Spend and tokens by key alias and model group (never by key), and the database."""
+    counters = governance.counters
+    spend = CounterMetricFamily(
+        "rtgate_spend_usd", "Cost of finished responses, US dollars",
+        labels=["key_alias", "model_group"],
+    )  # fmt: skip
+    for (alias, group), value in sorted(counters.spend_usd.items()):
+        spend.add_metric([alias, group], value)
+    yield spend
+    tokens = CounterMetricFamily(
+        "rtgate_tokens", "Tokens of finished responses",
+        labels=["key_alias", "model_group", "direction", "modality"],
+    )  # fmt: skip
+    for labels, count in sorted(counters.tokens.items()):
+        tokens.add_metric(list(labels), count)
+    yield tokens
+    up = GaugeMetricFamily("rtgate_database_up", "1 while the spend database answers")
+    up.add_metric([], 1.0 if governance.database_up else 0.0)
+    yield up
+    buffered = GaugeMetricFamily(
+        "rtgate_spend_buffered_records", "Spend records waiting for the database (in memory)"
+    )
+    buffered.add_metric([], governance.buffered)
+    yield buffered

@@ -171,6 +171,8 @@ async def serve(
             )
             # Warm pools (deployments with litellm_params.warm_pool) dial from here on.
             await nursery.start(gateway.warm.run)
+            # Keys, budgets and spend: connects and migrates the database, retrying if it is down.
+            await nursery.start(gateway.governance.run)
             if listeners is None:
                 listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
             front = Front(gateway, control_socket, server_tls_context(config))
@@ -218,6 +220,7 @@ async def serve(
             await gateway.warm.drain()  # idle warm connections: closed politely (1001)
             # The drain length is the config in force now (a reload may have changed it).
             await _drain(gateway, listen_scope, gateway.config.server.limits.drain_seconds, hurry)
+            await gateway.governance.aclose()  # buffered spend: written, or spilled to a file
             control_stop.set()
             if event_log is not None:
                 await event_log.aclose()

@@ -28,6 +28,10 @@ class Principal:
     models: frozenset[str] | None = None
     max_sessions: int | None = None
     is_master: bool = False
+    key_hash: str | None = attrs.field(default=None, repr=False)
+    """sha256 hex of the key (spend is recorded under it; None: unauthenticated)."""
+    rpm_limit: int | None = None
+    """New sessions per minute of this key (LiteLLM's ``rpm_limit``)."""
 
     def check_model(self, model: str) -> None:
         if self.models is not None and model not in self.models:
@@ -95,7 +99,10 @@ class Authenticator:
             hashlib.sha256(config.master_key.value.encode()).digest() if config.master_key else None
         )
         self._keys = [
-            (bytes.fromhex(k.sha256), Principal(k.alias, k.models, k.max_sessions))
+            (
+                bytes.fromhex(k.sha256),
+                Principal(k.alias, k.models, k.max_sessions, key_hash=k.sha256),
+            )
             for k in config.server.keys
         ]
 
@@ -113,7 +120,7 @@ class Authenticator:
         found: Principal | None = None
         # Compare against every key so timing does not depend on which one matched.
         if self._master is not None and hmac.compare_digest(digest, self._master):
-            found = Principal(alias="master", is_master=True)
+            found = Principal(alias="master", is_master=True, key_hash=digest.hex())
         for candidate, principal in self._keys:
             if hmac.compare_digest(digest, candidate) and found is None:
                 found = principal

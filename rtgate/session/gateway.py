@@ -28,15 +28,18 @@ from websockets.typing import Subprotocol
 from rtgate.config.model import Deployment, GatewayConfig
 from rtgate.errors import (
     BadRequest,
+    BudgetExceeded,
     ClientError,
     Forbidden,
     GatewayShuttingDown,
     NoDeploymentAvailable,
     RtgateError,
     TooManySessions,
+    Unauthenticated,
     UpstreamConnectError,
     scrub,
 )
+from rtgate.governance.service import Governance
 from rtgate.net.budget import BufferBudget
 from rtgate.net.wsconn import _QUIET, WsConnection
 from rtgate.pool.router import Pool, Selection
@@ -97,6 +100,8 @@ class Gateway:
         """Pre-opened upstream connections (``warm_pool``); the server runs it."""
         self.buffers = BufferBudget(config.server.limits.max_buffered_bytes or None)
         """Bytes held in unfinished and queued messages, across every session."""
+        self.governance = Governance(config)
+        """Database keys, budgets and spend (``general_settings.database_url``); the server runs it."""
 
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new config to new sessions; running sessions keep theirs."""
@@ -107,6 +112,7 @@ class Gateway:
         self.warm.reconfigure(config)
         self.buffers.limit = config.server.limits.max_buffered_bytes or None
         self.buffers.enforce()
+        self.governance.reconfigure(config)
 
     # -- handshake ---------------------------------------------------------------
 
@@ -169,7 +175,7 @@ class Gateway:
             raise Forbidden("origin not allowed")
         subprotocols = _offered_subprotocols(request.headers)
         check_one_credential(request.headers.raw_items(), subprotocols, parse_qsl(url.query))
-        principal = self.auth.authenticate(presented_key(headers, subprotocols, query))
+        principal = await self._authenticate(presented_key(headers, subprotocols, query))
         intent = query.get("intent")
         group = query.get("model") or query.get("deployment")
         if not group and intent == "transcription":
@@ -182,6 +188,7 @@ class Gateway:
             raise BadRequest("missing ?model=NAME")
         principal.check_model(group)
         self._check_caps(principal)
+        self.governance.admit(principal.key_hash)  # budget, tpm: refused before any dial
         session_id = new_id("sess")
         ctx = SessionContext(
             session_id=session_id,
@@ -200,6 +207,25 @@ class Gateway:
         started = self.counters.sessions_started
         started[started_key] = started.get(started_key, 0) + 1
         return _Session(ctx, principal, deployment, link, beta, client_addr, trio.current_time())
+
+    async def _authenticate(self, key: str | None) -> Principal:
+        """A config key or the master key, else a database key (from memory, or looked up)."""
+        try:
+            return self.auth.authenticate(key)
+        except Unauthenticated:
+            if not key:
+                raise
+            record = await self.governance.find_key(key)
+            if record is None:
+                raise
+        self.governance.check_usable(record)
+        return Principal(
+            alias=record.label,
+            models=frozenset(record.models) or None,
+            max_sessions=record.max_parallel_requests,
+            key_hash=record.token,
+            rpm_limit=record.rpm_limit,
+        )
 
     def _check_caps(self, principal: Principal) -> None:
         limit = self.config.server.limits.max_sessions
@@ -304,6 +330,11 @@ class _Session:
             started_at=time.time(),
         )
         tap = gateway.event_log.open_session(info) if gateway.event_log is not None else None
+        account = gateway.governance.open_account(
+            key_hash=self.principal.key_hash, key_alias=self.principal.alias,
+            deployment=self.deployment, model_group=self.ctx.model_group,
+            session_id=self.ctx.session_id, transcription=self.ctx.intent == "transcription",
+        )  # fmt: skip
         relay = Relay(
             client,
             self.link,
@@ -316,6 +347,7 @@ class _Session:
             shutdown=gateway.shutdown,
             counters=gateway.counters.relay,
             budget=gateway.buffers,
+            accounting=account,
         )
         outcome: Outcome | None = None
         try:
@@ -324,6 +356,7 @@ class _Session:
             outcome = outcome or relay.outcome or Outcome(1011, "internal error", 1011, "", "error")
             await self.release(gateway, outcome)
             stats = relay.stats
+            cost = account.close(time.time() - info.started_at)
             if gateway.event_log is not None:
                 now = time.time()
                 gateway.event_log.close_session(
@@ -340,6 +373,7 @@ class _Session:
                         bytes_to_client=stats.bytes_to_client,
                         usage=dict(stats.usage),
                         responses=stats.responses,
+                        cost_usd=cost,
                     )
                 )
 
@@ -383,9 +417,18 @@ def _offered_subprotocols(headers: Headers) -> list[str]:
 
 
 def _json_response(
-    status: int, error_type: str, code: str, message: str, extra: Mapping[str, str] | None = None
+    status: int,
+    error_type: str,
+    code: str,
+    message: str,
+    extra: Mapping[str, str] | None = None,
+    *,
+    with_param: bool = False,
 ) -> Response:
-    body = orjson.dumps({"error": {"message": message, "type": error_type, "code": code}})
+    error: dict[str, object] = {"message": message, "type": error_type, "code": code}
+    if with_param:  # LiteLLM's ProxyException shape (budget_exceeded)
+        error["param"] = None
+    body = orjson.dumps({"error": error})
     headers = Headers(
         [
             ("Content-Type", "application/json"),
@@ -405,8 +448,9 @@ def _error_response(exc: RtgateError, secrets: tuple[str, ...]) -> Response:
     if isinstance(exc, ClientError) and exc.http_status == 401:
         extra["WWW-Authenticate"] = "Bearer"
     return _json_response(
-        exc.http_status, exc.error_type, exc.error_code, scrub(exc.message, secrets), extra
-    )
+        exc.http_status, exc.error_type, exc.error_code, scrub(exc.message, secrets), extra,
+        with_param=isinstance(exc, BudgetExceeded),
+    )  # fmt: skip
 
 
 def _refusal_status(exc: Exception | None) -> int:

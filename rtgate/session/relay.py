@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
 import orjson
@@ -41,7 +42,7 @@ from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
 from rtgate.session.counters import RELAY_SAMPLE_MASK, RelayCounters
 from rtgate.telemetry.tap import SessionTap
-from rtgate.translate.base import CloseClient, Outbox, Translator, error_event
+from rtgate.translate.base import CloseClient, Outbox, Translator, error_event, flatten_usage
 from rtgate.wire import Frame
 
 log = logging.getLogger("rtgate.relay")
@@ -77,6 +78,35 @@ Redial = Callable[[], Awaitable[UpstreamLink]]
 """How the relay redials the same deployment when a translator asks (see ``Reconnect``)."""
 
 
+class SessionEnding(Protocol):
+    """Why a session must end after the response that just finished (a budget, a limit)."""
+
+    @property
+    def close_code(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def error_type(self) -> str: ...
+    @property
+    def error_code(self) -> str: ...
+
+
+class ResponseAccounting(Protocol):
+    """Told of each finished response (and, for transcription sessions, each transcript).
+
+    Called on the relay's task at a response's end, never per frame: it must not block.
+    """
+
+    transcription: bool
+    """Also report ``conversation.item.input_audio_transcription.completed`` usage."""
+
+    def on_response(
+        self, response_id: str | None, usage: Mapping[str, int]
+    ) -> SessionEnding | None: ...
+
+    def on_transcription(self, item_id: str, usage: Mapping[str, Any]) -> SessionEnding | None: ...
+
+
 class Relay:
     """One session's data plane (see module docstring)."""
 
@@ -94,7 +124,9 @@ class Relay:
         shutdown: trio.Event | None = None,
         counters: RelayCounters | None = None,
         budget: BufferBudget | None = None,
+        accounting: ResponseAccounting | None = None,
     ) -> None:
+        self.accounting = accounting
         self.client = client
         self.upstream = upstream
         self.translator = translator
@@ -269,6 +301,12 @@ class Relay:
 
     async def _dispatch(self, out: Outbox, *, final: bool = False) -> None:
         """Send what ``out`` holds, act on the rest, and leave it empty for the next batch."""
+        if (
+            self.accounting is not None
+            and out.to_client
+            and (out.responses_done or self.accounting.transcription)
+        ):
+            self._account(out)
         try:
             try:
                 if out.to_upstream and not final:
@@ -360,6 +398,27 @@ class Relay:
             else:
                 converted.append(frame)
         return converted
+
+    def _account(self, out: Outbox) -> None:
+        """Report the responses (and transcripts) finished in this batch; if the key is now
+        over a limit, the client gets an ``error`` after them and the session closes."""
+        accounting = self.accounting
+        assert accounting is not None
+        ending: SessionEnding | None = None
+        finished = _finished_responses(out.to_client) if out.responses_done else []
+        if out.responses_done and not finished:  # a translator that sends no response.done
+            finished = [(None, out.usage or {})]
+        for response_id, usage in finished:
+            ending = accounting.on_response(response_id, usage) or ending
+        if accounting.transcription:
+            for item_id, usage in _finished_transcripts(out.to_client):
+                ending = accounting.on_transcription(item_id, usage) or ending
+        if ending is not None and out.close is None and self.outcome is None:
+            self.counters.limit(ending.error_code)
+            out.client_json(
+                error_event(ending.message, error_type=ending.error_type, code=ending.error_code)
+            )
+            out.close = CloseClient(ending.close_code, ending.error_code)
 
     def _add_usage(self, usage: dict[str, int], responses: int) -> None:
         self.stats.responses += responses
@@ -511,6 +570,47 @@ class Relay:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.client.close, outcome.client_code, reason)
             nursery.start_soon(self.upstream.aclose, outcome.upstream_code, up_reason)
+
+
+def _finished_responses(frames: Sequence[Frame]) -> list[tuple[str | None, dict[str, int]]]:
+    """``(response id, flattened usage)`` of each ``response.done`` in a batch for the client."""
+    found: list[tuple[str | None, dict[str, int]]] = []
+    for frame in frames:
+        if type(frame) is bytes and frame.find(b'"response.done"', 0, 64) >= 0:
+            try:
+                event = orjson.loads(frame)
+            except orjson.JSONDecodeError:
+                continue
+            response = event.get("response") if isinstance(event, dict) else None
+            if not isinstance(response, dict):
+                continue
+            usage = response.get("usage")
+            response_id = response.get("id")
+            found.append(
+                (
+                    response_id if isinstance(response_id, str) else None,
+                    flatten_usage(usage) if isinstance(usage, dict) else {},
+                )
+            )
+    return found
+
+
+_TRANSCRIPT_DONE = b'"conversation.item.input_audio_transcription.completed"'
+
+
+def _finished_transcripts(frames: Sequence[Frame]) -> list[tuple[str, dict[str, Any]]]:
+    """``(item id:content index, usage)`` of each finished transcription in a batch."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for frame in frames:
+        if type(frame) is bytes and frame.find(_TRANSCRIPT_DONE, 0, 80) >= 0:
+            try:
+                event = orjson.loads(frame)
+            except orjson.JSONDecodeError:
+                continue
+            usage = event.get("usage") if isinstance(event, dict) else None
+            if isinstance(usage, dict):
+                found.append((f"{event.get('item_id')}:{event.get('content_index', 0)}", usage))
+    return found
 
 
 def _upstream_code(client_code: int) -> int:

@@ -54,6 +54,8 @@ class SessionSummary:
     usage: dict[str, int]
     """Token usage summed over every ``response.done`` (input/output/total and details)."""
     responses: int
+    cost_usd: float = 0.0
+    """What the session's responses cost (the price table and ``model_info`` overrides)."""
 
 
 class SessionTap(Protocol):
