@@ -249,6 +249,27 @@ class ServerSettings:
 
 
 @attrs.frozen
+class TelemetrySettings:
+    """Traces (OpenTelemetry). Switched on by LiteLLM's ``litellm_settings.callbacks: ["otel"]``
+    (or ``["langfuse"]``, ``["langfuse_otel"]``; ``success_callback`` is read the same way) or by
+    ``rtgate.telemetry``. The exporter itself is configured by the standard ``OTEL_*``
+    environment (endpoint, headers, protocol, sampler, service name); Langfuse by
+    ``LANGFUSE_PUBLIC_KEY``, ``LANGFUSE_SECRET_KEY`` and ``LANGFUSE_HOST``."""
+
+    otel: bool = False
+    """Export traces over OTLP to ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``."""
+    langfuse: bool = False
+    """Export traces over OTLP to Langfuse (``LANGFUSE_HOST``/api/public/otel, Basic auth)."""
+    max_queue_size: int = 2048
+    """Finished spans waiting for the exporter; beyond it new spans are dropped and counted
+    (``OTEL_BSP_MAX_QUEUE_SIZE`` in the environment wins over this)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.otel or self.langfuse
+
+
+@attrs.frozen
 class GatewayConfig:
     """Everything rtgate serves, as loaded from one file."""
 
@@ -259,6 +280,7 @@ class GatewayConfig:
     master_key: Secret | None = None
     source: str = ""
     """Path the config was read from (for messages)."""
+    telemetry: TelemetrySettings = attrs.field(factory=TelemetrySettings)
 
     def groups(self) -> dict[str, tuple[Deployment, ...]]:
         """Deployments by model group, in file order."""

@@ -36,6 +36,7 @@ from rtgate.edge.systemd import Notifier
 from rtgate.errors import ConfigError
 from rtgate.session.gateway import Gateway
 from rtgate.session.health_checks import provider_connect, run_health_checks
+from rtgate.telemetry.tracing import Tracing
 
 log = logging.getLogger("rtgate.server")
 
@@ -122,7 +123,8 @@ async def serve(
         from rtgate.control.metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics()
-    gateway = Gateway(config, event_log=event_log)  # type: ignore[arg-type]
+    tracing = Tracing.for_config(config.telemetry, os.environ.get("RTGATE_WORKER_ID", "0"))
+    gateway = Gateway(config, event_log=event_log, tracing=tracing)  # type: ignore[arg-type]
     runtime_dir = tempfile.mkdtemp(prefix="rtgate-")
     control_socket = os.path.join(runtime_dir, "control.sock")
     try:
@@ -130,6 +132,8 @@ async def serve(
             run_log = getattr(event_log, "run", None)
             if run_log is not None:
                 await nursery.start(run_log)
+            if tracing is not None:
+                await nursery.start(tracing.run)
             control_stop = trio.Event()
             await nursery.start(
                 partial(
@@ -173,6 +177,8 @@ async def serve(
             close_log = getattr(event_log, "aclose", None)
             if close_log is not None:
                 await close_log()
+            if tracing is not None:
+                await tracing.aclose()
             nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(runtime_dir, ignore_errors=True)
@@ -226,6 +232,9 @@ async def run_until_signalled(
     sessions with 1001 at once; a third one exits without waiting.
     """
     notifier = notifier or Notifier()
+    from rtgate.telemetry.tracing import check_environment
+
+    check_environment(config.telemetry)  # a bad OTEL_*/LANGFUSE_* setting: a clear error, now
     event_log = _event_log_for(config)
     stop = trio.Event()
     hurry = trio.Event()

@@ -30,6 +30,7 @@ from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
 from rtgate.session.counters import RELAY_SAMPLE_MASK, RelayCounters
 from rtgate.telemetry.tap import SessionTap
+from rtgate.telemetry.turns import TurnWatch
 from rtgate.translate.base import CloseClient, Outbox, Translator, error_event
 from rtgate.wire import Frame
 
@@ -82,6 +83,7 @@ class Relay:
         secrets: tuple[str, ...] = (),
         shutdown: trio.Event | None = None,
         counters: RelayCounters | None = None,
+        turns: TurnWatch | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -95,6 +97,8 @@ class Relay:
         self.stats = RelayStats()
         self.counters = counters if counters is not None else RelayCounters()
         self.outcome: Outcome | None = None
+        self.turns = turns
+        """Notices each response's first audio and end (see ``telemetry/turns.py``)."""
         self._scope = trio.CancelScope()
         self._timer_scope = trio.CancelScope()
         self._started = 0.0
@@ -251,6 +255,8 @@ class Relay:
         self._scope.cancel()
 
     async def _dispatch(self, out: Outbox, *, final: bool = False) -> None:
+        # A batch that ends responses is kept for the turn watch (once per response).
+        ended = list(out.to_client) if out.responses_done and self.turns is not None else None
         try:
             if out.to_upstream and not final:
                 await self._send_upstream(out.to_upstream)
@@ -269,6 +275,8 @@ class Relay:
         finally:
             out.to_upstream.clear()
             out.to_client.clear()
+        if ended is not None and self.turns is not None:
+            self.turns.finished(ended, trio.current_time())
         if out.responses_done or out.reconnect is not None or out.close is not None:
             self._after_dispatch(out)
         deadline = self.translator.deadline
@@ -295,6 +303,9 @@ class Relay:
     async def _send_client(self, frames: list[Frame]) -> None:
         self.stats.frames_to_client += len(frames)
         _scrub_error_events(frames, self.secrets)
+        turns = self.turns
+        if turns is not None and turns.scanning:  # off while a response streams audio
+            turns.outgoing(frames, trio.current_time)
         tap = self.tap
         if tap is not None:
             wall = time.time()

@@ -520,7 +520,8 @@ class GeminiTranslator(Translator):
         usage = map_usage(self._usage) if with_usage and self._usage is not None else None
         if usage is not None:
             self._usage = None
-            out.add_usage(usage_record(usage))
+        # Every response.done counts (a tool-call response has no usage of its own).
+        out.add_usage(usage_record(usage) if usage is not None else None)
         response.close(out, status, details, usage)
         if response.items:
             self.conversation.last_item = response.items[-1]["id"]
