@@ -7,6 +7,7 @@ on a realtime frame's path. Routes::
     GET /health/readiness    200 when every model group has a usable deployment, else 503
     GET /metrics             Prometheus text (optionally master-key protected)
     GET /admin/pool          pool statistics per deployment (master key)
+    /ui ...                  the status page (``rtgate.control.ui``; master key)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orjson
 import trio
 
 from rtgate import __version__
+from rtgate.control.ui import StatusPage
 from rtgate.session.auth import presented_key
 from rtgate.session.gateway import Gateway
 
@@ -34,6 +36,7 @@ class ControlApp:
     def __init__(self, gateway: Gateway, metrics: MetricsRenderer | None = None) -> None:
         self.gateway = gateway
         self.metrics = metrics
+        self.ui = StatusPage(gateway)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -44,6 +47,9 @@ class ControlApp:
         path = scope["path"].rstrip("/") or "/"
         method = scope["method"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if path == "/ui" or path.startswith("/ui/"):
+            await self.ui(scope, receive, send, path, headers)
+            return
         if method not in ("GET", "HEAD"):
             await _json(send, 405, {"error": "method not allowed"})
             return
