@@ -90,14 +90,14 @@ class Page:
 
     async def screenshot(self, path: Path) -> None:
         shot = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        path.write_bytes(base64.b64decode(shot["data"]))
+        await trio.Path(path).write_bytes(base64.b64decode(shot["data"]))
 
 
 @asynccontextmanager
 async def open_browser(tmp: Path) -> AsyncIterator[Page]:
     profile = tmp / "chromium-profile"
     profile.mkdir()
-    process = subprocess.Popen(
+    process = await trio.lowlevel.open_process(
         [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -121,9 +121,10 @@ async def open_browser(tmp: Path) -> AsyncIterator[Page]:
             await page.call("Network.enable")
             yield page
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with trio.CancelScope(shield=True):
+            process.terminate()
+            with trio.move_on_after(10):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
