@@ -79,6 +79,7 @@ class GatewayCollector(Collector):
         yield from _handshakes(counters)
         yield from _relay(counters.relay)
         yield from _pool(gateway.pool.statistics(now))
+        yield from _readiness(gateway.pool.readiness(now))
         yield from _warm(getattr(gateway, "warm", None))
         yield from _event_log(gateway.event_log)
         yield from _turns_and_closes(counters)
@@ -305,6 +306,17 @@ def _event_log(event_log: object | None) -> Iterator[Metric]:
         sink_down.add_metric([str(name)], int(bool(sink.get("down"))))
     yield sink_records
     yield sink_down
+
+
+def _readiness(groups: Mapping[str, bool]) -> Iterator[Metric]:
+    ready = GaugeMetricFamily(
+        "rtgate_model_group_ready",
+        "1 while the model group has a deployment that can take a session (what readiness checks)",
+        labels=["model_group"],
+    )
+    for group, ok in sorted(groups.items()):
+        ready.add_metric([group], int(ok))
+    yield ready
 
 
 def _turns_and_closes(counters: Any) -> Iterator[Metric]:
