@@ -120,6 +120,13 @@ def test_audio_frames_are_not_looked_at_while_a_response_streams() -> None:
     assert watch.scanning
 
 
+def test_audio_without_a_seen_start_stops_the_scan_and_times_nothing() -> None:
+    watch = TurnWatch(lambda turn: None)
+    clock = Clock()
+    watch.outgoing([event("response.output_audio.delta")] * 3, clock)
+    assert not watch.scanning and clock.reads == 0
+
+
 @given(st.lists(st.tuples(st.sampled_from(KINDS), st.booleans()), max_size=40))
 def test_one_turn_per_response_done_and_times_in_order(steps: list[tuple[str, bool]]) -> None:
     batches = []

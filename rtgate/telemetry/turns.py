@@ -107,7 +107,13 @@ class TurnWatch:
                 if self._anchor is None:
                     self._anchor, self._anchor_kind = self._created, "response.created"
                 self._state = _AWAITING_AUDIO
-            elif self._state == _IDLE:
+            elif frame.find(_AUDIO, 0, WINDOW) >= 0:
+                # Audio of a response whose start was not seen: its first audio is unknown,
+                # and the watch stops looking until that response's end.
+                self._state = _STREAMING
+                self.scanning = False
+                return
+            else:
                 self._idle_event(frame, clock)
 
     def _idle_event(self, frame: bytes, clock: Callable[[], float]) -> None:

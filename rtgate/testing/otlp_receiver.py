@@ -159,3 +159,33 @@ class OtlpReceiver:
                             resource=resource,
                         )
                     )
+
+
+async def _serve_on(port: int) -> None:
+    """Serve on a fixed port, printing the running span count after each export (for benchmarks)."""
+    receiver = OtlpReceiver()
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    receiver.port = port
+
+    async def report() -> None:
+        while True:
+            await receiver.wait_for(lambda r: bool(r.spans))
+            print(f"spans {len(receiver.spans)}", flush=True)
+            receiver.spans.clear()  # a benchmark's receiver keeps counts, not spans
+            receiver.requests.clear()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report)
+        await trio.serve_listeners(receiver._connection, listeners)
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A local OTLP/HTTP trace receiver")
+    parser.add_argument("--port", type=int, required=True)
+    trio.run(_serve_on, parser.parse_args().port)
+
+
+if __name__ == "__main__":
+    main()
