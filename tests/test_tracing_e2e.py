@@ -207,3 +207,14 @@ def test_bad_trace_environment_is_a_clear_config_error() -> None:
     with pytest.raises(ConfigError, match="OTEL_BSP_MAX_QUEUE_SIZE"):
         check_environment(TelemetrySettings(otel=True), {"OTEL_BSP_MAX_QUEUE_SIZE": "many"})
     check_environment(TelemetrySettings(otel=True), {})  # the defaults are fine
+
+
+def test_bench_traced_config_turns_traces_on_and_nothing_else() -> None:
+    from bench.procs import gateway_config
+    from bench.tracing import traced_config
+    from rtgate.config.load import parse_text
+
+    on = parse_text(traced_config(4321), path="<bench>", env={}).config
+    off = parse_text(gateway_config(4321), path="<bench>", env={}).config
+    assert on.telemetry.otel and not off.telemetry.enabled
+    assert on.deployments == off.deployments
