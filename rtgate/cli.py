@@ -14,7 +14,8 @@ import click
 import trio
 
 from rtgate import __version__
-from rtgate.config.load import LoadResult, load_config, world_readable_secrets
+from rtgate.config.load import LoadResult, world_readable_secrets
+from rtgate.edge.configfile import load_config
 from rtgate.errors import ConfigError
 
 DEFAULT_CONFIG = "etc/config.yaml"
@@ -25,6 +26,15 @@ def _load(path: str) -> LoadResult:
         return load_config(path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def not_enforced_summary(result: LoadResult) -> str:
+    """One line under the loud warnings, so a long list does not hide them."""
+    count = len(result.not_enforced)
+    return (
+        f"{count} LiteLLM setting(s) that limit access or spending in LiteLLM are NOT enforced "
+        "by rtgate (listed first above; docs/litellm-migration.md)"
+    )
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -52,9 +62,11 @@ def serve(
     config_path: str, host: str | None, port: int | None, workers: str, listen_fd: int | None
 ) -> None:
     """Start the gateway and serve until SIGTERM/SIGINT (SIGHUP reloads the config)."""
+    from rtgate.edge.memory import pin_malloc_thresholds
     from rtgate.edge.server import config_summary, run_until_signalled
     from rtgate.edge.supervisor import listener_from_fd, supervise, worker_count
 
+    pin_malloc_thresholds()  # before any large buffer: freed messages go back to the OS
     result = _load(config_path)
     exposed = world_readable_secrets(config_path, result)
     if exposed is not None:
@@ -66,6 +78,8 @@ def serve(
     if worker_id is None:  # the supervisor already said all this once
         for warning in result.warnings:
             log.warning("%s", warning)
+        if result.not_enforced:
+            log.warning("%s", not_enforced_summary(result))
         log.info("rtgate %s: %s", __version__, config_summary(config))
     try:
         count = 1 if listen_fd is not None else worker_count(workers)
@@ -93,6 +107,8 @@ def check(config_path: str) -> None:
     config = result.config
     for warning in result.warnings:
         click.echo(warning, err=True)
+    if result.not_enforced:
+        click.echo(f"warning: {not_enforced_summary(result)}", err=True)
     for location in result.plaintext_secrets:
         click.echo(
             f"{location}: warning: secret written in plain text; use os.environ/NAME", err=True
@@ -100,6 +116,13 @@ def check(config_path: str) -> None:
     exposed = world_readable_secrets(config_path, result)
     if exposed is not None:
         click.echo(f"warning: {exposed}", err=True)
+    from rtgate.edge.server import unusable_sinks
+
+    unusable = unusable_sinks(config)
+    if unusable:
+        for problem in unusable:
+            click.echo(f"{config.source}: {problem}", err=True)
+        raise SystemExit(1)
     click.echo(f"{config.source}: OK")
     auth = "master key" if config.master_key else "no master key"
     click.echo(

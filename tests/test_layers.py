@@ -31,7 +31,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "mockmodel": frozenset({"translate", "protocol", "config", "errors", "wire"}),
     "net": frozenset({"config", "errors", "wire"}),
     "aws": frozenset({"net", "config", "errors", "wire"}),
-    "telemetry": frozenset({"protocol", "config", "errors", "wire"}),
+    "telemetry": frozenset({"protocol", "config", "errors", "wire", "__init__"}),
     "providers": frozenset(
         {"net", "aws", "translate", "mockmodel", "protocol", "config", "errors", "wire"}
     ),
@@ -55,6 +55,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "testing": frozenset(
         {
             "edge",
+            "telemetry",
             "providers",
             "aws",
             "translate",
@@ -142,7 +143,6 @@ def test_every_unit_has_a_rule() -> None:
     assert units <= set(MAY_IMPORT), f"no layer rule for {sorted(units - set(MAY_IMPORT))}"
 
 
-@pytest.mark.xfail(reason="config/load.py validates providers and sinks itself (being moved out)")
 def test_folders_import_only_the_layers_below_them() -> None:
     known = _known_modules()
     broken: set[str] = set()
@@ -224,7 +224,6 @@ def test_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-@pytest.mark.xfail(reason="the Gemini and Nova handler modules import their translator")
 def test_no_import_circles() -> None:
     # A package's __init__ importing its own submodules is not a circle a reader follows.
     graph = {

@@ -67,8 +67,9 @@ class WarmPoolSettings:
     max_idle_seconds: float = 120.0
     """Age (from connect) at which an unused connection is closed and replaced. Providers
     cap a session's lifetime from connect (OpenAI 30 min, xAI 1 h, Gemini ~10 min per
-    connection: /work/shared/reference/protocols.md section 1), so a client given a
-    connection this old has that much less session time; the default keeps the loss
+    connection: developers.openai.com/api/docs/guides/realtime-websocket,
+    docs.x.ai/docs/guides/voice/agent, ai.google.dev/gemini-api/docs/live-session), so a
+    client given a connection this old has that much less session time; the default keeps the loss
     small. A replacement is dialed shortly before, so the pool does not empty while
     recycling. Vertex: at most 240 (its access token is used with >= 300 s left)."""
     refill_delay_seconds: float = 1.0
@@ -221,6 +222,13 @@ class Limits:
     ping_timeout: float = 20.0
     drain_seconds: float = 30.0
     """On SIGTERM, how long running sessions may continue before 1001."""
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    """Bytes the whole gateway (one worker) may hold in unfinished client messages and
+    in batches waiting for their write (0: no bound). Over it, the session holding the
+    biggest unfinished message is closed with 1013 after an ``error`` event."""
+    message_timeout: float = 30.0
+    """Seconds a client message may take to complete once its first bytes arrived
+    (0: no bound); over it the session is closed with 1008 after an ``error`` event."""
 
 
 @attrs.frozen
@@ -246,6 +254,22 @@ class ServerSettings:
     """Require the master key for ``/metrics``."""
     allow_world_readable_secrets: bool = False
     """Serve even if the config file holds literal secrets and other users may read it."""
+    ops_listen: str | None = None
+    """``HOST:PORT`` (``[::1]:4001`` for IPv6) of a separate listener for ``/metrics``, ``/admin/*``
+    and detailed readiness; the public port then answers only liveness and a short readiness."""
+
+    def ops_address(self) -> tuple[str, int] | None:
+        """``ops_listen`` as (host, port); ValueError if it is not ``HOST:PORT``."""
+        if self.ops_listen is None:
+            return None
+        host, sep, port = self.ops_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"rtgate.ops_listen must be HOST:PORT, not {self.ops_listen!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ValueError(f"rtgate.ops_listen: write an IPv6 host in brackets: [{host}]:{port}")
+        return host, int(port)
 
 
 @attrs.frozen

@@ -31,6 +31,7 @@ from rtgate.session.counters import RELAY_SAMPLE_MASK, LatencyHistogram, RelayCo
 
 if TYPE_CHECKING:
     from rtgate.session.gateway import Gateway
+    from rtgate.telemetry.tap import ServedEventLog
 
 
 class PrometheusMetrics:
@@ -80,10 +81,11 @@ class GatewayCollector(Collector):
         yield from _relay(counters.relay)
         yield from _pool(gateway.pool.statistics(now))
         yield from _readiness(gateway.pool.readiness(now))
-        yield from _warm(getattr(gateway, "warm", None))
+        yield from _warm(gateway.warm)
         yield from _event_log(gateway.event_log)
+        yield from _buffers(gateway)
         yield from _turns_and_closes(counters)
-        yield from _tracing(getattr(gateway, "tracing", None))
+        yield from _tracing(gateway.tracing)
 
     def _info(self, gateway: Gateway) -> Iterator[Metric]:
         from rtgate import __version__
@@ -264,10 +266,9 @@ def _warm(warm: Any) -> Iterator[Metric]:
         yield family
 
 
-def _event_log(event_log: object | None) -> Iterator[Metric]:
-    """Event log counters, read defensively (any logger with ``snapshot()`` works)."""
-    snapshot_fn = getattr(event_log, "snapshot", None)
-    snap: Mapping[str, Any] = snapshot_fn() if callable(snapshot_fn) else {}
+def _event_log(event_log: ServedEventLog | None) -> Iterator[Metric]:
+    """Event log counters (none without an event log)."""
+    snap: Mapping[str, Any] = event_log.snapshot() if event_log is not None else {}
     records = CounterMetricFamily(
         "rtgate_eventlog_records", "Event log records by stage", labels=["stage"]
     )
@@ -306,6 +307,20 @@ def _event_log(event_log: object | None) -> Iterator[Metric]:
         sink_down.add_metric([str(name)], int(bool(sink.get("down"))))
     yield sink_records
     yield sink_down
+
+
+def _buffers(gateway: Gateway) -> Iterator[Metric]:
+    budget = gateway.buffers
+    yield GaugeMetricFamily(
+        "rtgate_buffered_bytes",
+        "Bytes held now in unfinished client messages and batches waiting for their write",
+        value=budget.held,
+    )
+    yield GaugeMetricFamily(
+        "rtgate_buffered_messages_unfinished",
+        "Client connections holding an unfinished message now",
+        value=len(budget.holders),
+    )
 
 
 def _readiness(groups: Mapping[str, bool]) -> Iterator[Metric]:

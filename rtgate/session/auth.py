@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
 from rtgate.config.model import GatewayConfig
-from rtgate.errors import Forbidden, Unauthenticated
+from rtgate.errors import BadRequest, Forbidden, Unauthenticated
 
 BROWSER_KEY_PREFIX = "openai-insecure-api-key."
 
@@ -53,6 +53,37 @@ def presented_key(
         if proto.startswith(BROWSER_KEY_PREFIX):
             return proto[len(BROWSER_KEY_PREFIX) :]
     return query.get("api-key") or None
+
+
+CREDENTIAL_HEADERS = frozenset({"authorization", "api-key"})
+
+
+def credentials_presented(
+    raw_headers: Iterable[tuple[str, str]],
+    subprotocols: Sequence[str],
+    query_pairs: Iterable[tuple[str, str]],
+) -> int:
+    """How many credentials a request carries, every header and parameter counted.
+
+    More than one is refused (400): with two, rtgate and a proxy in front of it
+    could each check a different one and disagree about who the caller is.
+    """
+    count = sum(1 for name, _ in raw_headers if name.lower() in CREDENTIAL_HEADERS)
+    count += sum(1 for proto in subprotocols if proto.startswith(BROWSER_KEY_PREFIX))
+    return count + sum(1 for name, _ in query_pairs if name == "api-key")
+
+
+def check_one_credential(
+    raw_headers: Iterable[tuple[str, str]],
+    subprotocols: Sequence[str] = (),
+    query_pairs: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Raise :class:`BadRequest` for a request presenting more than one credential."""
+    if credentials_presented(raw_headers, subprotocols, query_pairs) > 1:
+        raise BadRequest(
+            "more than one credential (Authorization, api-key, key subprotocol or ?api-key=): "
+            "send exactly one"
+        )
 
 
 class Authenticator:

@@ -21,6 +21,7 @@ import attrs
 import orjson
 import trio
 from websockets.datastructures import Headers
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
@@ -37,12 +38,13 @@ from rtgate.errors import (
     UpstreamConnectError,
     scrub,
 )
+from rtgate.net.budget import BufferBudget
 from rtgate.net.wsconn import _QUIET, WsConnection
 from rtgate.pool.router import Pool, Selection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
-from rtgate.session.auth import Authenticator, Principal, presented_key
+from rtgate.session.auth import Authenticator, Principal, check_one_credential, presented_key
 from rtgate.session.counters import (
     FIRST_AUDIO_BUCKETS,
     HANDSHAKE_BUCKETS,
@@ -51,7 +53,7 @@ from rtgate.session.counters import (
 )
 from rtgate.session.relay import Outcome, Relay
 from rtgate.session.warm_pool import WarmPools
-from rtgate.telemetry.tap import EventLog, SessionInfo, SessionSummary
+from rtgate.telemetry.tap import ServedEventLog, SessionInfo, SessionSummary
 from rtgate.telemetry.tracing import SessionTrace, Tracing, scrubbed
 from rtgate.telemetry.turns import Turn, TurnWatch
 from rtgate.translate.base import new_id
@@ -107,7 +109,7 @@ class Gateway:
         self,
         config: GatewayConfig,
         *,
-        event_log: EventLog | None = None,
+        event_log: ServedEventLog | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self.config = config
@@ -121,6 +123,8 @@ class Gateway:
         self.secrets = config.secret_values()
         self.warm = WarmPools(self)
         """Pre-opened upstream connections (``warm_pool``); the server runs it."""
+        self.buffers = BufferBudget(config.server.limits.max_buffered_bytes or None)
+        """Bytes held in unfinished and queued messages, across every session."""
         self.tracing = tracing
         """OpenTelemetry spans per session, dial and turn (None: traces off)."""
         self.recent_closes: deque[dict[str, object]] = deque(maxlen=RECENT_CLOSES)
@@ -128,15 +132,13 @@ class Gateway:
 
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new config to new sessions; running sessions keep theirs."""
-        reconfigure = getattr(self.pool, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(config, trio.current_time())
-        else:
-            self.pool = Pool(config)
+        self.pool.reconfigure(config, trio.current_time())
         self.config = config
         self.auth = Authenticator(config)
         self.secrets = config.secret_values()
         self.warm.reconfigure(config)
+        self.buffers.limit = config.server.limits.max_buffered_bytes or None
+        self.buffers.enforce()
 
     # -- handshake ---------------------------------------------------------------
 
@@ -151,13 +153,14 @@ class Gateway:
         )
         protocol.receive_data(head)
         request = next((e for e in protocol.events_received() if isinstance(e, Request)), None)
-        if request is None:
-            await _send_response(
-                stream,
-                protocol,
-                _json_response(
-                    400, "invalid_request_error", "bad_request", "malformed WebSocket request"
-                ),
+        if request is None or protocol.handshake_exc is not None:
+            # The library refused the head and queued its own answer (or only an EOF):
+            # answer once, ourselves, with its status and a JSON body.
+            status = _refusal_status(protocol.handshake_exc)
+            self._count_reject(status)
+            message = _refusal_message(protocol.handshake_exc)
+            await _write_and_close(
+                stream, _json_response(status, "invalid_request_error", "bad_request", message)
             )
             return
         try:
@@ -181,7 +184,10 @@ class Gateway:
         # This frame lives as long as the session: keep only what the session needs
         # (the parsed request and response are a few KiB per idle session).
         del request, response
-        await session.run(self, WsConnection(stream, protocol, write_timeout=limits.ping_timeout))
+        client = WsConnection(
+            stream, protocol, write_timeout=limits.ping_timeout, budget=self.buffers
+        )
+        await session.run(self, client)
 
     async def _open_session(self, request: Request, client_addr: str) -> _Session:
         config = self.config
@@ -196,6 +202,7 @@ class Gateway:
         if origins is not None and "origin" in headers and headers["origin"] not in origins:
             raise Forbidden("origin not allowed")
         subprotocols = _offered_subprotocols(request.headers)
+        check_one_credential(request.headers.raw_items(), subprotocols, parse_qsl(url.query))
         principal = self.auth.authenticate(presented_key(headers, subprotocols, query))
         intent = query.get("intent")
         group = query.get("model") or query.get("deployment")
@@ -384,6 +391,7 @@ class _Session:
             secrets=gateway.secrets + self.deployment.secret_values(),
             shutdown=gateway.shutdown,
             counters=gateway.counters.relay,
+            budget=gateway.buffers,
             turns=TurnWatch(partial(self._turn_ended, gateway)),
         )
         if self.trace is not None:
@@ -531,9 +539,8 @@ def _json_response(
 
 def _error_response(exc: RtgateError, secrets: tuple[str, ...]) -> Response:
     extra: dict[str, str] = {}
-    retry_after = getattr(exc, "retry_after", None)
-    if isinstance(exc, TooManySessions | NoDeploymentAvailable) and retry_after is not None:
-        extra["Retry-After"] = str(max(1, round(retry_after)))
+    if isinstance(exc, TooManySessions | NoDeploymentAvailable) and exc.retry_after is not None:
+        extra["Retry-After"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, ClientError) and exc.http_status == 401:
         extra["WWW-Authenticate"] = "Bearer"
     return _json_response(
@@ -541,12 +548,72 @@ def _error_response(exc: RtgateError, secrets: tuple[str, ...]) -> Response:
     )
 
 
+def _refusal_status(exc: Exception | None) -> int:
+    """The status websockets gives a head it refused (431 for header limits, 414, else 400)."""
+    if isinstance(exc, HeaderLineTooLong | TooManyHeaders):
+        return 431
+    if isinstance(exc, RequestLineTooLong):
+        return 414
+    return 400
+
+
+def _refusal_message(exc: Exception | None) -> str:
+    # Never the library's text: it may quote a header (a key, perhaps) back.
+    cause = exc.__cause__ if exc is not None else None
+    if isinstance(cause, NotImplementedError) or "request body" in str(cause):
+        return "a WebSocket upgrade request must not have a body"
+    if isinstance(exc, HeaderLineTooLong | TooManyHeaders | RequestLineTooLong):
+        return "request head too large"
+    return "malformed WebSocket request"
+
+
+async def _write_and_close(stream: trio.abc.Stream, response: Response) -> None:
+    try:
+        with trio.move_on_after(5):
+            await stream.send_all(response.serialize())
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    await close_after_answer(stream)
+
+
+# After an error answer, unread request bytes would make the kernel reset the
+# connection, and a reset can destroy the answer before the client reads it.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
+
+
+async def close_after_answer(stream: trio.abc.Stream) -> None:
+    """Close a connection whose answer was sent: FIN first, then read (and drop) the rest, bounded.
+
+    The lingering close of RFC 9112 9.6 (nginx's ``lingering_close``): the client
+    sees the answer and then EOF, not a reset, however much of its request was unread.
+    """
+    with trio.move_on_after(LINGER_SECONDS):
+        try:
+            if isinstance(stream, trio.SocketStream):
+                await stream.send_eof()
+            drained = 0
+            while drained < LINGER_BYTES:
+                data = await stream.receive_some(64 * 1024)
+                if not data:
+                    break
+                drained += len(data)
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.BusyResourceError,
+            OSError,
+        ):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
 async def _send_response(
     stream: trio.abc.Stream, protocol: ServerProtocol, response: Response
 ) -> None:
     protocol.send_response(response)
     await _flush(stream, protocol)
-    await trio.aclose_forcefully(stream)
+    await close_after_answer(stream)
 
 
 async def _flush(stream: trio.abc.Stream, protocol: ServerProtocol) -> None:

@@ -24,7 +24,18 @@ import orjson
 import trio
 
 from rtgate.config.model import Limits
-from rtgate.errors import UpstreamClosed, close_reason, scrub
+from rtgate.errors import (
+    BufferBudgetExceeded,
+    GatewayShuttingDown,
+    MessageTimeout,
+    RtgateError,
+    SessionExpired,
+    SessionIdle,
+    UpstreamClosed,
+    close_reason,
+    scrub,
+)
+from rtgate.net.budget import BufferBudget
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
@@ -83,6 +94,7 @@ class Relay:
         secrets: tuple[str, ...] = (),
         shutdown: trio.Event | None = None,
         counters: RelayCounters | None = None,
+        budget: BufferBudget | None = None,
         turns: TurnWatch | None = None,
     ) -> None:
         self.client = client
@@ -104,6 +116,10 @@ class Relay:
         self._started = 0.0
         self._upstream_last = 0.0
         self._reconnecting = False
+        self.budget = budget if budget is not None else BufferBudget(None)
+        """Where batches waiting for their write are counted (the gateway's budget)."""
+        self._evicted = False
+        """The budget dropped the client's unfinished message: the timer closes the session."""
 
     # -- public ------------------------------------------------------------------
 
@@ -112,6 +128,7 @@ class Relay:
         for peer behaviour (only for cancellation from outside)."""
         now = trio.current_time()
         self._started = self._upstream_last = now
+        self.client.watch_unfinished(self._message_started, self._message_evicted)
         try:
             with self._scope:
                 out = Outbox()
@@ -154,7 +171,7 @@ class Relay:
             now = client.last_received  # the clock read the receive already made
             translator = self.translator
             stats.frames_from_client += len(frames)
-            counters.add("client_in", len(frames), _size(frames))
+            counters.add("client_in", len(frames), batch_bytes(frames))
             batch_no += 1
             try:
                 if bridge is None and tap is None:
@@ -201,7 +218,7 @@ class Relay:
                     exc.code, exc.reason, out, now, error_type=exc.upstream_error_type
                 )
                 if out.close is None:
-                    out.close = CloseClient(1011, "upstream closed")
+                    out.close = CloseClient(exc.close_code, "upstream closed")
                 self._set_outcome(
                     Outcome(
                         out.close.code,
@@ -215,7 +232,7 @@ class Relay:
                 await self._dispatch(out, final=True)
                 return
             now = self._upstream_last = trio.current_time()
-            counters.add("upstream_in", len(frames), _size(frames))
+            counters.add("upstream_in", len(frames), batch_bytes(frames))
             batch_no += 1
             translator = self.translator
             try:
@@ -255,30 +272,35 @@ class Relay:
         self._scope.cancel()
 
     async def _dispatch(self, out: Outbox, *, final: bool = False) -> None:
+        """Send what ``out`` holds, act on the rest, and leave it empty for the next batch."""
         # A batch that ends responses is kept for the turn watch (once per response).
         ended = list(out.to_client) if out.responses_done and self.turns is not None else None
         try:
-            if out.to_upstream and not final:
-                await self._send_upstream(out.to_upstream)
-            if out.to_client:
-                await self._send_client(out.to_client)
-        except UpstreamClosed as exc:
-            # The reader task will see the close too; make sure the session ends.
-            self._set_outcome(
-                Outcome(1011, "upstream connection lost", exc.code, exc.reason, "upstream", True)
-            )
-        except ConnectionClosed as exc:
-            if not exc.by_peer and exc.code == 1011:
-                # The write timeout fired: the client stopped reading.
-                self.counters.limit("slow_consumer")
-            self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
+            try:
+                if out.to_upstream and not final:
+                    await self._send_upstream(out.to_upstream)
+                if out.to_client:
+                    await self._send_client(out.to_client)
+            except UpstreamClosed as exc:
+                # The reader task will see the close too; make sure the session ends.
+                self._set_outcome(
+                    Outcome(
+                        1011, "upstream connection lost", exc.code, exc.reason, "upstream", True
+                    )
+                )
+            except ConnectionClosed as exc:
+                if not exc.by_peer and exc.code == 1011:
+                    # The write timeout fired: the client stopped reading.
+                    self.counters.limit("slow_consumer")
+                self._set_outcome(
+                    Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client")
+                )
+            if ended is not None and self.turns is not None:
+                self.turns.finished(ended, trio.current_time())
+            if out.responses_done or out.reconnect is not None or out.close is not None:
+                self._after_dispatch(out)
         finally:
-            out.to_upstream.clear()
-            out.to_client.clear()
-        if ended is not None and self.turns is not None:
-            self.turns.finished(ended, trio.current_time())
-        if out.responses_done or out.reconnect is not None or out.close is not None:
-            self._after_dispatch(out)
+            out.clear()
         deadline = self.translator.deadline
         if deadline is not None and deadline < self._timer_scope.deadline:
             self._timer_scope.deadline = deadline
@@ -289,20 +311,16 @@ class Relay:
         """The rare parts of a dispatch: usage, a reconnect request, a close."""
         if out.responses_done:
             self._add_usage(out.usage or {}, out.responses_done)
-            out.usage = None
-            out.responses_done = 0
         if out.reconnect is not None and not self._reconnecting and self.reconnector is not None:
             self._reconnecting = True
             self._nursery.start_soon(self._reconnect)
-        out.reconnect = None
-        if out.close is not None:
-            close = out.close
-            out.close = None
+        close = out.close
+        if close is not None:
             self._set_outcome(Outcome(close.code, close.reason, 1000, "", "gateway"))
 
     async def _send_client(self, frames: list[Frame]) -> None:
         self.stats.frames_to_client += len(frames)
-        _scrub_error_events(frames, self.secrets)
+        scrub_error_events(frames, self.secrets)
         turns = self.turns
         if turns is not None and turns.scanning:  # off while a response streams audio
             turns.outgoing(frames, trio.current_time)
@@ -314,23 +332,33 @@ class Relay:
                     tap.record("server", frame, wall)
         if self.bridge is not None:
             frames = self._to_beta(frames)
-        size = _size(frames)
+        size = batch_bytes(frames)
         self.stats.bytes_to_client += size
         self.counters.add("client_out", len(frames), size)
-        if size <= self.limits.max_pending_bytes:
-            await self.client.send(frames)
-            return
-        for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
-            await self.client.send(chunk)
+        budget = self.budget
+        budget.queue(size)  # queued until written: counted in the gateway's budget
+        try:
+            if size <= self.limits.max_pending_bytes:
+                await self.client.send(frames)
+                return
+            for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
+                await self.client.send(chunk)
+        finally:
+            budget.held -= size
 
     async def _send_upstream(self, frames: list[Frame]) -> None:
-        size = _size(frames)
+        size = batch_bytes(frames)
         self.counters.add("upstream_out", len(frames), size)
-        if size <= self.limits.max_pending_bytes:
-            await self.upstream.send(frames)
-            return
-        for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
-            await self.upstream.send(chunk)
+        budget = self.budget
+        budget.queue(size)
+        try:
+            if size <= self.limits.max_pending_bytes:
+                await self.upstream.send(frames)
+                return
+            for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
+                await self.upstream.send(chunk)
+        finally:
+            budget.held -= size
 
     def _to_beta(self, frames: Sequence[Frame]) -> list[Frame]:
         assert self.bridge is not None
@@ -366,13 +394,16 @@ class Relay:
                 deadline = min(deadline, last + limits.idle_timeout)
             if self.translator.deadline is not None:
                 deadline = min(deadline, self.translator.deadline)
+            since = self.client.unfinished_since
+            if limits.message_timeout and since is not None:
+                deadline = min(deadline, since + limits.message_timeout)
+            if self._evicted:
+                deadline = -math.inf
             self._timer_scope = trio.CancelScope(deadline=deadline)
             with self._timer_scope:
                 if self.shutdown is not None:
                     await self.shutdown.wait()
-                    self._end_by_gateway(
-                        out, 1001, "the gateway is restarting", "gateway_restarting"
-                    )
+                    self._end_by_gateway(out, GatewayShuttingDown("the gateway is restarting"))
                     await self._dispatch(out)
                     return
                 await trio.sleep_forever()
@@ -388,11 +419,27 @@ class Relay:
 
     async def _check_limits(self, out: Outbox, now: float) -> None:
         limits = self.limits
+        if self._evicted and out.close is None:
+            self.client.drop_unfinished()
+            self._end_by_gateway(
+                out,
+                BufferBudgetExceeded(
+                    "the gateway holds too many unfinished messages and dropped this session's"
+                    " largest one; try again later"
+                ),
+            )
+        since = self.client.unfinished_since
+        timeout = limits.message_timeout
+        if timeout and since is not None and now - since >= timeout and out.close is None:
+            self.client.drop_unfinished()
+            self._end_by_gateway(
+                out, MessageTimeout(f"a message was not completed within {timeout:g} s")
+            )
         if limits.max_session_seconds and now - self._started >= limits.max_session_seconds:
-            self._end_by_gateway(out, 1000, "maximum session duration reached", "session_expired")
+            self._end_by_gateway(out, SessionExpired("maximum session duration reached"))
         last = max(self.client.last_received, self._upstream_last)
         if limits.idle_timeout and now - last >= limits.idle_timeout and out.close is None:
-            self._end_by_gateway(out, 1000, "session idle for too long", "idle_timeout")
+            self._end_by_gateway(out, SessionIdle("session idle for too long"))
         interval = limits.ping_interval
         if interval > 0 and out.close is None:
             if now - self.client.last_received >= interval + limits.ping_timeout:
@@ -411,10 +458,23 @@ class Relay:
                 pass
         await self._dispatch(out)
 
-    def _end_by_gateway(self, out: Outbox, code: int, message: str, error_code: str) -> None:
-        self.counters.limit(error_code)
-        out.client_json(error_event(message, error_type="invalid_request_error", code=error_code))
-        out.close = CloseClient(code, message)
+    def _end_by_gateway(self, out: Outbox, exc: RtgateError) -> None:
+        """The one place an error becomes what the client sees: its ``error`` event and close."""
+        self.counters.limit(exc.error_code)
+        out.client_json(error_event(exc.message, error_type=exc.error_type, code=exc.error_code))
+        out.close = CloseClient(exc.close_code, exc.message)
+
+    def _message_started(self, now: float) -> None:
+        """The client began a message it has not finished: bound it by ``message_timeout``."""
+        timeout = self.limits.message_timeout
+        if timeout and now + timeout < self._timer_scope.deadline:
+            self._timer_scope.deadline = now + timeout
+
+    def _message_evicted(self) -> None:
+        """The gateway's buffer budget dropped the client's message (maybe from another
+        session's task): the timer sends the ``error`` event and closes the session."""
+        self._evicted = True
+        self._timer_scope.deadline = -math.inf
 
     # -- reconnect (translators that must redial, e.g. before a Gemini goAway) ------------
 
@@ -425,9 +485,7 @@ class Relay:
             new = await self.reconnector()
         except Exception as exc:  # the old link stays in use; the translator is told
             self._reconnecting = False
-            self.translator.on_upstream_closed(
-                1011, f"reconnect failed: {exc}", out, trio.current_time()
-            )
+            self.translator.on_reconnect_failed(str(exc), out, trio.current_time())
             await self._dispatch(out)
             return
         old = self.upstream
@@ -438,11 +496,7 @@ class Relay:
         self._reconnecting = False
         await self._dispatch(out)
         # The upstream pump may be reading ``old`` right now, so it must not be read here.
-        abandon = getattr(old, "abandon", None)
-        if abandon is not None:
-            await abandon(1000, "reconnected")
-        else:
-            await old.aclose(1000, "reconnected")
+        await old.abandon(1000, "reconnected")
 
     # -- endings -----------------------------------------------------------------
 
@@ -477,7 +531,7 @@ def _upstream_code(client_code: int) -> int:
     return 1001  # the client vanished or broke: the session is going away
 
 
-def _scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
+def scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
     """Remove keys from ``error`` events in place (a provider may echo the key it was sent).
 
     Only error events are looked at (a bounded byte search per frame), and they
@@ -506,7 +560,7 @@ def _scrub_strings(value: object, secrets: tuple[str, ...]) -> object:
     return value
 
 
-def _size(frames: Sequence[Frame]) -> int:
+def batch_bytes(frames: Sequence[Frame]) -> int:
     """Payload bytes of a batch (one ``len`` per message, no copy)."""
     try:
         return sum(map(len, frames))  # type: ignore[arg-type]
