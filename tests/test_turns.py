@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -173,11 +177,24 @@ def test_litellm_callbacks_switch_traces_on() -> None:
 
 
 def test_bad_trace_settings_are_errors_with_lines() -> None:
-    import pytest
-
     from rtgate.errors import ConfigError
 
     with pytest.raises(ConfigError, match="callbacks must be a list of names"):
         _config("litellm_settings:\n  callbacks: {otel: 1}\n")
     with pytest.raises(ConfigError, match="max_queue_size must be >= 1"):
         _config("rtgate:\n  telemetry: {max_queue_size: 0}\n")
+
+
+def test_a_reload_that_changes_trace_settings_says_it_needs_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rtgate.edge.server import reload_config
+
+    base = "model_list:\n  - model_name: m\n    litellm_params: {model: mock/x}\n"
+    running = parse_text(base, path="<t>", env={}).config
+    path = tmp_path / "c.yaml"
+    path.write_text(base + "litellm_settings: {callbacks: [otel]}\n")
+    path.chmod(0o600)
+    with caplog.at_level(logging.WARNING):
+        reload_config(str(path), running, "127.0.0.1")
+    assert "trace settings (callbacks, rtgate.telemetry) need a restart" in caplog.text

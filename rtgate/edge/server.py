@@ -414,6 +414,8 @@ def reload_config(path: str, running: GatewayConfig, host: str) -> GatewayConfig
         log.warning("reload: host/port changes need a restart; still listening on the old address")
     if (old_server.tls_cert, old_server.tls_key) != (new_server.tls_cert, new_server.tls_key):
         log.warning("reload: TLS certificate changes need a restart")
+    if running.telemetry != new.telemetry:
+        log.warning("reload: trace settings (callbacks, rtgate.telemetry) need a restart")
     return new
 
 
