@@ -35,7 +35,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "governance": frozenset({"spend", "config", "errors", "wire"}),
     "net": frozenset({"config", "errors", "wire"}),
     "aws": frozenset({"net", "config", "errors", "wire"}),
-    "telemetry": frozenset({"protocol", "config", "errors", "wire"}),
+    "telemetry": frozenset({"protocol", "config", "errors", "wire", "__init__"}),
     "providers": frozenset(
         {"net", "aws", "translate", "mockmodel", "protocol", "config", "errors", "wire"}
     ),

@@ -49,7 +49,7 @@ def test_every_unhonoured_key_warns_with_its_line_and_what_litellm_does(
 def test_weakening_keys_come_first_whatever_their_place_in_the_file() -> None:
     text = (
         DEPLOYMENT
-        + "litellm_settings:\n  drop_params: true\n  callbacks: [langfuse, otel]\n"
+        + "litellm_settings:\n  drop_params: true\n  callbacks: [langfuse, otel, s3]\n"
         + "general_settings:\n  database_type: dynamo_db\n  some_future_key: 1\n"
         + "router_settings:\n  timeout: 5\n  redis_host: r\n"
         + "guardrails:\n  - guardrail_name: pii\n"

@@ -13,10 +13,9 @@ that ``router_settings`` feeds, and the key fields of ``/key/generate``.
 
 When rtgate makes a key real, its loader reads the key and its row goes (a test
 fails while a read key still has a row). Rows that other work will remove:
-``router_settings.redis_*`` (shared state), the ``rtgate.keys`` budget and limit
-fields (config-file keys; database keys have them through the key API),
-``litellm_settings.callbacks`` / ``success_callback`` / ``failure_callback``
-(tracing). Keys not in the table that rtgate does not read still warn, with a
+``router_settings.redis_*`` (shared state) and the ``rtgate.keys`` budget and limit
+fields (config-file keys; database keys have them through the key API). Keys not in
+the table that rtgate does not read still warn, with a
 generic sentence.
 """
 
@@ -166,10 +165,6 @@ ROWS: tuple[UnhonouredKey, ...] = (
                   "may have", _M),
     UnhonouredKey(_LS, "default_team_settings", "gives teams their budgets and callbacks", _M),
     UnhonouredKey(_LS, "guardrails", "runs these (older-style) guardrails on requests", _S),
-    UnhonouredKey(_LS, "callbacks", "sends every request and its usage to these loggers "
-                  "(langfuse, otel, prometheus, ...)", instead="rtgate.event_log.sinks"),
-    UnhonouredKey(_LS, "success_callback", "logs successful requests to these loggers",
-                  instead="rtgate.event_log.sinks"),
     UnhonouredKey(_LS, "failure_callback", "logs failed requests to these loggers",
                   instead="rtgate.event_log.sinks"),
     UnhonouredKey(_LS, "service_callback", "reports its own service health to these loggers"),

@@ -31,6 +31,7 @@ from rtgate.config.model import (
     RouterSettings,
     Secret,
     ServerSettings,
+    TelemetrySettings,
     TlsSettings,
     VirtualKey,
     WarmPoolSettings,
@@ -487,6 +488,7 @@ def parse_config(
             litellm.raw("logged_real_time_event_types"), ctx,
             litellm.line("logged_real_time_event_types"),
         )  # fmt: skip
+    trace_callbacks = _trace_callbacks(ctx, litellm)
     litellm.warn_unhonoured("litellm_settings")
 
     router = top.section("router_settings")
@@ -543,6 +545,7 @@ def parse_config(
     gov_sec = own.section("governance")
     governance = GovernanceSettings(**_fill_attrs(gov_sec, GovernanceSettings))
     gov_sec.warn_unknown()
+    telemetry = _telemetry(own.section("telemetry"), trace_callbacks)
     own.used.update({"keys", "limits", "event_log"})
     own.warn_unknown()
 
@@ -564,8 +567,51 @@ def parse_config(
         database_url=database_url,
         allow_requests_on_db_unavailable=allow_db_down,
         governance=governance,
+        telemetry=telemetry,
     )
     return LoadResult(config, ctx.all_warnings(), ctx.plaintext, ctx.not_enforced)
+
+
+_TRACE_CALLBACKS = {"otel": "otel", "langfuse": "langfuse", "langfuse_otel": "langfuse"}
+"""LiteLLM callback names rtgate honours, and the exporter each one switches on."""
+
+
+def _trace_callbacks(ctx: _Ctx, litellm: _Section) -> set[str]:
+    """Exporters named by ``litellm_settings.callbacks`` / ``success_callback``; others warned."""
+    wanted: set[str] = set()
+    for key in ("callbacks", "success_callback"):
+        if not litellm.has(key):
+            continue
+        names = litellm.raw(key)
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ctx.error(litellm.line(key), f"litellm_settings.{key} must be a list of names")
+        for name in names:
+            if name in _TRACE_CALLBACKS:
+                wanted.add(_TRACE_CALLBACKS[name])
+            else:
+                ctx.warn(
+                    litellm.line(key),
+                    f"litellm_settings.{key}: {name!r} is not a callback rtgate offers "
+                    "(it exports traces for 'otel', 'langfuse' and 'langfuse_otel'); ignored",
+                )
+    return wanted
+
+
+def _telemetry(section: _Section, callbacks: set[str]) -> TelemetrySettings:
+    values = _fill_attrs(section, TelemetrySettings)
+    section.warn_unknown()
+    settings = TelemetrySettings(**values)
+    if settings.max_queue_size < 1:
+        raise section.ctx.error(
+            section.line("max_queue_size"), "rtgate.telemetry.max_queue_size must be >= 1"
+        )
+    return attrs.evolve(
+        settings,
+        otel=settings.otel or "otel" in callbacks,
+        langfuse=settings.langfuse or "langfuse" in callbacks,
+    )
 
 
 def _validate_sinks(ctx: _Ctx, sinks: tuple[Mapping[str, object], ...], line: int | None) -> None:

@@ -295,6 +295,27 @@ class GovernanceSettings:
 
 
 @attrs.frozen
+class TelemetrySettings:
+    """Traces (OpenTelemetry). Switched on by LiteLLM's ``litellm_settings.callbacks: ["otel"]``
+    (or ``["langfuse"]``, ``["langfuse_otel"]``; ``success_callback`` is read the same way) or by
+    ``rtgate.telemetry``. The exporter itself is configured by the standard ``OTEL_*``
+    environment (endpoint, headers, protocol, sampler, service name); Langfuse by
+    ``LANGFUSE_PUBLIC_KEY``, ``LANGFUSE_SECRET_KEY`` and ``LANGFUSE_HOST``."""
+
+    otel: bool = False
+    """Export traces over OTLP to ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``."""
+    langfuse: bool = False
+    """Export traces over OTLP to Langfuse (``LANGFUSE_HOST``/api/public/otel, Basic auth)."""
+    max_queue_size: int = 2048
+    """Finished spans waiting for the exporter; beyond it new spans are dropped and counted
+    (``OTEL_BSP_MAX_QUEUE_SIZE`` in the environment wins over this)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.otel or self.langfuse
+
+
+@attrs.frozen
 class GatewayConfig:
     """Everything rtgate serves, as loaded from one file."""
 
@@ -312,6 +333,7 @@ class GatewayConfig:
     """LiteLLM's switch: admit sessions of budgeted keys while the database is unreachable
     (on the spend this host knows)."""
     governance: GovernanceSettings = attrs.field(factory=GovernanceSettings)
+    telemetry: TelemetrySettings = attrs.field(factory=TelemetrySettings)
 
     def groups(self) -> dict[str, tuple[Deployment, ...]]:
         """Deployments by model group, in file order."""

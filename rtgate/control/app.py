@@ -9,9 +9,10 @@ on a realtime frame's path. Routes::
     GET /admin/pool          pool statistics per deployment (master key)
     /key/*, /spend/logs, /global/spend/report   LiteLLM's key and spend API (master key;
                              rtgate.control.keys)
+    /ui ...                  the status page (``rtgate.control.ui``; master key)
 
 With ``rtgate.ops_listen`` set, the public port's app is made with
-``detail=False``: ``/metrics`` and ``/admin/*`` answer 404 there (they live on
+``detail=False``: ``/metrics``, ``/admin/*`` and ``/ui`` answer 404 there (they live on
 the ops listener), and readiness says only ready or not, naming no model group.
 A request carrying more than one credential is refused with 400 on every path.
 """
@@ -27,6 +28,7 @@ import trio
 
 from rtgate import __version__
 from rtgate.control import keys as key_api
+from rtgate.control.ui import StatusPage
 from rtgate.errors import BadRequest
 from rtgate.session.auth import check_one_credential, presented_key
 from rtgate.session.gateway import Gateway
@@ -56,6 +58,7 @@ class ControlApp:
         self.head_limits = head_limits
         """(header fields, bytes per line) of the front (``rtgate.edge.head``): the front checks
         a connection's first head; later ones on a kept-alive connection are checked here."""
+        self.ui = StatusPage(gateway)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -76,7 +79,8 @@ class ControlApp:
             api = key_api.KeyApi(self.gateway.governance)
             await key_api.serve(api, scope, receive, send, self._is_master(headers))
             return
-        if method not in ("GET", "HEAD"):
+        ui = path == "/ui" or path.startswith("/ui/")
+        if method not in ("GET", "HEAD") and not ui:  # the status page's sign-in is a POST
             await _json(send, 405, {"error": "method not allowed"})
             return
         try:
@@ -84,6 +88,12 @@ class ControlApp:
             check_one_credential(headers_of(scope), (), query)
         except BadRequest as exc:
             await _json(send, 400, {"error": exc.message})
+            return
+        if ui:
+            if not self.detail:
+                await _json(send, 404, {"error": f"{path} is served on the ops listener"})
+            else:
+                await self.ui(scope, receive, send, path, headers)
             return
         if path in ("/health/liveliness", "/health/liveness", "/health"):
             await _json(send, 200, {"status": "alive", "version": __version__})

@@ -80,10 +80,13 @@ class GatewayCollector(Collector):
         yield from _handshakes(counters)
         yield from _relay(counters.relay)
         yield from _pool(gateway.pool.statistics(now))
+        yield from _readiness(gateway.pool.readiness(now))
         yield from _warm(gateway.warm)
         yield from _event_log(gateway.event_log)
         yield from _buffers(gateway)
         yield from _spend(gateway.governance)
+        yield from _turns_and_closes(counters)
+        yield from _tracing(gateway.tracing)
 
     def _info(self, gateway: Gateway) -> Iterator[Metric]:
         from rtgate import __version__
@@ -319,6 +322,57 @@ def _buffers(gateway: Gateway) -> Iterator[Metric]:
         "Client connections holding an unfinished message now",
         value=len(budget.holders),
     )
+
+
+def _readiness(groups: Mapping[str, bool]) -> Iterator[Metric]:
+    ready = GaugeMetricFamily(
+        "rtgate_model_group_ready",
+        "1 while the model group has a deployment that can take a session (what readiness checks)",
+        labels=["model_group"],
+    )
+    for group, ok in sorted(groups.items()):
+        ready.add_metric([group], int(ok))
+    yield ready
+
+
+def _turns_and_closes(counters: Any) -> Iterator[Metric]:
+    """Time to first audio per model group; ended sessions by close code and closing side."""
+    ttfa = HistogramMetricFamily(
+        "rtgate_time_to_first_audio_seconds",
+        "A response's start (end of user speech, commit, or response.created) to its first audio delta",
+        labels=["model_group"],
+    )
+    for group, hist in sorted(counters.first_audio_seconds.items()):
+        ttfa.add_metric([group], hist.cumulative(), hist.sum)
+    yield ttfa
+    closes = CounterMetricFamily(
+        "rtgate_session_closes",
+        "Ended sessions by the close code sent to the client and the side that closed",
+        labels=["model_group", "code", "side"],
+    )
+    for (group, code, side), n in sorted(counters.session_closes.items()):
+        closes.add_metric([group, str(code), side], n)
+    yield closes
+
+
+def _tracing(tracing: Any) -> Iterator[Metric]:
+    """Span export per exporter (``otel``, ``langfuse``): exported, dropped, failed, queued."""
+    spans = CounterMetricFamily(
+        "rtgate_trace_spans",
+        "Finished spans by exporter and outcome (exported; dropped: export queue full; "
+        "failed: refused by or not delivered to the collector)",
+        labels=["exporter", "outcome"],
+    )
+    queued = GaugeMetricFamily(
+        "rtgate_trace_queue_spans", "Finished spans waiting for the exporter", labels=["exporter"]
+    )
+    snapshot = tracing.snapshot() if tracing is not None else {}
+    for name, counts in sorted(snapshot.items()):
+        for outcome in ("exported", "dropped", "failed"):
+            spans.add_metric([name, outcome], counts[outcome])
+        queued.add_metric([name], counts["queued"])
+    yield spans
+    yield queued
 
 
 def _histogram(name: str, documentation: str, hist: LatencyHistogram) -> HistogramMetricFamily:

@@ -40,6 +40,7 @@ from rtgate.errors import ConfigError
 from rtgate.session.gateway import Gateway
 from rtgate.session.health_checks import provider_connect, run_health_checks
 from rtgate.telemetry.tap import ServedEventLog
+from rtgate.telemetry.tracing import Tracing
 
 log = logging.getLogger("rtgate.server")
 
@@ -130,13 +131,16 @@ async def serve(
         from rtgate.control.metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics()
-    gateway = Gateway(config, event_log=event_log)
+    tracing = Tracing.for_config(config.telemetry, os.environ.get("RTGATE_WORKER_ID", "0"))
+    gateway = Gateway(config, event_log=event_log, tracing=tracing)
     runtime_dir = tempfile.mkdtemp(prefix="rtgate-")
     control_socket = os.path.join(runtime_dir, "control.sock")
     try:
         async with trio.open_nursery() as nursery:
             if event_log is not None:
                 await nursery.start(event_log.run)
+            if tracing is not None:
+                await nursery.start(tracing.run)
             control_stop = trio.Event()
             ops_address = config.server.ops_address()
             handshake_timeout = config.server.limits.handshake_timeout
@@ -224,6 +228,8 @@ async def serve(
             control_stop.set()
             if event_log is not None:
                 await event_log.aclose()
+            if tracing is not None:
+                await tracing.aclose()
             nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(runtime_dir, ignore_errors=True)
@@ -288,6 +294,9 @@ async def run_until_signalled(
     one signal within a second count once (:mod:`rtgate.edge.signals`).
     """
     notifier = notifier or Notifier()
+    from rtgate.telemetry.tracing import check_environment
+
+    check_environment(config.telemetry)  # a bad OTEL_*/LANGFUSE_* setting: a clear error, now
     event_log = _event_log_for(config)
     for problem in unusable_sinks(config):
         log.warning("event log sink cannot work: %s", problem)
@@ -408,6 +417,8 @@ def reload_config(path: str, running: GatewayConfig, host: str) -> GatewayConfig
         log.warning("reload: host/port changes need a restart; still listening on the old address")
     if (old_server.tls_cert, old_server.tls_key) != (new_server.tls_cert, new_server.tls_key):
         log.warning("reload: TLS certificate changes need a restart")
+    if running.telemetry != new.telemetry:
+        log.warning("reload: trace settings (callbacks, rtgate.telemetry) need a restart")
     return new
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from functools import partial
 from urllib.parse import parse_qsl, urlsplit
@@ -47,10 +48,17 @@ from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
 from rtgate.session.auth import Authenticator, Principal, check_one_credential, presented_key
-from rtgate.session.counters import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
+from rtgate.session.counters import (
+    FIRST_AUDIO_BUCKETS,
+    HANDSHAKE_BUCKETS,
+    LatencyHistogram,
+    RelayCounters,
+)
 from rtgate.session.relay import Outcome, Relay
 from rtgate.session.warm_pool import WarmPools
 from rtgate.telemetry.tap import ServedEventLog, SessionInfo, SessionSummary
+from rtgate.telemetry.tracing import SessionTrace, Tracing, scrubbed
+from rtgate.telemetry.turns import Turn, TurnWatch
 from rtgate.translate.base import new_id
 
 log = logging.getLogger("rtgate.gateway")
@@ -81,12 +89,32 @@ class GatewayCounters:
     )
     relay: RelayCounters = attrs.field(factory=RelayCounters)
     reloads: dict[str, int] = attrs.field(factory=dict)
+    first_audio_seconds: dict[str, LatencyHistogram] = attrs.field(factory=dict)
+    """Per model group: a response's anchor (end of speech, commit, or created) to its first audio."""
+    session_closes: dict[tuple[str, int, str], int] = attrs.field(factory=dict)
+    """Ended sessions by (model group, close code sent to the client, side that closed)."""
+
+    def observe_first_audio(self, group: str, seconds: float) -> None:
+        hist = self.first_audio_seconds.get(group)
+        if hist is None:
+            hist = self.first_audio_seconds[group] = LatencyHistogram(FIRST_AUDIO_BUCKETS)
+        hist.observe(seconds)
+
+
+RECENT_CLOSES = 50
+"""Ended sessions the status page lists."""
 
 
 class Gateway:
     """Process-wide state of the data plane: config, pool, keys, event log, counters."""
 
-    def __init__(self, config: GatewayConfig, *, event_log: ServedEventLog | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        event_log: ServedEventLog | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.config = config
         self.pool = Pool(config)
         self.auth = Authenticator(config)
@@ -102,6 +130,10 @@ class Gateway:
         """Bytes held in unfinished and queued messages, across every session."""
         self.governance = Governance(config)
         """Database keys, budgets and spend (``general_settings.database_url``); the server runs it."""
+        self.tracing = tracing
+        """OpenTelemetry spans per session, dial and turn (None: traces off)."""
+        self.recent_closes: deque[dict[str, object]] = deque(maxlen=RECENT_CLOSES)
+        """The last ended sessions, newest last (for the status page)."""
 
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new config to new sessions; running sessions keep theirs."""
@@ -145,7 +177,9 @@ class Gateway:
             return
         response = protocol.accept(request)
         if response.status_code != 101:
-            await session.release(self, Outcome(1002, "handshake failed", 1000, "", "client"))
+            failed = Outcome(1002, "handshake failed", 1000, "", "client")
+            await session.release(self, failed)
+            session.finish_trace(self, failed, {})
             await session.link.aclose(1001, "client handshake failed")
             protocol.send_response(response)
             await _flush(stream, protocol)
@@ -201,12 +235,43 @@ class Gateway:
         beta = headers.get("openai-beta", "").replace(" ", "") == "realtime=v1" or (
             "openai-beta.realtime-v1" in subprotocols
         )
-        deployment, link = await self._dial(group, ctx)
+        trace = self._start_trace(headers, ctx, principal, client_addr)
+        try:
+            deployment, link = await self._dial(group, ctx, trace)
+        except BaseException as exc:
+            if trace is not None:
+                _trace_refused(trace, exc, self.secrets)
+            raise
         self._admit(principal)
         started_key = (group, deployment.id)
         started = self.counters.sessions_started
         started[started_key] = started.get(started_key, 0) + 1
-        return _Session(ctx, principal, deployment, link, beta, client_addr, trio.current_time())
+        return _Session(
+            ctx, principal, deployment, link, beta, client_addr, trio.current_time(), trace
+        )
+
+    def _start_trace(
+        self,
+        headers: Mapping[str, str],
+        ctx: SessionContext,
+        principal: Principal,
+        client_addr: str,
+    ) -> SessionTrace | None:
+        """The session span, from an authenticated handshake on (refused keys make no spans)."""
+        if self.tracing is None:
+            return None
+        attributes: dict[str, str] = {
+            "rtgate.session_id": ctx.session_id,
+            "rtgate.model_group": ctx.model_group,
+            "gen_ai.operation.name": "realtime",
+            "client.address": client_addr,
+        }
+        if principal.alias is not None:
+            attributes["rtgate.key_alias"] = principal.alias
+            attributes["user.id"] = principal.alias
+        if ctx.intent:
+            attributes["rtgate.intent"] = ctx.intent
+        return self.tracing.session(headers, attributes)
 
     async def _authenticate(self, key: str | None) -> Principal:
         """A config key or the master key, else a database key (from memory, or looked up)."""
@@ -246,18 +311,24 @@ class Gateway:
         if principal.alias is not None:
             self.sessions_by_key[principal.alias] = self.sessions_by_key.get(principal.alias, 0) + 1
 
-    async def _dial(self, group: str, ctx: SessionContext) -> tuple[Deployment, UpstreamLink]:
+    async def _dial(
+        self, group: str, ctx: SessionContext, trace: SessionTrace | None = None
+    ) -> tuple[Deployment, UpstreamLink]:
         """Walk the pool until a deployment connects; raise when none can."""
         selection = self.pool.select(group, trio.current_time())
         while (deployment := selection.next(reserved_at := trio.current_time())) is not None:
             if deployment.warm_pool is not None:
                 warm = await self._warm_link(selection, deployment, ctx, reserved_at)
                 if warm is not None:
+                    if trace is not None:
+                        trace.dial_succeeded(deployment.id, deployment.provider, warm=True)
                     return deployment, warm
                 if not self.pool.fresh_dial_allowed(deployment, trio.current_time()):
                     selection.release(deployment, trio.current_time())
                     continue
             provider = get_provider(deployment.provider)
+            if trace is not None:
+                trace.dial_attempt(deployment.id, deployment.provider)
             started = trio.current_time()
             try:
                 link = await connect_bounded(provider.connect, deployment, ctx)
@@ -273,10 +344,14 @@ class Gateway:
                     "dial failed: deployment=%s kind=%s error=%s",
                     deployment.id, kind, scrub(str(exc), self.secrets),
                 )  # fmt: skip
+                if trace is not None:
+                    trace.dial_failed(deployment.id, kind, scrubbed(str(exc), self.secrets))
                 continue
             now = trio.current_time()
             self.counters.dial_seconds.observe(now - started)
             selection.succeeded(deployment, now, now - started)
+            if trace is not None:
+                trace.dial_succeeded(deployment.id, deployment.provider, warm=False)
             return deployment, link
         raise selection.exhausted()
 
@@ -317,6 +392,7 @@ class _Session:
     beta: bool
     client_addr: str
     started: float
+    trace: SessionTrace | None = None
 
     async def run(self, gateway: Gateway, client: WsConnection) -> None:
         provider = get_provider(self.deployment.provider)
@@ -348,13 +424,25 @@ class _Session:
             counters=gateway.counters.relay,
             budget=gateway.buffers,
             accounting=account,
+            turns=TurnWatch(partial(self._turn_ended, gateway)),
         )
+        if self.trace is not None:
+            self.trace.admitted(
+                {
+                    "rtgate.deployment": self.deployment.id,
+                    "rtgate.provider": self.deployment.provider,
+                    "gen_ai.provider.name": self.deployment.provider,
+                    "gen_ai.request.model": self.deployment.model,
+                    "rtgate.beta_client": self.beta,
+                }
+            )
         outcome: Outcome | None = None
         try:
             outcome = await relay.run()
         finally:
             outcome = outcome or relay.outcome or Outcome(1011, "internal error", 1011, "", "error")
             await self.release(gateway, outcome)
+            self.finish_trace(gateway, outcome, relay.stats.usage, relay.stats.responses)
             stats = relay.stats
             cost = account.close(time.time() - info.started_at)
             if gateway.event_log is not None:
@@ -377,6 +465,47 @@ class _Session:
                     )
                 )
 
+    def _turn_ended(self, gateway: Gateway, turn: Turn) -> None:
+        """A response finished (once per response, never per frame)."""
+        ttfa = turn.time_to_first_audio
+        if ttfa is not None:
+            gateway.counters.observe_first_audio(self.ctx.model_group, ttfa)
+        if self.trace is not None:
+            self.trace.turn(turn, trio.current_time())
+
+    def finish_trace(
+        self, gateway: Gateway, outcome: Outcome, usage: Mapping[str, int], responses: int = 0
+    ) -> None:
+        """End the session span and list the close for the status page."""
+        reason = scrubbed(outcome.client_reason, gateway.secrets)
+        gateway.recent_closes.append(
+            {
+                "ended_at": time.time(),
+                "session_id": self.ctx.session_id,
+                "model_group": self.ctx.model_group,
+                "deployment": self.deployment.id,
+                "key_alias": self.principal.alias,
+                "code": outcome.client_code,
+                "reason": reason,
+                "closed_by": outcome.closed_by,
+                "seconds": round(trio.current_time() - self.started, 3),
+            }
+        )
+        if self.trace is None:
+            return
+        failed = outcome.closed_by != "client" and outcome.client_code not in (1000, 1001)
+        self.trace.ended(
+            {
+                "rtgate.close_code": outcome.client_code,
+                "rtgate.close_reason": reason,
+                "rtgate.closed_by": outcome.closed_by,
+                "rtgate.upstream_close_code": outcome.upstream_code,
+                "rtgate.responses": responses,
+            },
+            usage,
+            f"closed {outcome.client_code} by {outcome.closed_by}" if failed else None,
+        )
+
     async def release(self, gateway: Gateway, outcome: Outcome) -> None:
         now = trio.current_time()
         counters = gateway.counters
@@ -386,12 +515,22 @@ class _Session:
         )
         ended_key = (self.ctx.model_group, self.deployment.id, outcome.closed_by)
         counters.sessions_ended[ended_key] = counters.sessions_ended.get(ended_key, 0) + 1
+        close_key = (self.ctx.model_group, outcome.client_code, outcome.closed_by)
+        counters.session_closes[close_key] = counters.session_closes.get(close_key, 0) + 1
         alias = self.principal.alias
         if alias is not None and alias in gateway.sessions_by_key:
             gateway.sessions_by_key[alias] -= 1
         gateway.pool.session_ended(
             self.deployment, now, abnormal=outcome.abnormal, duration=now - self.started
         )
+
+
+def _trace_refused(trace: SessionTrace, exc: BaseException, secrets: tuple[str, ...]) -> None:
+    """End the span of a session that never started (no deployment could serve, or cancelled)."""
+    if isinstance(exc, RtgateError):
+        trace.rejected(exc.http_status, exc.error_code, scrubbed(exc.message, secrets))
+    else:
+        trace.rejected(499, "cancelled", "the handshake was abandoned")
 
 
 async def _redial(deployment: Deployment, ctx: SessionContext) -> UpstreamLink:

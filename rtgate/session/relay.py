@@ -42,6 +42,7 @@ from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
 from rtgate.session.counters import RELAY_SAMPLE_MASK, RelayCounters
 from rtgate.telemetry.tap import SessionTap
+from rtgate.telemetry.turns import TurnWatch
 from rtgate.translate.base import CloseClient, Outbox, Translator, error_event, flatten_usage
 from rtgate.wire import Frame
 
@@ -125,6 +126,7 @@ class Relay:
         counters: RelayCounters | None = None,
         budget: BufferBudget | None = None,
         accounting: ResponseAccounting | None = None,
+        turns: TurnWatch | None = None,
     ) -> None:
         self.accounting = accounting
         self.client = client
@@ -139,6 +141,8 @@ class Relay:
         self.stats = RelayStats()
         self.counters = counters if counters is not None else RelayCounters()
         self.outcome: Outcome | None = None
+        self.turns = turns
+        """Notices each response's first audio and end (see ``telemetry/turns.py``)."""
         self._scope = trio.CancelScope()
         self._timer_scope = trio.CancelScope()
         self._started = 0.0
@@ -307,6 +311,8 @@ class Relay:
             and (out.responses_done or self.accounting.transcription)
         ):
             self._account(out)
+        # A batch that ends responses is kept for the turn watch (once per response).
+        ended = list(out.to_client) if out.responses_done and self.turns is not None else None
         try:
             try:
                 if out.to_upstream and not final:
@@ -327,6 +333,8 @@ class Relay:
                 self._set_outcome(
                     Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client")
                 )
+            if ended is not None and self.turns is not None:
+                self.turns.finished(ended, trio.current_time())
             if out.responses_done or out.reconnect is not None or out.close is not None:
                 self._after_dispatch(out)
         finally:
@@ -351,6 +359,9 @@ class Relay:
     async def _send_client(self, frames: list[Frame]) -> None:
         self.stats.frames_to_client += len(frames)
         scrub_error_events(frames, self.secrets)
+        turns = self.turns
+        if turns is not None and turns.scanning:  # off while a response streams audio
+            turns.outgoing(frames, trio.current_time)
         tap = self.tap
         if tap is not None:
             wall = time.time()
