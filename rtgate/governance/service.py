@@ -127,10 +127,14 @@ class Governance:
     # -- the tasks ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect and migrate (retrying), refresh keys, write spend; until cancelled."""
+        """Connect and migrate (retrying), refresh keys, write spend; until cancelled.
+
+        The first refresh runs before the gateway serves: the database is open (or its
+        outage logged) and the keys are known when the first client arrives."""
         self._started = True
+        await self._refresh_once()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._refresher)
+            nursery.start_soon(self._refresher, self.settings.key_refresh_seconds)
             nursery.start_soon(self._writer)
             task_status.started()
 
@@ -161,7 +165,8 @@ class Governance:
                 log.info("database %s: applied migrations %s", self.db.description, applied)
             self._ready = True
 
-    async def _refresher(self) -> None:
+    async def _refresher(self, first_wait: float) -> None:
+        await trio.sleep(first_wait)
         while True:
             await self._refresh_once()
             await trio.sleep(self.settings.key_refresh_seconds)
