@@ -7,6 +7,7 @@ on a realtime frame's path. Routes::
     GET /health/readiness    200 when every model group has a usable deployment, else 503
     GET /metrics             Prometheus text (optionally master-key protected)
     GET /admin/pool          pool statistics per deployment (master key)
+    POST /v1/realtime/client_secrets  (and /realtime/..., /openai/v1/realtime/...)  mint an ek_ secret
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orjson
 import trio
 
 from rtgate import __version__
+from rtgate.control import client_secrets
 from rtgate.session.auth import presented_key
 from rtgate.session.gateway import Gateway
 
@@ -44,6 +46,10 @@ class ControlApp:
         path = scope["path"].rstrip("/") or "/"
         method = scope["method"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if method == "POST" and path in client_secrets.CLIENT_SECRET_PATHS:
+            status, body = await client_secrets.mint(self.gateway, headers, receive)
+            await _json(send, status, body)
+            return
         if method not in ("GET", "HEAD"):
             await _json(send, 405, {"error": "method not allowed"})
             return

@@ -42,11 +42,13 @@ from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
 from rtgate.session.auth import Authenticator, Principal, presented_key
+from rtgate.session.client_secrets import ClientSecrets, is_client_secret
 from rtgate.session.counters import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
 from rtgate.session.relay import Outcome, Relay
 from rtgate.session.warm_pool import WarmPools
 from rtgate.telemetry.tap import EventLog, SessionInfo, SessionSummary
 from rtgate.translate.base import new_id
+from rtgate.wire import Frame
 
 log = logging.getLogger("rtgate.gateway")
 
@@ -91,6 +93,8 @@ class Gateway:
         self.draining = False
         self.shutdown = trio.Event()
         self.secrets = config.secret_values()
+        self.client_secrets = ClientSecrets(config)
+        """Mints and opens ``ek_`` client secrets (``POST /v1/realtime/client_secrets``)."""
         self.warm = WarmPools(self)
         """Pre-opened upstream connections (``warm_pool``); the server runs it."""
 
@@ -104,6 +108,7 @@ class Gateway:
         self.config = config
         self.auth = Authenticator(config)
         self.secrets = config.secret_values()
+        self.client_secrets = ClientSecrets(config)
         self.warm.reconfigure(config)
 
     # -- handshake ---------------------------------------------------------------
@@ -162,9 +167,19 @@ class Gateway:
         if origins is not None and "origin" in headers and headers["origin"] not in origins:
             raise Forbidden("origin not allowed")
         subprotocols = _offered_subprotocols(request.headers)
-        principal = self.auth.authenticate(presented_key(headers, subprotocols, query))
+        key = presented_key(headers, subprotocols, query)
         intent = query.get("intent")
         group = query.get("model") or query.get("deployment")
+        initial_config: Frame | None = None
+        if is_client_secret(key):
+            # The secret names the group and the session's first configuration.
+            grant = self.client_secrets.open(key, time.time())
+            principal = self.client_secrets.principal(self.auth, grant)
+            if group and group != grant.model_group:
+                raise Forbidden(f"this client secret opens model {grant.model_group!r} only")
+            group, intent, initial_config = grant.model_group, grant.intent, grant.session_update()
+        else:
+            principal = self.auth.authenticate(key)
         if not group and intent == "transcription":
             group = config.server.transcription_model
             if not group:
@@ -192,7 +207,9 @@ class Gateway:
         started_key = (group, deployment.id)
         started = self.counters.sessions_started
         started[started_key] = started.get(started_key, 0) + 1
-        return _Session(ctx, principal, deployment, link, beta, client_addr, trio.current_time())
+        return _Session(
+            ctx, principal, deployment, link, beta, client_addr, trio.current_time(), initial_config
+        )
 
     def _check_caps(self, principal: Principal) -> None:
         limit = self.config.server.limits.max_sessions
@@ -284,6 +301,8 @@ class _Session:
     beta: bool
     client_addr: str
     started: float
+    initial_config: Frame | None = None
+    """A client secret's bound configuration, fed to the translator as the first ``session.update``."""
 
     async def run(self, gateway: Gateway, client: WsConnection) -> None:
         provider = get_provider(self.deployment.provider)
@@ -308,6 +327,7 @@ class _Session:
             secrets=gateway.secrets + self.deployment.secret_values(),
             shutdown=gateway.shutdown,
             counters=gateway.counters.relay,
+            initial_config=self.initial_config,
         )
         outcome: Outcome | None = None
         try:

@@ -90,6 +90,7 @@ class Relay:
         secrets: tuple[str, ...] = (),
         shutdown: trio.Event | None = None,
         counters: RelayCounters | None = None,
+        initial_config: Frame | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -103,6 +104,8 @@ class Relay:
         self.stats = RelayStats()
         self.counters = counters if counters is not None else RelayCounters()
         self.outcome: Outcome | None = None
+        self.initial_config = initial_config
+        """A ``session.update`` the gateway applies before the client's first frame."""
         self._scope = trio.CancelScope()
         self._timer_scope = trio.CancelScope()
         self._started = 0.0
@@ -124,6 +127,9 @@ class Relay:
                 for frame in first:
                     self.translator.on_upstream(frame, out, now)
                 first, frame = _NOTHING, b""  # relayed: not held for the session
+                if self.initial_config is not None:
+                    self.translator.on_client(self.initial_config, out, now)
+                    self.initial_config = None
                 await self._dispatch(out)
                 if self.outcome is None:
                     async with trio.open_nursery() as nursery:
