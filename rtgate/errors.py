@@ -15,7 +15,8 @@ handshake (client errors, no deployment) have no close code of their own::
     │   ├── UnknownModel                     404  no such model group
     │   ├── BadRequest                       400  malformed handshake (no model, bad path)
     │   │   └── InvalidParameter(param)      400  one field of a request body is wrong
-    │   └── TooManySessions                  429  a key or the gateway is at its session cap
+    │   ├── TooManySessions                  429  a key or the gateway is at its session cap
+    │   └── BudgetExceeded                   400  a key reached its max_budget (1008 in a session)
     ├── UpstreamError                        502 / 1011  a provider misbehaved
     │   ├── UpstreamConnectError(kind)       DNS/TCP/TLS/timeout while dialing
     │   │   └── UpstreamRejected(status)     HTTP status other than 101 at the upgrade
@@ -23,6 +24,7 @@ handshake (client errors, no deployment) have no close code of their own::
     ├── NoDeploymentAvailable                503  every deployment failed or is cooling down
     │   └── AllDeploymentsBusy(retry_after)  429  every deployment is at capacity
     ├── GatewayShuttingDown                  503 / 1001  draining (refused / ended)
+    ├── DatabaseUnavailable                  503  spend database down, budgeted key refused
     └── SessionLimit                         1000  a running session reached one of its limits
         ├── SessionExpired                   limits.max_session_seconds
         └── SessionIdle                      limits.idle_timeout
@@ -238,3 +240,35 @@ class SessionIdle(SessionLimit):
     """No frame either way for ``limits.idle_timeout`` seconds."""
 
     error_code = "idle_timeout"
+
+
+class MessageTimeout(SessionLimit):
+    """A client message was not completed within ``limits.message_timeout`` of its first bytes."""
+
+    close_code = 1008
+    error_code = "message_timeout"
+
+
+class BufferBudgetExceeded(SessionLimit):
+    """The gateway holds ``limits.max_buffered_bytes`` in unfinished messages; this session's
+    was the largest and was dropped (1013: try again later)."""
+
+    close_code = 1013
+    error_type = "server_error"
+    error_code = "max_buffered_bytes"
+
+
+class BudgetExceeded(ClientError):
+    """A key reached its ``max_budget``. LiteLLM's shape: HTTP 400, type ``budget_exceeded``,
+    code ``"400"``; a running session gets an ``error`` event and close code 1008."""
+
+    error_type = "budget_exceeded"
+    error_code = "400"
+
+
+class DatabaseUnavailable(RtgateError):
+    """The spend database is unreachable and the policy refuses this key meanwhile."""
+
+    http_status = 503
+    close_code = 1013
+    error_code = "database_unavailable"

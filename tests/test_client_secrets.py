@@ -374,3 +374,31 @@ async def test_removing_the_issuing_key_revokes_its_secrets() -> None:
             gw.gateway.reload(parse_text(without_team, path="<test>").config)
             status, _, body = await raw_handshake(gw.ws_url + "/v1/realtime?model=rt-mock", auth)
             assert status == 401 and b"revoked" in body
+
+
+async def test_a_database_key_secret_spends_on_that_key_and_dies_when_it_is_blocked(
+    fake_openai: FakeRealtimeServer,
+) -> None:
+    from tests.governance_support import api, expected_cost, priced_config, sdk_session, wait_for
+
+    with trio.fail_after(40):
+        async with open_gateway(priced_config(fake_openai.base_url)) as gw:
+            _, created = await api(gw.http_url, "POST", "/key/generate", {"key_alias": "web"})
+            key = created["key"]
+            status, minted = await mint(gw.port, {"type": "realtime", "model": "gpt-realtime"}, key)
+            assert status == 200, minted
+            secret = minted["value"]
+            result = await trio.to_thread.run_sync(sdk_session, gw.ws_url + "/v1", secret)
+            want = expected_cost(result["usages"][0])
+            assert want > 0
+
+            async def charged() -> bool:
+                _, info = await api(gw.http_url, "GET", f"/key/info?key={key}")
+                return bool(info["info"]["spend"] >= want * (1 - 1e-9))
+
+            await wait_for(charged)
+            await api(gw.http_url, "POST", "/key/block", {"key": key})
+            status, _, body = await raw_handshake(
+                gw.ws_url + "/v1/realtime?model=gpt-realtime", {"Authorization": f"Bearer {secret}"}
+            )
+            assert status == 401 and secret[3:20].encode() not in body

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtgate.config.load import parse_text
 from rtgate.config.model import Deployment, Secret
+from rtgate.edge.configfile import parse_text
 from rtgate.errors import ConfigError
 from rtgate.providers.azure import PROVIDER as AZURE
 from rtgate.providers.base import SessionContext

@@ -13,9 +13,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from rtgate.errors import ClientError, InvalidParameter, scrub
+from rtgate.errors import ClientError, InvalidParameter, Unauthenticated, scrub
 from rtgate.session.auth import presented_key
-from rtgate.session.client_secrets import MAX_REQUEST_BYTES
+from rtgate.session.client_secrets import MAX_REQUEST_BYTES, is_client_secret
 from rtgate.session.gateway import Gateway
 
 log = logging.getLogger("rtgate.client_secrets")
@@ -57,7 +57,10 @@ async def mint(
         )
     key = presented_key(headers, (), {})
     try:
-        minted = gateway.client_secrets.mint(gateway.auth, key, body, time.time())
+        if is_client_secret(key):
+            raise Unauthenticated("a client secret cannot mint client secrets; use an API key")
+        issuer = await gateway.authenticate_key(key)
+        minted = gateway.client_secrets.mint(issuer, key, body, time.time())
     except ClientError as exc:
         return exc.http_status, error_body(exc, gateway.secrets)
     log.info(

@@ -10,8 +10,8 @@ HKDF-SHA256 derives from the master key, carrying the issuing key's sha256
 (never the key), the model group, the expiry and the session configuration.
 So every worker and host that loads the same config accepts it with nothing
 shared between them, and nobody can forge or alter one (GCM authenticates it).
-At use the gateway asks the :class:`~rtgate.session.auth.Authenticator` for the
-key behind the digest again: a key removed or blocked since takes its secrets
+At use the gateway looks up the key behind the digest again (config keys, then
+database keys): a key removed or blocked since takes its secrets
 with it. Rotating the master key ends every outstanding secret.
 
 Pure: the wall clock comes in as ``now`` (unix seconds, as ``expires_at`` is).
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from rtgate.config.model import GatewayConfig
 from rtgate.errors import Forbidden, InvalidParameter, Unauthenticated, UnknownModel
-from rtgate.session.auth import Authenticator, Principal
+from rtgate.session.auth import Principal
 from rtgate.translate.base import new_id
 
 PREFIX: Final = "ek_"
@@ -134,11 +134,8 @@ class ClientSecrets:
 
     # -- minting -----------------------------------------------------------------
 
-    def mint(self, auth: Authenticator, key: str | None, body: bytes, now: float) -> Minted:
-        """Authorize ``key``, validate ``body`` and answer OpenAI's response shape."""
-        if is_client_secret(key):
-            raise Unauthenticated("a client secret cannot mint client secrets; use an API key")
-        principal = auth.authenticate(key)
+    def mint(self, issuer: Principal, key: str | None, body: bytes, now: float) -> Minted:
+        """Validate ``body`` for the authenticated ``issuer`` (who presented ``key``)."""
         if not self._enabled:
             raise Forbidden(
                 "client secrets need general_settings.master_key (their encryption key is derived from it)"
@@ -146,7 +143,7 @@ class ClientSecrets:
         request = parse_mint_request(body, self._config.server.transcription_model)
         if request.model_group not in self._groups():
             raise UnknownModel(f"model {request.model_group!r} is not served here")
-        principal.check_model(request.model_group)
+        issuer.check_model(request.model_group)
         expires_at = int(now) + request.seconds
         grant = SecretGrant(
             key_digest=hashlib.sha256((key or "").encode()).digest(),
@@ -159,7 +156,7 @@ class ClientSecrets:
             "expires_at": expires_at,
             "session": _session_answer(grant),
         }
-        return Minted(answer, principal, request.model_group)
+        return Minted(answer, issuer, request.model_group)
 
     def seal(self, grant: SecretGrant) -> str:
         payload = orjson.dumps(
@@ -213,15 +210,6 @@ class ClientSecrets:
         if now >= grant.expires_at:
             raise Unauthenticated("client secret expired; mint a new one")
         return grant
-
-    def principal(self, auth: Authenticator, grant: SecretGrant) -> Principal:
-        """The issuing key's principal as it is now (a key gone since revokes its secrets)."""
-        try:
-            return auth.by_digest(grant.key_digest)
-        except Unauthenticated:
-            raise Unauthenticated(
-                "client secret revoked: the key that issued it is no longer valid"
-            )
 
     def _groups(self) -> frozenset[str]:
         return frozenset(d.model_name for d in self._config.deployments)

@@ -71,6 +71,8 @@ class FakeBehaviour:
     idle_events: Sequence[tuple[float, bytes]] = ()
     """``(seconds, frame)``: sent that long after ``session.created`` while the client is
     still silent (events a provider may send on a connection nobody uses yet)."""
+    frame_delay: float = 0.0
+    """Seconds between the events of an answer (a provider streaming a long response)."""
 
 
 @attrs.define
@@ -256,6 +258,8 @@ class FakeRealtimeServer:
     async def _flush(self, ws: WebSocketConnection, out: Outbox) -> None:
         for message in out.to_client:
             assert isinstance(message, bytes)
+            if self.behaviour.frame_delay:
+                await trio.sleep(self.behaviour.frame_delay)
             frame = _xai_quirks(message) if self.flavour == "xai" else message
             await ws.send_message(frame.decode())
             self.frames_sent += 1

@@ -23,6 +23,7 @@ from typing import Any, Final
 import attrs
 
 from rtgate.translate.base import get_path
+from rtgate.translate.ga.session import session_object
 
 OPENAI_TO_GEMINI_VOICE: Final = {
     "alloy": "Zephyr",
@@ -189,36 +190,20 @@ class SessionPlan:
 
 def default_session(model_group: str) -> dict[str, Any]:
     """The GA session a Gemini-backed session starts with (what ``session.created`` shows)."""
-    return {
-        "type": "realtime",
-        "object": "realtime.session",
-        "model": model_group,
-        "output_modalities": ["audio"],
-        "instructions": "",
-        "audio": {
-            "input": {
-                "format": PCM24.as_openai(),
-                "transcription": None,
-                "noise_reduction": None,
-                "turn_detection": {
-                    "type": "server_vad",
-                    "threshold": 0.5,
-                    "prefix_padding_ms": 300,
-                    "silence_duration_ms": 500,
-                    "create_response": True,
-                    "interrupt_response": True,
-                },
-            },
-            "output": {"format": PCM24.as_openai(), "voice": DEFAULT_VOICE, "speed": 1.0},
+    return session_object(
+        model=model_group,
+        voice=DEFAULT_VOICE,
+        input_format=PCM24.as_openai(),
+        output_format=PCM24.as_openai(),
+        turn_detection={
+            "type": "server_vad",
+            "threshold": 0.5,
+            "prefix_padding_ms": 300,
+            "silence_duration_ms": 500,
+            "create_response": True,
+            "interrupt_response": True,
         },
-        "tools": [],
-        "tool_choice": "auto",
-        "max_output_tokens": "inf",
-        "tracing": None,
-        "truncation": "auto",
-        "prompt": None,
-        "include": None,
-    }
+    )
 
 
 def merge_session(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
