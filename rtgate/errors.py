@@ -14,6 +14,7 @@ handshake (client errors, no deployment) have no close code of their own::
     │   ├── Forbidden                        403  key may not use that model / origin refused
     │   ├── UnknownModel                     404  no such model group
     │   ├── BadRequest                       400  malformed handshake (no model, bad path)
+    │   │   └── InvalidParameter(param)      400  one field of a request body is wrong
     │   ├── TooManySessions                  429  a key or the gateway is at its session cap
     │   └── BudgetExceeded                   400  a key reached its max_budget (1008 in a session)
     ├── UpstreamError                        502 / 1011  a provider misbehaved
@@ -102,6 +103,14 @@ class ClientError(RtgateError):
 
 class BadRequest(ClientError):
     """The handshake is malformed: wrong path, missing model, not a WebSocket upgrade."""
+
+
+class InvalidParameter(BadRequest):
+    """One field of a request body is wrong; ``param`` names it (OpenAI's ``error.param``)."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class Unauthenticated(ClientError):

@@ -42,6 +42,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "session": frozenset(
         {
             "governance",
+            "spend",
             "providers",
             "telemetry",
             "net",

@@ -9,6 +9,7 @@ on a realtime frame's path. Routes::
     GET /admin/pool          pool statistics per deployment (master key)
     /key/*, /spend/logs, /global/spend/report   LiteLLM's key and spend API (master key;
                              rtgate.control.keys)
+    POST /v1/realtime/client_secrets  (and /realtime/..., /openai/v1/realtime/...)  mint an ek_ secret
     /ui ...                  the status page (``rtgate.control.ui``; master key)
 
 With ``rtgate.ops_listen`` set, the public port's app is made with
@@ -27,6 +28,7 @@ import orjson
 import trio
 
 from rtgate import __version__
+from rtgate.control import client_secrets
 from rtgate.control import keys as key_api
 from rtgate.control.ui import StatusPage
 from rtgate.errors import BadRequest
@@ -78,6 +80,13 @@ class ControlApp:
                 return
             api = key_api.KeyApi(self.gateway.governance)
             await key_api.serve(api, scope, receive, send, self._is_master(headers))
+            return
+        if method == "POST" and path in client_secrets.CLIENT_SECRET_PATHS:
+            if not self._one_credential(scope):
+                await _json(send, 400, {"error": "more than one credential"})
+                return
+            status, body = await client_secrets.mint(self.gateway, headers, receive)
+            await _json(send, status, body)
             return
         ui = path == "/ui" or path.startswith("/ui/")
         if method not in ("GET", "HEAD") and not ui:  # the status page's sign-in is a POST

@@ -322,7 +322,10 @@ class Governance:
 
     async def find_key(self, key: str) -> KeyRecord | None:
         """The database key ``key`` is, from memory or (first sight on this host) the database."""
-        token = hashlib.sha256(key.encode()).hexdigest()
+        return await self.find_token(hashlib.sha256(key.encode()).hexdigest())
+
+    async def find_token(self, token: str) -> KeyRecord | None:
+        """The database key whose sha256 hex is ``token`` (a client secret carries only that)."""
         record = self.keys.get(token)
         if record is not None:
             return record

@@ -48,6 +48,7 @@ from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
 from rtgate.session.auth import Authenticator, Principal, check_one_credential, presented_key
+from rtgate.session.client_secrets import ClientSecrets, is_client_secret
 from rtgate.session.counters import (
     FIRST_AUDIO_BUCKETS,
     HANDSHAKE_BUCKETS,
@@ -56,10 +57,12 @@ from rtgate.session.counters import (
 )
 from rtgate.session.relay import Outcome, Relay
 from rtgate.session.warm_pool import WarmPools
+from rtgate.spend.keys import KeyRecord
 from rtgate.telemetry.tap import ServedEventLog, SessionInfo, SessionSummary
 from rtgate.telemetry.tracing import SessionTrace, Tracing, scrubbed
 from rtgate.telemetry.turns import Turn, TurnWatch
 from rtgate.translate.base import new_id
+from rtgate.wire import Frame
 
 log = logging.getLogger("rtgate.gateway")
 
@@ -124,6 +127,8 @@ class Gateway:
         self.draining = False
         self.shutdown = trio.Event()
         self.secrets = config.secret_values()
+        self.client_secrets = ClientSecrets(config)
+        """Mints and opens ``ek_`` client secrets (``POST /v1/realtime/client_secrets``)."""
         self.warm = WarmPools(self)
         """Pre-opened upstream connections (``warm_pool``); the server runs it."""
         self.buffers = BufferBudget(config.server.limits.max_buffered_bytes or None)
@@ -141,6 +146,7 @@ class Gateway:
         self.config = config
         self.auth = Authenticator(config)
         self.secrets = config.secret_values()
+        self.client_secrets = ClientSecrets(config)
         self.warm.reconfigure(config)
         self.buffers.limit = config.server.limits.max_buffered_bytes or None
         self.buffers.enforce()
@@ -209,9 +215,19 @@ class Gateway:
             raise Forbidden("origin not allowed")
         subprotocols = _offered_subprotocols(request.headers)
         check_one_credential(request.headers.raw_items(), subprotocols, parse_qsl(url.query))
-        principal = await self._authenticate(presented_key(headers, subprotocols, query))
+        key = presented_key(headers, subprotocols, query)
         intent = query.get("intent")
         group = query.get("model") or query.get("deployment")
+        initial_config: Frame | None = None
+        if is_client_secret(key):
+            # The secret names the group and the session's first configuration.
+            grant = self.client_secrets.open(key, time.time())
+            principal = await self._secret_issuer(grant.key_digest)
+            if group and group != grant.model_group:
+                raise Forbidden(f"this client secret opens model {grant.model_group!r} only")
+            group, intent, initial_config = grant.model_group, grant.intent, grant.session_update()
+        else:
+            principal = await self._authenticate(key)
         if not group and intent == "transcription":
             group = config.server.transcription_model
             if not group:
@@ -247,7 +263,15 @@ class Gateway:
         started = self.counters.sessions_started
         started[started_key] = started.get(started_key, 0) + 1
         return _Session(
-            ctx, principal, deployment, link, beta, client_addr, trio.current_time(), trace
+            ctx,
+            principal,
+            deployment,
+            link,
+            beta,
+            client_addr,
+            trio.current_time(),
+            trace,
+            initial_config,
         )
 
     def _start_trace(
@@ -273,6 +297,10 @@ class Gateway:
             attributes["rtgate.intent"] = ctx.intent
         return self.tracing.session(headers, attributes)
 
+    async def authenticate_key(self, key: str | None) -> Principal:
+        """The principal of a presented key (config, master or database key); raises to refuse."""
+        return await self._authenticate(key)
+
     async def _authenticate(self, key: str | None) -> Principal:
         """A config key or the master key, else a database key (from memory, or looked up)."""
         try:
@@ -283,6 +311,21 @@ class Gateway:
             record = await self.governance.find_key(key)
             if record is None:
                 raise
+        return self._database_principal(record)
+
+    async def _secret_issuer(self, digest: bytes) -> Principal:
+        """The key that minted a client secret, as it stands now: gone or blocked revokes it."""
+        try:
+            return self.auth.by_digest(digest)
+        except Unauthenticated:
+            record = await self.governance.find_token(digest.hex())
+            if record is None:
+                raise Unauthenticated(
+                    "client secret revoked: the key that issued it is no longer valid"
+                )
+        return self._database_principal(record)
+
+    def _database_principal(self, record: KeyRecord) -> Principal:
         self.governance.check_usable(record)
         return Principal(
             alias=record.label,
@@ -393,6 +436,8 @@ class _Session:
     client_addr: str
     started: float
     trace: SessionTrace | None = None
+    initial_config: Frame | None = None
+    """A client secret's bound configuration, fed to the translator as the first ``session.update``."""
 
     async def run(self, gateway: Gateway, client: WsConnection) -> None:
         provider = get_provider(self.deployment.provider)
@@ -425,6 +470,7 @@ class _Session:
             budget=gateway.buffers,
             accounting=account,
             turns=TurnWatch(partial(self._turn_ended, gateway)),
+            initial_config=self.initial_config,
         )
         if self.trace is not None:
             self.trace.admitted(

@@ -127,6 +127,7 @@ class Relay:
         budget: BufferBudget | None = None,
         accounting: ResponseAccounting | None = None,
         turns: TurnWatch | None = None,
+        initial_config: Frame | None = None,
     ) -> None:
         self.accounting = accounting
         self.client = client
@@ -143,6 +144,8 @@ class Relay:
         self.outcome: Outcome | None = None
         self.turns = turns
         """Notices each response's first audio and end (see ``telemetry/turns.py``)."""
+        self.initial_config = initial_config
+        """A ``session.update`` the gateway applies before the client's first frame."""
         self._scope = trio.CancelScope()
         self._timer_scope = trio.CancelScope()
         self._started = 0.0
@@ -169,6 +172,9 @@ class Relay:
                 for frame in first:
                     self.translator.on_upstream(frame, out, now)
                 first, frame = _NOTHING, b""  # relayed: not held for the session
+                if self.initial_config is not None:
+                    self.translator.on_client(self.initial_config, out, now)
+                    self.initial_config = None
                 await self._dispatch(out)
                 if self.outcome is None:
                     async with trio.open_nursery() as nursery:
