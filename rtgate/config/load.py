@@ -336,6 +336,7 @@ def _keys(ctx: _Ctx, node: object, line: int | None) -> tuple[VirtualKey, ...]:
                 sha256=digest.lower() if digest else VirtualKey.digest(secret.value),  # type: ignore[union-attr]
                 models=frozenset(str(m) for m in models) if models is not None else None,
                 max_sessions=sec.positive("max_sessions", int),
+                rpm_limit=sec.positive("rpm_limit", int),
             )
         )
         sec.warn_unknown()

@@ -137,6 +137,9 @@ class VirtualKey:
     """Model groups this key may use; None = all."""
     max_sessions: int | None = None
     """Concurrent sessions this key may hold."""
+    rpm_limit: int | None = None
+    """New sessions per minute this key may start (LiteLLM's ``rpm_limit`` on a key: one
+    realtime session is one request)."""
 
     @staticmethod
     def digest(key: str) -> str:

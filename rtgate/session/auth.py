@@ -22,12 +22,21 @@ BROWSER_KEY_PREFIX = "openai-insecure-api-key."
 
 @attrs.frozen
 class Principal:
-    """The authenticated client (never the key itself)."""
+    """The authenticated client (never the key itself) and the limits its sessions obey.
+
+    Plain values so any key source (``rtgate.keys``, a key database) can fill them;
+    :mod:`rtgate.session.admission` enforces the limits.
+    """
 
     alias: str | None
+    """Names the key in limits, logs and metrics (None: no auth configured)."""
     models: frozenset[str] | None = None
+    """Model groups the key may use (None: all)."""
     max_sessions: int | None = None
+    """Concurrent sessions the key may hold (the counterpart of LiteLLM's key ``max_parallel_requests``)."""
     is_master: bool = False
+    rpm_limit: int | None = None
+    """New sessions per minute the key may start (LiteLLM's key ``rpm_limit``; None: no cap)."""
 
     def check_model(self, model: str) -> None:
         if self.models is not None and model not in self.models:
@@ -64,7 +73,10 @@ class Authenticator:
             hashlib.sha256(config.master_key.value.encode()).digest() if config.master_key else None
         )
         self._keys = [
-            (bytes.fromhex(k.sha256), Principal(k.alias, k.models, k.max_sessions))
+            (
+                bytes.fromhex(k.sha256),
+                Principal(k.alias, k.models, k.max_sessions, rpm_limit=k.rpm_limit),
+            )
             for k in config.server.keys
         ]
 

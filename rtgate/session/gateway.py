@@ -41,6 +41,7 @@ from rtgate.pool.router import Pool, Selection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
+from rtgate.session.admission import Admission, Ticket
 from rtgate.session.auth import Authenticator, Principal, presented_key
 from rtgate.session.counters import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
 from rtgate.session.relay import Outcome, Relay
@@ -87,7 +88,8 @@ class Gateway:
         self.auth = Authenticator(config)
         self.event_log = event_log
         self.counters = GatewayCounters()
-        self.sessions_by_key: dict[str, int] = {}
+        self.admission = Admission(config, self.counters.relay)
+        """Gateway and key slots, taken before each dial (:mod:`rtgate.session.admission`)."""
         self.draining = False
         self.shutdown = trio.Event()
         self.secrets = config.secret_values()
@@ -105,6 +107,12 @@ class Gateway:
         self.auth = Authenticator(config)
         self.secrets = config.secret_values()
         self.warm.reconfigure(config)
+        self.admission.reconfigure(config)
+
+    @property
+    def sessions_by_key(self) -> dict[str, int]:
+        """Sessions (live or dialing) per key alias."""
+        return self.admission.sessions_by_key()
 
     # -- handshake ---------------------------------------------------------------
 
@@ -174,7 +182,6 @@ class Gateway:
         if not group:
             raise BadRequest("missing ?model=NAME")
         principal.check_model(group)
-        self._check_caps(principal)
         session_id = new_id("sess")
         ctx = SessionContext(
             session_id=session_id,
@@ -187,31 +194,21 @@ class Gateway:
         beta = headers.get("openai-beta", "").replace(" ", "") == "realtime=v1" or (
             "openai-beta.realtime-v1" in subprotocols
         )
-        deployment, link = await self._dial(group, ctx)
-        self._admit(principal)
+        ticket = await self.admission.admit(principal, session_id)
+        try:
+            deployment, link = await self._dial(group, ctx)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await ticket.release()
+            raise
+        ticket.start()
+        self.counters.sessions_active += 1
         started_key = (group, deployment.id)
         started = self.counters.sessions_started
         started[started_key] = started.get(started_key, 0) + 1
-        return _Session(ctx, principal, deployment, link, beta, client_addr, trio.current_time())
-
-    def _check_caps(self, principal: Principal) -> None:
-        limit = self.config.server.limits.max_sessions
-        if limit is not None and self.counters.sessions_active >= limit:
-            self.counters.relay.limit("max_sessions")
-            raise TooManySessions("the gateway is at its session limit", retry_after=1.0)
-        alias = principal.alias
-        if (
-            principal.max_sessions is not None
-            and alias is not None
-            and self.sessions_by_key.get(alias, 0) >= principal.max_sessions
-        ):
-            self.counters.relay.limit("max_sessions_per_key")
-            raise TooManySessions("this key is at its concurrent session limit", retry_after=1.0)
-
-    def _admit(self, principal: Principal) -> None:
-        self.counters.sessions_active += 1
-        if principal.alias is not None:
-            self.sessions_by_key[principal.alias] = self.sessions_by_key.get(principal.alias, 0) + 1
+        return _Session(
+            ctx, principal, deployment, link, beta, client_addr, trio.current_time(), ticket
+        )
 
     async def _dial(self, group: str, ctx: SessionContext) -> tuple[Deployment, UpstreamLink]:
         """Walk the pool until a deployment connects; raise when none can."""
@@ -284,6 +281,8 @@ class _Session:
     beta: bool
     client_addr: str
     started: float
+    ticket: Ticket
+    released: bool = False
 
     async def run(self, gateway: Gateway, client: WsConnection) -> None:
         provider = get_provider(self.deployment.provider)
@@ -336,6 +335,11 @@ class _Session:
                 )
 
     async def release(self, gateway: Gateway, outcome: Outcome) -> None:
+        """The session is over: its slots go back and it is counted (once)."""
+        if self.released:
+            return
+        self.released = True
+        await self.ticket.release()
         now = trio.current_time()
         counters = gateway.counters
         counters.sessions_active -= 1
@@ -344,9 +348,6 @@ class _Session:
         )
         ended_key = (self.ctx.model_group, self.deployment.id, outcome.closed_by)
         counters.sessions_ended[ended_key] = counters.sessions_ended.get(ended_key, 0) + 1
-        alias = self.principal.alias
-        if alias is not None and alias in gateway.sessions_by_key:
-            gateway.sessions_by_key[alias] -= 1
         gateway.pool.session_ended(
             self.deployment, now, abnormal=outcome.abnormal, duration=now - self.started
         )
