@@ -35,8 +35,10 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "providers": frozenset(
         {"net", "aws", "translate", "mockmodel", "protocol", "config", "errors", "wire"}
     ),
+    "shared": frozenset({"pool", "config", "errors", "wire"}),
     "session": frozenset(
         {
+            "shared",
             "providers",
             "telemetry",
             "net",
@@ -50,7 +52,18 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     ),
     "control": frozenset({"session", "telemetry", "pool", "config", "errors", "wire", "__init__"}),
     "edge": frozenset(
-        {"control", "session", "providers", "telemetry", "net", "pool", "config", "errors", "wire"}
+        {
+            "control",
+            "session",
+            "providers",
+            "telemetry",
+            "net",
+            "pool",
+            "config",
+            "errors",
+            "wire",
+            "shared",
+        }
     ),
     "testing": frozenset(
         {
@@ -89,6 +102,7 @@ IO_LIBRARIES = frozenset(
         "sqlite3",
         "psycopg",
         "coredis",
+        "redis",
         "httpx",
         "aiortc",
     }

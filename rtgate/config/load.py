@@ -190,6 +190,8 @@ def _typed_value(section: _Section, key: str, hint: Any) -> Any:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return _typed_value(section, key, args[0])
+    if hint is Secret:
+        return section.secret(key)
     if hint is bool:
         return section.get(key, bool)
     if hint is int:
@@ -403,6 +405,12 @@ def parse_config(
             ctx, router.raw("fallbacks"), router.line("fallbacks")
         )
     router_settings = RouterSettings(**router_values)
+    if router_settings.shared_state_outage not in ("local", "closed"):
+        raise ctx.error(router.line("shared_state_outage"),
+                        "router_settings.shared_state_outage must be local or closed")  # fmt: skip
+    if router_settings.redis_configured() is False and router_settings.redis_host is not None:
+        ctx.warn(router.line("redis_host"), "router_settings.redis_host without redis_port: "
+                 "Redis is not used (LiteLLM needs both, or redis_url)")  # fmt: skip
     if router_settings.routing_strategy not in (
         "weighted-round-robin",
         "least-busy",

@@ -45,7 +45,9 @@ from rtgate.session.admission import Admission, Ticket
 from rtgate.session.auth import Authenticator, Principal, presented_key
 from rtgate.session.counters import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
 from rtgate.session.relay import Outcome, Relay
+from rtgate.session.shared_state import SharedState
 from rtgate.session.warm_pool import WarmPools
+from rtgate.shared.store import SharedStore
 from rtgate.telemetry.tap import EventLog, SessionInfo, SessionSummary
 from rtgate.translate.base import new_id
 
@@ -108,6 +110,14 @@ class Gateway:
         self.secrets = config.secret_values()
         self.warm.reconfigure(config)
         self.admission.reconfigure(config)
+
+    def share_state(self, store: SharedStore | None) -> SharedState | None:
+        """Decide admission and health with every process sharing ``store`` (None: alone)."""
+        if store is None:
+            return None
+        shared = SharedState(store, self.config, self.pool, self.admission.ledger)
+        self.admission.shared = shared
+        return shared
 
     @property
     def sessions_by_key(self) -> dict[str, int]:
@@ -196,7 +206,7 @@ class Gateway:
         )
         ticket = await self.admission.admit(principal, session_id)
         try:
-            deployment, link = await self._dial(group, ctx)
+            deployment, link = await self._dial(group, ctx, ticket)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await ticket.release()
@@ -210,16 +220,33 @@ class Gateway:
             ctx, principal, deployment, link, beta, client_addr, trio.current_time(), ticket
         )
 
-    async def _dial(self, group: str, ctx: SessionContext) -> tuple[Deployment, UpstreamLink]:
+    async def _dial(
+        self, group: str, ctx: SessionContext, ticket: Ticket
+    ) -> tuple[Deployment, UpstreamLink]:
         """Walk the pool until a deployment connects; raise when none can."""
         selection = self.pool.select(group, trio.current_time())
         while (deployment := selection.next(reserved_at := trio.current_time())) is not None:
+            try:
+                grant = await ticket.claim_deployment(deployment)
+            except BaseException:
+                selection.release(deployment, trio.current_time())
+                raise
+            if grant.refusal is not None:  # shared state: busy or cooling on another process
+                refusal, now = grant.refusal, trio.current_time()
+                cooling = refusal.cap == "cooling"
+                if cooling:
+                    self.pool.adopt_refusal(deployment, now, refusal.retry_after)
+                selection.refused(deployment, now, refusal.retry_after, cooling=cooling)
+                continue
+            if grant.trial:
+                selection.begin_trial(deployment, trio.current_time())
             if deployment.warm_pool is not None:
                 warm = await self._warm_link(selection, deployment, ctx, reserved_at)
                 if warm is not None:
                     return deployment, warm
                 if not self.pool.fresh_dial_allowed(deployment, trio.current_time()):
                     selection.release(deployment, trio.current_time())
+                    await ticket.drop_deployment(deployment)
                     continue
             provider = get_provider(deployment.provider)
             started = trio.current_time()
@@ -229,9 +256,12 @@ class Gateway:
                 if not isinstance(exc, UpstreamConnectError):
                     # Cancelled (client left, shutdown) or a bug: free the slot, then propagate.
                     selection.release(deployment, trio.current_time())
+                    await ticket.drop_deployment(deployment)
                     raise
                 kind = exc.kind
                 selection.failed(deployment, trio.current_time(), kind, exc.retry_after)
+                await ticket.drop_deployment(deployment)
+                await self.publish_health()
                 self.counters.dial_failures[kind] = self.counters.dial_failures.get(kind, 0) + 1
                 log.warning(
                     "dial failed: deployment=%s kind=%s error=%s",
@@ -241,8 +271,14 @@ class Gateway:
             now = trio.current_time()
             self.counters.dial_seconds.observe(now - started)
             selection.succeeded(deployment, now, now - started)
+            await self.publish_health()
             return deployment, link
         raise selection.exhausted()
+
+    async def publish_health(self) -> None:
+        """Shared state: tell every process the ejections and restorations decided here."""
+        if self.admission.shared is not None:
+            await self.admission.shared.publish()
 
     async def _warm_link(
         self, selection: Selection, deployment: Deployment, ctx: SessionContext, reserved_at: float
@@ -351,6 +387,7 @@ class _Session:
         gateway.pool.session_ended(
             self.deployment, now, abnormal=outcome.abnormal, duration=now - self.started
         )
+        await gateway.publish_health()
 
 
 async def _redial(deployment: Deployment, ctx: SessionContext) -> UpstreamLink:
