@@ -50,7 +50,9 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
             "wire",
         }
     ),
-    "control": frozenset({"session", "telemetry", "pool", "config", "errors", "wire", "__init__"}),
+    "control": frozenset(
+        {"session", "shared", "telemetry", "pool", "config", "errors", "wire", "__init__"}
+    ),
     "edge": frozenset(
         {
             "control",

@@ -81,6 +81,7 @@ class GatewayCollector(Collector):
         yield from _pool(gateway.pool.statistics(now))
         yield from _warm(getattr(gateway, "warm", None))
         yield from _event_log(gateway.event_log)
+        yield from _shared_state(gateway)
 
     def _info(self, gateway: Gateway) -> Iterator[Metric]:
         from rtgate import __version__
@@ -101,6 +102,25 @@ class GatewayCollector(Collector):
         for result in ("ok", "error"):
             reloads.add_metric([result], gateway.counters.reloads.get(result, 0))
         yield reloads
+
+
+def _shared_state(gateway: Gateway) -> Iterator[Metric]:
+    """Only when a store is configured (``--workers``, Redis)."""
+    shared = gateway.admission.shared
+    if shared is None:
+        return
+    up = GaugeMetricFamily(
+        "rtgate_shared_state_up",
+        "1 while the shared state store (host: SQLite, redis) answers; 0 during an outage",
+        labels=["store"],
+    )
+    up.add_metric([shared.kind], int(shared.up))
+    yield up
+    yield GaugeMetricFamily(
+        "rtgate_shared_state_members",
+        "rtgate processes sharing the store, as it last counted them",
+        value=shared.members,
+    )
 
 
 def _sessions(counters: Any) -> Iterator[Metric]:

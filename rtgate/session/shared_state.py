@@ -32,7 +32,7 @@ import attrs
 import trio
 
 from rtgate.config.model import GatewayConfig
-from rtgate.errors import NoDeploymentAvailable
+from rtgate.errors import NoDeploymentAvailable, scrub
 from rtgate.pool.quota import Claim, Ledger
 from rtgate.pool.router import Pool
 from rtgate.shared.store import Grant, SharedStore, SharedView, StoreUnavailable
@@ -96,6 +96,10 @@ class SharedState:
         return self.store.kind
 
     @property
+    def outage_closed(self) -> bool:
+        return self.config.router.shared_state_outage == "closed"
+
+    @property
     def ttl(self) -> float:
         return self.config.server.lease_seconds
 
@@ -111,6 +115,7 @@ class SharedState:
         return result
 
     def _down(self, error: str) -> None:
+        error = scrub(error, self.config.secret_values())
         self.last_error = error
         if self.up:
             self.up = False

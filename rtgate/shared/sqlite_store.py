@@ -11,6 +11,7 @@ that dies leaves leases that expire with its lease time.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping, Sequence
 
@@ -43,6 +44,8 @@ class SqliteStore:
     def __init__(self, path: str, member: str) -> None:
         self.path = path
         self.member = member
+        self._lock = threading.Lock()
+        """One transaction at a time on this process's connection (calls come from threads)."""
         try:
             # One connection per process, used from one worker thread at a time.
             self._db = sqlite3.connect(
@@ -55,7 +58,7 @@ class SqliteStore:
             raise StoreUnavailable(f"shared state file {path}: {exc}") from exc
 
     def _transaction(self) -> _Tx:
-        return _Tx(self._db, self.path)
+        return _Tx(self._db, self.path, self._lock)
 
     def take(
         self, lease: str, claims: Sequence[Claim], ttl: float, deployment: str | None = None
@@ -185,14 +188,17 @@ class SqliteStore:
 class _Tx:
     """``with`` block of one ``BEGIN IMMEDIATE`` transaction; any SQLite error is an outage."""
 
-    def __init__(self, db: sqlite3.Connection, path: str) -> None:
+    def __init__(self, db: sqlite3.Connection, path: str, lock: threading.Lock) -> None:
         self.db = db
         self.path = path
+        self.lock = lock
 
     def __enter__(self) -> _Tx:
+        self.lock.acquire()
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self.lock.release()
             raise StoreUnavailable(f"shared state file {self.path}: {exc}") from exc
         return self
 
@@ -206,11 +212,12 @@ class _Tx:
         self.db.execute("ROLLBACK")
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if not self.db.in_transaction:
-            return
-        if exc is None:
-            self.db.execute("COMMIT")
-        else:
-            self.db.execute("ROLLBACK")
+        try:
+            if self.db.in_transaction:
+                self.db.execute("COMMIT" if exc is None else "ROLLBACK")
+        except sqlite3.Error as failed:
+            raise StoreUnavailable(f"shared state file {self.path}: {failed}") from failed
+        finally:
+            self.lock.release()
         if isinstance(exc, sqlite3.Error):
             raise StoreUnavailable(f"shared state file {self.path}: {exc}") from exc
