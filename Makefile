@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint bench bench-quick soak
+.PHONY: install run test lint bench bench-quick bench-test soak
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ lint: install
 
 test: install lint
 	$(VENV)/bin/pytest
+
+# The benchmark tools' smoke tests (a minute or more: they run every stage briefly).
+bench-test: install
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(VENV)/bin/pytest -m bench
 
 # The bench targets add the optional 'bench' extra (matplotlib, for the chart); tests never need it.
 bench: install

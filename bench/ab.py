@@ -9,6 +9,7 @@ says, which once made an A/B compare a version with itself).
 
     .venv/bin/python bench/ab.py --base HEAD~1                 # the working tree vs HEAD~1
     .venv/bin/python bench/ab.py --base main --candidate ../other-tree --pairs 8
+    .venv/bin/python bench/ab.py --base main --gemini          # a Gemini-translated session
 
 ``--base``/``--candidate`` take a directory or a git revision (checked out in
 a temporary worktree). Prints one line per run and a summary: mean CPU-s per
@@ -55,9 +56,21 @@ def source_tree(spec: str, tree: Path) -> Iterator[Path]:
 
 
 def compare(
-    base: Path, candidate: Path, *, pairs: int, sessions: int, seconds: float, workdir: Path
+    base: Path,
+    candidate: Path,
+    *,
+    pairs: int,
+    sessions: int,
+    seconds: float,
+    workdir: Path,
+    gemini: bool = False,
 ) -> dict[str, Any]:
-    """Alternate base and candidate runs (the order flips every pair); every run's report."""
+    """Alternate base and candidate runs (the order flips every pair); every run's report.
+
+    ``gemini``: the sessions go through the Gemini translator (the fake upstream speaks
+    Gemini Live on that path) instead of the OpenAI passthrough.
+    """
+    model = "bench-gemini" if gemini else "bench-openai"
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "candidate": []}
     with fake_upstream(workdir) as (upstream_port, upstream_pid):
         for pair in range(pairs):
@@ -65,9 +78,13 @@ def compare(
             for side in order:
                 tree = base if side == "base" else candidate
                 with rtgate(workdir, upstream_port, tree=tree) as (port, pid):
-                    url = f"ws://127.0.0.1:{port}/v1/realtime?model=bench-openai"
+                    url = f"ws://127.0.0.1:{port}/v1/realtime?model={model}"
                     report = loadgen.run_load(
-                        Target(url), sessions, seconds, pids=[pid], other_pids=[upstream_pid]
+                        Target(url, audio_probes=gemini),
+                        sessions,
+                        seconds,
+                        pids=[pid],
+                        other_pids=[upstream_pid],
                     )
                 runs[side].append(report)
                 print(
@@ -99,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--gemini", action="store_true", help="Gemini-translated sessions")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rtgate-ab-") as tmp:
         workdir = Path(tmp)
@@ -113,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 sessions=args.sessions,
                 seconds=args.seconds,
                 workdir=workdir,
+                gemini=args.gemini,
             )
     cpu, p50 = result["cpu_mean"], result["p50_mean_ms"]
     print(

@@ -21,7 +21,7 @@ from websockets.protocol import OPEN, Protocol, Side
 
 from rtgate.net.fastframes import MessageReader, encode_text
 from rtgate.session.counters import RelayCounters
-from rtgate.session.relay import _scrub_error_events, _size
+from rtgate.session.relay import batch_bytes, scrub_error_events
 from rtgate.translate.base import Outbox, Translator
 from rtgate.wire import Frame
 
@@ -57,9 +57,11 @@ def pure_steps(message: bytes) -> dict[str, float]:
         "encode unmasked for the client": time_us(lambda: encode_text(message, mask=False)),
         "passthrough translator": time_us(passthrough),
         "error-event scrub check, one batch": time_us(
-            lambda: _scrub_error_events(batch, ("sk-not-a-key",))
+            lambda: scrub_error_events(batch, ("sk-not-a-key",))
         ),
-        "counters and batch size": time_us(lambda: counters.add("client_in", 1, _size(batch))),
+        "counters and batch size": time_us(
+            lambda: counters.add("client_in", 1, batch_bytes(batch))
+        ),
     }
 
 

@@ -83,7 +83,7 @@ def _tasks() -> int:
 
 
 async def serve_child(config_path: str, port: int, samples_path: str, every: float) -> None:
-    from rtgate.config.load import load_config
+    from rtgate.edge.configfile import load_config
     from rtgate.edge.server import ServerHandle, serve
     from rtgate.telemetry.eventlog import EventLogger
 

@@ -1,8 +1,11 @@
 """The one exception tree of rtgate, and how each error reaches a client.
 
 Every error knows the HTTP status it becomes while the client's handshake is
-still open, and the WebSocket close code plus OpenAI ``error`` event type it
-becomes once the session runs::
+still open. An error that can end a running session also knows its WebSocket
+close code; :meth:`rtgate.session.relay.Relay._end_by_gateway` is the one place
+that turns such an error into an OpenAI ``error`` event (``error_type``,
+``error_code``, message) and that close code. Errors raised only at the
+handshake (client errors, no deployment) have no close code of their own::
 
     RtgateError
     ├── ConfigError(path, line)             bad configuration file (never seen by clients)
@@ -11,14 +14,19 @@ becomes once the session runs::
     │   ├── Forbidden                        403  key may not use that model / origin refused
     │   ├── UnknownModel                     404  no such model group
     │   ├── BadRequest                       400  malformed handshake (no model, bad path)
-    │   └── TooManySessions                  429  a key or the gateway is at its session cap
-    ├── UpstreamError                        a provider misbehaved
+    │   ├── TooManySessions                  429  a key or the gateway is at its session cap
+    │   └── BudgetExceeded                   400  a key reached its max_budget (1008 in a session)
+    ├── UpstreamError                        502 / 1011  a provider misbehaved
     │   ├── UpstreamConnectError(kind)       DNS/TCP/TLS/timeout while dialing
     │   │   └── UpstreamRejected(status)     HTTP status other than 101 at the upgrade
     │   └── UpstreamClosed(code, reason)     the provider ended the stream
     ├── NoDeploymentAvailable                503  every deployment failed or is cooling down
     │   └── AllDeploymentsBusy(retry_after)  429  every deployment is at capacity
-    └── GatewayShuttingDown                  503 / 1001
+    ├── GatewayShuttingDown                  503 / 1001  draining (refused / ended)
+    ├── DatabaseUnavailable                  503  spend database down, budgeted key refused
+    └── SessionLimit                         1000  a running session reached one of its limits
+        ├── SessionExpired                   limits.max_session_seconds
+        └── SessionIdle                      limits.idle_timeout
 
 Messages must never carry a secret: :func:`scrub` removes anything that looks
 like a key before a message leaves the process.
@@ -55,6 +63,7 @@ class RtgateError(Exception):
 
     http_status: ClassVar[int] = 500
     close_code: ClassVar[int] = 1011
+    """Close code when this error ends a running session (1011: rtgate failed)."""
     error_type: ClassVar[str] = "server_error"
     error_code: ClassVar[str] = "internal_error"
 
@@ -87,7 +96,6 @@ class ClientError(RtgateError):
     """The client sent something rtgate refuses."""
 
     http_status = 400
-    close_code = 1008
     error_type = "invalid_request_error"
     error_code = "bad_request"
 
@@ -121,7 +129,6 @@ class TooManySessions(ClientError):
     """A per-key or gateway-wide concurrent session cap is reached."""
 
     http_status = 429
-    close_code = 1013
     error_code = "rate_limit_exceeded"
 
     def __init__(self, message: str = "", retry_after: float = 1.0) -> None:
@@ -184,7 +191,6 @@ class NoDeploymentAvailable(RtgateError):
     """Every deployment of the model failed to connect or is cooling down."""
 
     http_status = 503
-    close_code = 1013
     error_code = "no_deployment_available"
 
     def __init__(self, message: str = "", retry_after: float | None = None) -> None:
@@ -205,3 +211,55 @@ class GatewayShuttingDown(RtgateError):
     http_status = 503
     close_code = 1001
     error_code = "gateway_restarting"
+
+
+class SessionLimit(RtgateError):
+    """A running session reached one of rtgate's limits; it ends normally, after an ``error``."""
+
+    close_code = 1000
+    error_type = "invalid_request_error"
+    error_code = "session_limit"
+
+
+class SessionExpired(SessionLimit):
+    """The session reached ``limits.max_session_seconds``."""
+
+    error_code = "session_expired"
+
+
+class SessionIdle(SessionLimit):
+    """No frame either way for ``limits.idle_timeout`` seconds."""
+
+    error_code = "idle_timeout"
+
+
+class MessageTimeout(SessionLimit):
+    """A client message was not completed within ``limits.message_timeout`` of its first bytes."""
+
+    close_code = 1008
+    error_code = "message_timeout"
+
+
+class BufferBudgetExceeded(SessionLimit):
+    """The gateway holds ``limits.max_buffered_bytes`` in unfinished messages; this session's
+    was the largest and was dropped (1013: try again later)."""
+
+    close_code = 1013
+    error_type = "server_error"
+    error_code = "max_buffered_bytes"
+
+
+class BudgetExceeded(ClientError):
+    """A key reached its ``max_budget``. LiteLLM's shape: HTTP 400, type ``budget_exceeded``,
+    code ``"400"``; a running session gets an ``error`` event and close code 1008."""
+
+    error_type = "budget_exceeded"
+    error_code = "400"
+
+
+class DatabaseUnavailable(RtgateError):
+    """The spend database is unreachable and the policy refuses this key meanwhile."""
+
+    http_status = 503
+    close_code = 1013
+    error_code = "database_unavailable"

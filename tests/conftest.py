@@ -11,6 +11,13 @@ CLIENT_KEY = "sk-client-test-key-000000"
 UPSTREAM_KEY = "sk-fake-upstream-key"
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's gateways keep their embedded database (keys, spend) in a fresh directory."""
+    monkeypatch.setenv("RTGATE_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+
 @pytest.fixture
 async def fake_openai(nursery: trio.Nursery) -> FakeRealtimeServer:
     server = FakeRealtimeServer(api_key=UPSTREAM_KEY)

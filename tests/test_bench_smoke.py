@@ -4,8 +4,10 @@ Never asserts speed (that is ``bench/``'s job); asserts that the tools
 produce complete, consistent reports, so they cannot rot unnoticed. The fake
 upstream also answers its 101 and ``session.created`` in one write, which
 pins rtgate's handling of frames that arrive with the upgrade response.
-The chart is drawn only where matplotlib is installed (``.[bench]``; CI has
-``.[dev]`` only); its data extraction is tested everywhere.
+The chart is drawn only where matplotlib is installed (``.[bench]``); its data
+extraction is tested everywhere. They take well over 10 s (``run_all --quick``
+alone runs every stage), so they run from ``make bench-test``, not ``make test``
+(the ``bench`` marker; ``pytest -m bench`` selects them).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from bench.fake_upstream import start_in_thread
 from bench.floors import floor
 from bench.procs import gateway_config, rtgate
 from rtgate.testing.gateway import open_gateway
+
+pytestmark = pytest.mark.bench
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtgate.cli import cli
-from rtgate.config.load import load_config, parse_text
 from rtgate.config.model import Secret
+from rtgate.edge.configfile import load_config, parse_text
 from rtgate.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +40,7 @@ model_list:
       id: azure-east
 general_settings:
   master_key: os.environ/MASTER
-  database_url: postgres://ignored
+  database_type: dynamo_db
 litellm_settings:
   logged_real_time_event_types: "*"
   drop_params: true
@@ -74,9 +76,11 @@ def test_litellm_config_loads_with_env_and_defaults() -> None:
     assert config.router.num_retries == 2
     assert config.router.fallbacks == {"gpt-realtime": ("gpt-realtime",)}
     assert list(config.groups()) == ["gpt-realtime"]
-    # Unknown keys warn with their line; LiteLLM's own settings are accepted quietly.
+    # LiteLLM keys rtgate ignores warn with their line; spending and security ones first.
     assert any("redis_host" in w and ":31:" in w for w in result.warnings)
-    assert not any("drop_params" in w or "database_url" in w for w in result.warnings)
+    assert any("drop_params" in w and ":26:" in w for w in result.warnings)
+    assert result.warnings[0].startswith("<config>:23: WARNING: NOT ENFORCED")
+    assert "general_settings.database_type" in result.warnings[0]
 
 
 def test_secrets_never_in_repr() -> None:
@@ -234,3 +238,31 @@ def test_sink_headers_not_in_repr() -> None:
     )
     config = parse_text(text, env={}).config
     assert "sk-sink-token-123456" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("model", "library", "extra"),
+    [("bedrock/amazon.nova-2-sonic-v1:0", "botocore", "bedrock"),
+     ("vertex_ai/gemini-live", "cryptography", "vertex")],
+)  # fmt: skip
+def test_a_provider_whose_extra_is_missing_names_the_extra(
+    model: str, library: str, extra: str
+) -> None:
+    # A fresh interpreter where the library cannot be imported, as in a default install.
+    code = (
+        "import sys\n"
+        f"sys.modules[{library!r}] = None\n"
+        "from rtgate.edge.configfile import parse_text\n"
+        "from rtgate.errors import ConfigError\n"
+        "text = 'model_list:\\n  - model_name: m\\n    litellm_params:\\n"
+        f"      model: {model}\\n      aws_region_name: us-east-1\\n'\n"
+        "try:\n"
+        "    parse_text(text, path='c.yaml', env={})\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.startswith("c.yaml:2:"), result.stdout + result.stderr
+    assert f"pip install 'rtgate[{extra}]'" in result.stdout

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import trio
 
-from rtgate.config.load import parse_text
+from rtgate.edge.configfile import parse_text
 from rtgate.telemetry.eventlog import EventLogger
 from rtgate.testing.gateway import open_gateway
 from tests.wsclient import connect, recv_json, recv_until, send_json

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from rtgate.cli import cli
-from rtgate.config.load import parse_text
+from rtgate.edge.configfile import parse_text
 from rtgate.errors import ConfigError
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))

@@ -1,9 +1,11 @@
 """Hypothesis over every translator: arbitrary event sequences with malformed fields and bytes.
 
 Whatever the client and the upstream send, in whatever order, a translator
-never raises, everything it sends the client is a JSON object with a ``type``,
-and every response it announces is closed at most once, after it was created;
-once the session ends (either side) no response is left open.
+never raises; every event a translating provider (Gemini, Vertex, Nova, the
+mock) sends the client is strict GA by the openai SDK's own types (the
+transcript harness checks each), and every response it announces is closed at
+most once, after it was created; once the session ends (either side) no
+response is left open.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtgate.mockmodel.translator import MockModel
-from rtgate.translate.base import Outbox, Translator
+from rtgate.translate.base import Translator
 from rtgate.translate.gemini.translator import GeminiTranslator
 from rtgate.translate.nova.translator import NovaTranslator
 from rtgate.translate.xai import XaiTranslator
 from rtgate.wire import Binary, Frame
+from tests.transcript import Transcript
 
 TRANSLATORS: dict[str, Callable[[], Translator]] = {
     "openai": Translator,
@@ -109,17 +112,16 @@ def _frames(events: st.SearchStrategy[Any]) -> st.SearchStrategy[Frame]:
 
 def _ga_upstream_templates() -> list[dict[str, Any]]:
     """A real GA event sequence (the mock model's answer to text and to audio)."""
-    model = MockModel(model="fuzz", reply_audio_ms=60)
-    out = Outbox()
-    model.start(out, 0.0)
+    model = Transcript(MockModel(model="fuzz", reply_audio_ms=60))
+    model.start()
     for event in (
         {"type": "conversation.item.create", "item": {"type": "message", "role": "user",
          "content": [{"type": "input_text", "text": "hi"}]}},
         {"type": "response.create"},
         {"type": "response.create", "response": {"output_modalities": ["text"]}},
     ):  # fmt: skip
-        model.on_client(orjson.dumps(event), out, 0.0)
-    templates = [orjson.loads(f) for f in out.to_client if isinstance(f, bytes)]
+        model.client_says(event)
+    templates = list(model.client)
     templates.append({"type": "conversation.created", "conversation": {"id": "conv_1"}})
     templates.append({"type": "ping"})
     return templates
@@ -285,49 +287,44 @@ def _steps(name: str) -> st.SearchStrategy[list[Step]]:
 
 
 def _run(make: Callable[[], Translator], steps: list[Step]) -> list[dict[str, Any]]:
-    translator = make()
-    out = Outbox()
-    now = 100.0
-    to_client: list[Frame] = []
+    """Play ``steps`` through the harness; the JSON events the client got.
 
-    def take() -> None:
-        to_client.extend(out.to_client)
-        for frame in out.to_upstream:
-            assert isinstance(frame, bytes | Binary)
-        out.clear()
-
-    translator.start(out, now)
-    take()
+    ``time`` steps fire the timer when the deadline has come, as the relay does. A translator that writes its own GA events has every one checked against the SDK's
+    types by the harness; a passthrough relays the fuzzed upstream's garbage as it came.
+    """
+    passthrough = make in (Translator, XaiTranslator)
+    session = Transcript(
+        make(),
+        check_client=not passthrough,
+        # A passthrough forwards the client's frames as they are; the others send JSON.
+        check_upstream=(lambda frame: frame) if passthrough else None,
+    )
+    session.start()
     for kind, value in steps:
         if kind == "client":
-            translator.on_client(value, out, now)
+            session.client_says(value)
         elif kind == "upstream":
-            translator.on_upstream(value, out, now)
+            session.upstream_says(value)
         elif kind == "time":
-            now += value
-            deadline = translator.deadline
-            if deadline is not None and now >= deadline:
-                translator.on_timer(out, now)
+            session.advance(value)
         elif kind == "reconnected":
-            translator.on_reconnected(out, now)
+            session.reconnected()
         elif kind == "upstream_closed":
-            translator.on_upstream_closed(value, "fuzz", out, now)
+            session.upstream_closed(value, "fuzz")
         else:
-            translator.on_client_closed(out, now)
-        take()
+            session.client_closed()
+    if not passthrough:
+        return session.client
     events: list[dict[str, Any]] = []
-    for frame in to_client:
+    for frame in session.raw_client:
         if isinstance(frame, Binary):
             continue
         try:
             event = orjson.loads(frame)
         except orjson.JSONDecodeError:
-            event = None
-        if event is None or not isinstance(event, dict):
-            # Only a passthrough may relay what the upstream sent verbatim.
-            assert make in (Translator, XaiTranslator), frame
-            continue
-        events.append(event)
+            continue  # relayed verbatim, as the upstream sent it
+        if isinstance(event, dict):
+            events.append(event)
     return events
 
 

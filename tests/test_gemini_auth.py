@@ -140,9 +140,9 @@ def test_vertex_target_model_path_and_validation() -> None:
     )
     translator = VERTEX.translator(dep, CTX)
     assert (
-        translator.model_path
+        translator.state.model_path
         == "projects/from-file/locations/global/publishers/google/models/gemini-live-2.5-flash"
     )
-    assert translator.vertex
+    assert translator.state.vertex
     problems = VERTEX.validate(_deployment("vertex_ai", "m", vertex_credentials=Secret("{}")))
     assert problems and "client_email" in problems[0]

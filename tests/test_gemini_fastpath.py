@@ -1,7 +1,7 @@
 """Byte-level audio fast paths agree with the JSON they skip.
 
-Out: the byte-spelled audio delta equals the event the JSON encoder would
-have written. In: the ``audio`` sliced out of an append equals what a parse
+Out: an audio delta carries the chunk as the provider gave it, escaped by the
+JSON encoder when it is not plain base64. In: the ``audio`` sliced out of an append equals what a parse
 reads, or the slice declines and the translator parses instead; what reaches
 the translators (``appended_audio``) is the parsed value either way, and only
 strict base64 passes ``is_base64`` to be spliced into an upstream message.
@@ -18,47 +18,42 @@ from hypothesis import strategies as st
 
 from rtgate.protocol.events import appended_audio, audio_field, is_base64
 from rtgate.translate.base import Outbox
-from rtgate.translate.gemini.output import ResponseWriter
+from rtgate.translate.ga.items import ItemChain
+from rtgate.translate.ga.response import ResponseWriter
+from tests.transcript import validate_server_event
 
 
 def _writer(out: Outbox) -> ResponseWriter:
     return ResponseWriter(
         out,
-        conversation_id="conv_1",
-        text_output=False,
+        modality="audio",
         output_format={"type": "audio/pcm", "rate": 24000},
         voice="Puck",
         max_output_tokens="inf",
+        conversation=ItemChain(),
+        conversation_id="conv_1",
     )
 
 
-@given(st.binary(min_size=1, max_size=600))
-def test_fast_audio_delta_matches_the_encoded_event(pcm: bytes) -> None:
+@given(st.binary(min_size=1, max_size=600) | st.text(max_size=40))
+def test_an_audio_delta_carries_the_chunk_as_given(chunk: bytes | str) -> None:
+    """Base64 or not (it came from the provider as is), the delta is GA with that chunk."""
     out = Outbox()
     writer = _writer(out)
-    data = base64.b64encode(pcm).decode()
+    data = base64.b64encode(chunk).decode() if isinstance(chunk, bytes) else chunk
     writer.audio(out, data)  # first chunk: item/part announcements, then the delta
-    fast = out.to_client[-1]
-    assert isinstance(fast, bytes)
-    message = writer._message_item(out)
-    out.to_client.clear()
-    writer._delta(out, "response.output_audio.delta", message, data)
-    slow = out.to_client[-1]
-    assert isinstance(slow, bytes)
-    fast_event, slow_event = orjson.loads(fast), orjson.loads(slow)
-    assert list(fast_event) == list(slow_event)  # same keys, same order
-    fast_event.pop("event_id")
-    slow_event.pop("event_id")
-    assert fast_event == slow_event
-    assert fast_event["delta"] == data
-
-
-def test_non_base64_chunk_takes_the_escaping_path() -> None:
-    out = Outbox()
-    writer = _writer(out)
-    writer.audio(out, 'ab"c\\d')
-    event = orjson.loads(out.to_client[-1])
-    assert event["delta"] == 'ab"c\\d'
+    writer.audio(out, data)
+    first, second = (orjson.loads(frame) for frame in out.to_client[-2:])
+    for event in (first, second):
+        validate_server_event(event)
+        assert event["delta"] == data
+        assert (event["response_id"], event["output_index"], event["content_index"]) == (
+            writer.id,
+            0,
+            0,
+        )
+    assert first["item_id"] == second["item_id"] == writer.items[0]["id"]
+    assert first["event_id"] != second["event_id"]
 
 
 _APPEND_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)

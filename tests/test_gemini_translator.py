@@ -11,13 +11,13 @@ from rtgate.translate.base import CloseClient
 from rtgate.translate.gemini.translator import GeminiTranslator, parse_duration
 from tests.gemini_helpers import (
     MODEL,
-    Driver,
     append,
     b64,
-    check_response_invariants,
+    gemini,
     model_audio,
     pcm,
 )
+from tests.transcript import Transcript, check_response_order
 
 SESSION = {
     "type": "realtime",
@@ -51,17 +51,17 @@ SESSION = {
 }
 
 
-def live_driver(session: dict[str, object] | None = None) -> Driver:
-    d = Driver()
+def live_driver(session: dict[str, object] | None = None) -> Transcript:
+    d = gemini()
     d.start()
-    d.send({"type": "session.update", "session": session or SESSION})
-    d.recv({"setupComplete": {}})
+    d.client_says({"type": "session.update", "session": session or SESSION})
+    d.upstream_says({"setupComplete": {}})
     d.take()
     return d
 
 
 def test_start_announces_session_and_waits_for_configuration() -> None:
-    d = Driver()
+    d = gemini()
     d.start()
     assert d.types() == ["session.created"]
     session = d.client[0]["session"]
@@ -72,10 +72,10 @@ def test_start_announces_session_and_waits_for_configuration() -> None:
 
 
 def test_first_session_update_builds_the_one_setup() -> None:
-    d = Driver()
+    d = gemini()
     d.start()
     d.take()
-    d.send({"type": "session.update", "session": SESSION})
+    d.client_says({"type": "session.update", "session": SESSION})
     client, upstream = d.take()
     assert len(upstream) == 1
     setup = upstream[0]["setup"]
@@ -97,39 +97,39 @@ def test_first_session_update_builds_the_one_setup() -> None:
     assert setup["sessionResumption"] == {}
     assert d.t.deadline is None
     assert [e["type"] for e in client] == ["session.updated"]
-    d.recv({"setupComplete": {}})
+    d.upstream_says({"setupComplete": {}})
     assert d.client == []
     echoed = client[0]["session"]
     assert echoed["instructions"] == "Be brief." and echoed["audio"]["output"]["voice"] == "alloy"
 
 
 def test_without_session_update_the_default_setup_goes_after_the_wait() -> None:
-    d = Driver()
+    d = gemini()
     d.start()
-    d.send(append(pcm(480)))
+    d.client_says(append(pcm(480)))
     assert d.upstream == []
-    d.tick(101.0)
+    d.advance_to(101.0)
     assert d.upstream == []
-    d.tick(102.5)
+    d.advance_to(102.5)
     assert [next(iter(m)) for m in d.upstream] == ["setup"]
     assert d.upstream[0]["setup"]["generationConfig"]["speechConfig"]["voiceConfig"][
         "prebuiltVoiceConfig"
     ]
     d.take()
-    d.recv({"setupComplete": {}})
+    d.upstream_says({"setupComplete": {}})
     client, upstream = d.take()
     assert client == []  # no session.updated: the client never asked for a change
     assert upstream[0]["realtimeInput"]["audio"]["mimeType"] == "audio/pcm;rate=24000"
 
 
 def test_audio_before_setup_complete_is_held_and_flushed_in_order() -> None:
-    d = Driver()
+    d = gemini()
     d.start()
     chunks = [pcm(240, v) for v in (1, 2, 3)]
-    d.send(append(chunks[0]))
-    d.send({"type": "session.update", "session": SESSION})
-    d.send(append(chunks[1]))
-    d.send(
+    d.client_says(append(chunks[0]))
+    d.client_says({"type": "session.update", "session": SESSION})
+    d.client_says(append(chunks[1]))
+    d.client_says(
         {
             "type": "conversation.item.create",
             "item": {
@@ -139,10 +139,10 @@ def test_audio_before_setup_complete_is_held_and_flushed_in_order() -> None:
             },
         }
     )
-    d.send(append(chunks[2]))
+    d.client_says(append(chunks[2]))
     assert [next(iter(m)) for m in d.upstream] == ["setup"]
     d.take()
-    d.recv({"setupComplete": {}})
+    d.upstream_says({"setupComplete": {}})
     _, upstream = d.take()
     kinds = [next(iter(m)) for m in upstream]
     assert kinds == ["realtimeInput", "realtimeInput", "clientContent", "realtimeInput"]
@@ -160,11 +160,11 @@ def test_audio_before_setup_complete_is_held_and_flushed_in_order() -> None:
 
 def test_held_input_is_bounded_and_overflow_is_reported_once() -> None:
     t = GeminiTranslator(model_path=MODEL, model_group="g", session_id="s", max_buffered_bytes=3000)
-    d = Driver(t)
+    d = gemini(t)
     d.start()
     d.take()
     for _ in range(5):
-        d.send(append(pcm(480)))
+        d.client_says(append(pcm(480)))
     errors = [e for e in d.client if e["type"] == "error"]
     assert len(errors) == 1 and errors[0]["error"]["code"] == "input_buffer_full"
 
@@ -173,7 +173,7 @@ def test_g711_input_is_decoded_and_labelled_8khz() -> None:
     session = {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}
     d = live_driver(session)
     ulaw = audio.pcm16_to_ulaw(pcm(160, 3000))
-    d.send({"type": "input_audio_buffer.append", "audio": b64(ulaw)})
+    d.client_says({"type": "input_audio_buffer.append", "audio": b64(ulaw)})
     blob = d.upstream[0]["realtimeInput"]["audio"]
     assert blob["mimeType"] == "audio/pcm;rate=8000"
     assert base64.b64decode(blob["data"]) == audio.ulaw_to_pcm16(ulaw)
@@ -182,7 +182,7 @@ def test_g711_input_is_decoded_and_labelled_8khz() -> None:
 def test_g711_output_is_resampled_and_encoded() -> None:
     session = {"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcma"}}}}
     d = live_driver(session)
-    d.recv(model_audio(pcm(2400, 2000)))
+    d.upstream_says(model_audio(pcm(2400, 2000)))
     delta = next(e for e in d.client if e["type"] == "response.output_audio.delta")
     alaw = base64.b64decode(delta["delta"])
     assert abs(len(alaw) - 800) <= 2  # 2400 samples at 24 kHz -> 800 at 8 kHz, one byte each
@@ -193,15 +193,15 @@ def test_g711_output_is_resampled_and_encoded() -> None:
 
 def test_a_spoken_turn_becomes_the_full_ga_sequence() -> None:
     d = live_driver()
-    d.send(append(pcm(480)))
+    d.client_says(append(pcm(480)))
     d.take()
-    d.recv({"serverContent": {"inputTranscription": {"text": "what's the "}}})
-    d.recv({"serverContent": {"inputTranscription": {"text": "weather"}}})
-    d.recv(model_audio(pcm(480)))
-    d.recv({"serverContent": {"outputTranscription": {"text": "Sunny."}}})
-    d.recv(model_audio(pcm(480)))
-    d.recv({"serverContent": {"generationComplete": True}})
-    d.recv(
+    d.upstream_says({"serverContent": {"inputTranscription": {"text": "what's the "}}})
+    d.upstream_says({"serverContent": {"inputTranscription": {"text": "weather"}}})
+    d.upstream_says(model_audio(pcm(480)))
+    d.upstream_says({"serverContent": {"outputTranscription": {"text": "Sunny."}}})
+    d.upstream_says(model_audio(pcm(480)))
+    d.upstream_says({"serverContent": {"generationComplete": True}})
+    d.upstream_says(
         {
             "serverContent": {"turnComplete": True},
             "usageMetadata": {
@@ -237,7 +237,7 @@ def test_a_spoken_turn_becomes_the_full_ga_sequence() -> None:
         "response.done",
         "conversation.item.input_audio_transcription.completed",
     ]
-    check_response_invariants(d.client)
+    check_response_order(d.client)
     user_item = d.client[0]["item_id"]
     assert d.client[2]["item_id"] == user_item
     assert (
@@ -261,8 +261,8 @@ def test_a_spoken_turn_becomes_the_full_ga_sequence() -> None:
 
 def test_vertex_usage_field_names_and_standalone_usage_frame() -> None:
     d = live_driver()
-    d.recv(model_audio(pcm(48)))
-    d.recv(
+    d.upstream_says(model_audio(pcm(48)))
+    d.upstream_says(
         {
             "usageMetadata": {
                 "promptTokenCount": 7,
@@ -272,7 +272,7 @@ def test_vertex_usage_field_names_and_standalone_usage_frame() -> None:
             }
         }
     )
-    d.recv({"serverContent": {"turnComplete": True}})
+    d.upstream_says({"serverContent": {"turnComplete": True}})
     usage = d.client[-1]["response"]["usage"]
     assert usage["output_tokens"] == 7 and usage["total_tokens"] == 14
     assert usage["output_token_details"] == {"text_tokens": 2, "audio_tokens": 5}
@@ -280,26 +280,26 @@ def test_vertex_usage_field_names_and_standalone_usage_frame() -> None:
 
 def test_text_modality_streams_output_text() -> None:
     d = live_driver({"type": "realtime", "output_modalities": ["text"]})
-    assert "speechConfig" not in d.t.plan.setup["generationConfig"]
-    d.recv(
+    assert "speechConfig" not in d.t.state.plan.setup["generationConfig"]
+    d.upstream_says(
         {
             "serverContent": {
                 "modelTurn": {"parts": [{"text": "thinking", "thought": True}, {"text": "Hel"}]}
             }
         }
     )
-    d.recv({"serverContent": {"modelTurn": {"parts": [{"text": "lo"}]}}})
-    d.recv({"serverContent": {"turnComplete": True}})
+    d.upstream_says({"serverContent": {"modelTurn": {"parts": [{"text": "lo"}]}}})
+    d.upstream_says({"serverContent": {"turnComplete": True}})
     kinds = d.types()
     assert kinds.count("response.output_text.delta") == 2
     text_done = next(e for e in d.client if e["type"] == "response.output_text.done")
     assert text_done["text"] == "Hello"
-    check_response_invariants(d.client)
+    check_response_order(d.client)
 
 
 def test_tool_call_round_trip_keeps_the_name() -> None:
     d = live_driver()
-    d.recv(
+    d.upstream_says(
         {
             "toolCall": {
                 "functionCalls": [{"id": "fc_1", "name": "get_weather", "args": {"city": "Oslo"}}]
@@ -313,10 +313,12 @@ def test_tool_call_round_trip_keeps_the_name() -> None:
     assert done_args["call_id"] == "fc_1" and done_args["name"] == "get_weather"
     assert done_args["arguments"] == '{"city":"Oslo"}'
     assert client[-1]["response"]["output"][0]["type"] == "function_call"
-    check_response_invariants(client)
-    d.recv({"serverContent": {"turnComplete": True}})  # Gemini's bare turn end: nothing to say
+    check_response_order(client)
+    d.upstream_says(
+        {"serverContent": {"turnComplete": True}}
+    )  # Gemini's bare turn end: nothing to say
     assert d.client == []
-    d.send(
+    d.client_says(
         {
             "type": "conversation.item.create",
             "item": {"type": "function_call_output", "call_id": "fc_1", "output": '"sunny"'},
@@ -326,9 +328,9 @@ def test_tool_call_round_trip_keeps_the_name() -> None:
     assert response == {"id": "fc_1", "name": "get_weather", "response": {"output": "sunny"}}
     assert [e["type"] for e in d.client] == ["conversation.item.added", "conversation.item.done"]
     d.take()
-    d.send({"type": "response.create"})
+    d.client_says({"type": "response.create"})
     assert d.upstream == []  # Gemini continues after a tool response by itself
-    d.send(
+    d.client_says(
         {
             "type": "conversation.item.create",
             "item": {"type": "function_call_output", "call_id": "nope", "output": "{}"},
@@ -339,50 +341,50 @@ def test_tool_call_round_trip_keeps_the_name() -> None:
 
 def test_interruption_cancels_the_response_and_signals_speech() -> None:
     d = live_driver()
-    d.recv(model_audio(pcm(48)))
-    d.recv({"serverContent": {"interrupted": True}})
-    d.recv(model_audio(pcm(48)))  # late audio of the cut-off turn is dropped
-    d.recv({"serverContent": {"turnComplete": True}})
+    d.upstream_says(model_audio(pcm(48)))
+    d.upstream_says({"serverContent": {"interrupted": True}})
+    d.upstream_says(model_audio(pcm(48)))  # late audio of the cut-off turn is dropped
+    d.upstream_says({"serverContent": {"turnComplete": True}})
     kinds = d.types()
     done = next(e for e in d.client if e["type"] == "response.done")
     assert done["response"]["status"] == "cancelled"
     assert done["response"]["status_details"]["reason"] == "turn_detected"
     assert "input_audio_buffer.speech_started" in kinds
     assert kinds.count("response.created") == 1 and kinds.count("response.done") == 1
-    check_response_invariants(d.client)
+    check_response_order(d.client)
 
 
 def test_client_cancel_closes_now_and_suppresses_the_rest_of_the_turn() -> None:
     d = live_driver()
-    d.send({"type": "response.cancel"})
+    d.client_says({"type": "response.cancel"})
     assert d.client[-1]["error"]["code"] == "response_cancel_not_active"
     d.take()
-    d.recv(model_audio(pcm(48)))
-    d.send({"type": "response.cancel"})
+    d.upstream_says(model_audio(pcm(48)))
+    d.client_says({"type": "response.cancel"})
     done = d.client[-1]
     assert (
         done["type"] == "response.done"
         and done["response"]["status_details"]["reason"] == "client_cancelled"
     )
     d.take()
-    d.recv(model_audio(pcm(48)))
-    d.recv({"serverContent": {"turnComplete": True}})
+    d.upstream_says(model_audio(pcm(48)))
+    d.upstream_says({"serverContent": {"turnComplete": True}})
     assert d.client == []
-    d.recv(model_audio(pcm(48)))
+    d.upstream_says(model_audio(pcm(48)))
     assert d.types()[0] == "response.created"
 
 
 def test_manual_turns_use_activity_markers() -> None:
     d = live_driver({"type": "realtime", "audio": {"input": {"turn_detection": None}}})
-    assert d.t.plan.setup["realtimeInputConfig"] == {
+    assert d.t.state.plan.setup["realtimeInputConfig"] == {
         "automaticActivityDetection": {"disabled": True}
     }
-    d.send({"type": "input_audio_buffer.commit"})
+    d.client_says({"type": "input_audio_buffer.commit"})
     assert d.client[-1]["error"]["code"] == "input_audio_buffer_commit_empty"
     d.take()
-    d.send(append(pcm(48)))
-    d.send(append(pcm(48)))
-    d.send({"type": "input_audio_buffer.commit"})
+    d.client_says(append(pcm(48)))
+    d.client_says(append(pcm(48)))
+    d.client_says({"type": "input_audio_buffer.commit"})
     kinds = [next(iter(m["realtimeInput"])) for m in d.upstream]
     assert kinds == ["activityStart", "audio", "audio", "activityEnd"]
     assert [e["type"] for e in d.client] == [
@@ -391,13 +393,13 @@ def test_manual_turns_use_activity_markers() -> None:
         "conversation.item.done",
     ]
     d.take()
-    d.send({"type": "response.create"})
+    d.client_says({"type": "response.create"})
     assert d.upstream == [{"clientContent": {"turnComplete": True}}] or d.upstream == []
 
 
 def test_text_item_then_response_create_completes_the_turn() -> None:
     d = live_driver()
-    d.send(
+    d.client_says(
         {
             "type": "conversation.item.create",
             "item": {
@@ -407,18 +409,18 @@ def test_text_item_then_response_create_completes_the_turn() -> None:
             },
         }
     )
-    d.send({"type": "response.create"})
+    d.client_says({"type": "response.create"})
     assert d.upstream[-1] == {"clientContent": {"turnComplete": True}}
     d.take()
-    d.recv(model_audio(pcm(48)))
-    d.send({"type": "response.create"})
+    d.upstream_says(model_audio(pcm(48)))
+    d.client_says({"type": "response.create"})
     assert d.client[-1]["error"]["code"] == "conversation_already_has_active_response"
 
 
 def test_unhonourable_configuration_is_reported_not_dropped() -> None:
-    d = Driver()
+    d = gemini()
     d.start()
-    d.send(
+    d.client_says(
         {
             "type": "session.update",
             "session": {
@@ -440,7 +442,7 @@ def test_unhonourable_configuration_is_reported_not_dropped() -> None:
 
 def test_truncate_and_clear_are_acknowledged_locally() -> None:
     d = live_driver()
-    d.send(
+    d.client_says(
         {
             "type": "conversation.item.truncate",
             "item_id": "item_x",
@@ -448,7 +450,7 @@ def test_truncate_and_clear_are_acknowledged_locally() -> None:
             "audio_end_ms": 1500,
         }
     )
-    d.send({"type": "input_audio_buffer.clear"})
+    d.client_says({"type": "input_audio_buffer.clear"})
     assert d.types() == ["conversation.item.truncated", "input_audio_buffer.cleared"]
     assert d.client[0]["audio_end_ms"] == 1500
     assert d.upstream == []
@@ -456,16 +458,16 @@ def test_truncate_and_clear_are_acknowledged_locally() -> None:
 
 def test_goaway_when_idle_reconnects_with_the_latest_handle() -> None:
     d = live_driver()
-    d.recv({"sessionResumptionUpdate": {"newHandle": "h1", "resumable": True}})
-    d.recv({"sessionResumptionUpdate": {"newHandle": "h-busy", "resumable": False}})
-    out = d.recv({"goAway": {"timeLeft": "30s"}})
+    d.upstream_says({"sessionResumptionUpdate": {"newHandle": "h1", "resumable": True}})
+    d.upstream_says({"sessionResumptionUpdate": {"newHandle": "h-busy", "resumable": False}})
+    out = d.upstream_says({"goAway": {"timeLeft": "30s"}})
     assert out.reconnect is not None
-    d.send(append(pcm(48, 7)))  # held: must reach the new connection, not the dying one
+    d.client_says(append(pcm(48, 7)))  # held: must reach the new connection, not the dying one
     assert d.upstream == []
     d.reconnected()
     assert d.upstream[0]["setup"]["sessionResumption"] == {"handle": "h1"}
     d.take()
-    d.recv({"setupComplete": {}})
+    d.upstream_says({"setupComplete": {}})
     client, upstream = d.take()
     assert client == []  # transparent for the client
     assert base64.b64decode(upstream[0]["realtimeInput"]["audio"]["data"]) == pcm(48, 7)
@@ -473,45 +475,45 @@ def test_goaway_when_idle_reconnects_with_the_latest_handle() -> None:
 
 def test_goaway_mid_turn_waits_for_the_turn_or_the_deadline() -> None:
     d = live_driver()
-    d.recv({"sessionResumptionUpdate": {"newHandle": "h1"}})
-    d.recv(model_audio(pcm(48)))
-    out = d.recv({"goAway": {"timeLeft": "10s"}})
+    d.upstream_says({"sessionResumptionUpdate": {"newHandle": "h1"}})
+    d.upstream_says(model_audio(pcm(48)))
+    out = d.upstream_says({"goAway": {"timeLeft": "10s"}})
     assert out.reconnect is None and d.t.deadline == pytest.approx(107.0)
-    out = d.recv({"serverContent": {"turnComplete": True}})
+    out = d.upstream_says({"serverContent": {"turnComplete": True}})
     assert out.reconnect is not None
     d.take()
     # Second case: the turn never ends before the deadline.
     d2 = live_driver()
-    d2.recv(model_audio(pcm(48)))
-    d2.recv({"goAway": {"timeLeft": "5s"}})
-    out = d2.tick(102.5)
+    d2.upstream_says(model_audio(pcm(48)))
+    d2.upstream_says({"goAway": {"timeLeft": "5s"}})
+    out = d2.advance_to(102.5)
     assert out.reconnect is not None
     d2.reconnected()
     done = next(e for e in d2.client if e["type"] == "response.done")
     assert done["response"]["status"] == "failed"
-    check_response_invariants(d2.client)
+    check_response_order(d2.client)
 
 
 def test_later_session_update_reconnects_with_the_new_setup() -> None:
     d = live_driver()
-    d.send(append(pcm(48)))
-    d.recv({"sessionResumptionUpdate": {"newHandle": "h2"}})
+    d.client_says(append(pcm(48)))
+    d.upstream_says({"sessionResumptionUpdate": {"newHandle": "h2"}})
     d.take()
-    out = d.send({"type": "session.update", "session": {"instructions": "Be verbose."}})
+    out = d.client_says({"type": "session.update", "session": {"instructions": "Be verbose."}})
     assert out.reconnect is not None and "systemInstruction" in out.reconnect.reason
     d.reconnected()
     setup = d.upstream[0]["setup"]
     assert setup["systemInstruction"]["parts"][0]["text"] == "Be verbose."
     assert setup["sessionResumption"] == {"handle": "h2"}
-    d.recv({"setupComplete": {}})
+    d.upstream_says({"setupComplete": {}})
     assert d.types() == ["session.updated"]
 
 
 def test_later_session_update_without_handle_is_refused_with_an_error() -> None:
     d = live_driver()
-    d.send(append(pcm(48)))
+    d.client_says(append(pcm(48)))
     d.take()
-    out = d.send(
+    out = d.client_says(
         {
             "type": "session.update",
             "session": {
@@ -532,7 +534,7 @@ def test_later_session_update_without_handle_is_refused_with_an_error() -> None:
 
 def test_session_update_changing_only_local_settings_needs_no_reconnect() -> None:
     d = live_driver()
-    out = d.send(
+    out = d.client_says(
         {
             "type": "session.update",
             "session": {"audio": {"input": {"format": {"type": "audio/pcma"}}}},
@@ -553,8 +555,10 @@ def test_upstream_close_codes_become_an_error_then_a_close(
     code: int, client_code: int, kind: str
 ) -> None:
     d = live_driver()
-    d.recv(model_audio(pcm(48)))
-    out = d.closed(code, "Request contains an invalid argument. key=AIzaSyFAKEFAKEFAKEFAKE")
+    d.upstream_says(model_audio(pcm(48)))
+    out = d.upstream_closed(
+        code, "Request contains an invalid argument. key=AIzaSyFAKEFAKEFAKEFAKE"
+    )
     error = next(e for e in d.client if e["type"] == "error")
     assert error["error"]["type"] == kind and error["error"]["code"] == f"upstream_{code}"
     assert "AIza" not in error["error"]["message"]
@@ -565,14 +569,23 @@ def test_upstream_close_codes_become_an_error_then_a_close(
 
 def test_failed_reconnect_keeps_the_old_connection() -> None:
     d = live_driver()
-    d.recv({"sessionResumptionUpdate": {"newHandle": "h"}})
-    d.recv({"goAway": {"timeLeft": "20s"}})
-    d.send(append(pcm(48)))
+    d.upstream_says({"sessionResumptionUpdate": {"newHandle": "h"}})
+    d.upstream_says({"goAway": {"timeLeft": "20s"}})
+    d.client_says(append(pcm(48)))
     d.take()
-    out = d.closed(1011, "reconnect failed: refused")
+    out = d.reconnect_failed("refused")
     assert out.close is None
     assert d.client[0]["error"]["code"] == "upstream_reconnect_failed"
+    assert "refused" in d.client[0]["error"]["message"]
     assert "realtimeInput" in d.upstream[0]
+    # The old connection carries on: its later end is an ordinary close.
+    assert d.upstream_closed(1000, "bye").close == CloseClient(1000, "bye")
+
+
+def test_a_reconnect_failure_nobody_asked_for_changes_nothing() -> None:
+    d = live_driver()
+    step = d.reconnect_failed("refused")
+    assert step.client == [] and step.close is None
 
 
 def test_parse_duration() -> None:
@@ -583,11 +596,11 @@ def test_parse_duration() -> None:
 
 def test_text_frames_and_unknown_events_do_not_break_the_session() -> None:
     d = live_driver()
-    d.recv(
+    d.upstream_says(
         {"serverContent": {"modelTurn": {"parts": [{"text": "ignored in audio mode"}]}}},
         binary=False,
     )
-    d.recv({"somethingNew": {}})
-    d.send({"type": "conversation.item.delete", "item_id": "x"})
-    d.send({"type": "no.such.event"})
+    d.upstream_says({"somethingNew": {}})
+    d.client_says({"type": "conversation.item.delete", "item_id": "x"})
+    d.client_says({"type": "no.such.event"})
     assert [e["type"] for e in d.client] == ["error", "error"]

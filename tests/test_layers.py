@@ -18,7 +18,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "rtgate"
 
 # The unit of a rule is the first component under rtgate/ (a folder or a loose module).
-PURE = frozenset({"wire", "errors", "config", "protocol", "translate", "mockmodel", "pool"})
+PURE = frozenset(
+    {"wire", "errors", "config", "protocol", "translate", "mockmodel", "pool", "spend"}
+)
 """Plain functions and data: no sockets, no clock, no event loop."""
 
 MAY_IMPORT: dict[str, frozenset[str]] = {
@@ -29,9 +31,11 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "pool": frozenset({"config", "errors", "wire"}),
     "translate": frozenset({"protocol", "config", "errors", "wire"}),
     "mockmodel": frozenset({"translate", "protocol", "config", "errors", "wire"}),
+    "spend": frozenset({"errors"}),
+    "governance": frozenset({"spend", "config", "errors", "wire"}),
     "net": frozenset({"config", "errors", "wire"}),
     "aws": frozenset({"net", "config", "errors", "wire"}),
-    "telemetry": frozenset({"protocol", "config", "errors", "wire"}),
+    "telemetry": frozenset({"protocol", "config", "errors", "wire", "__init__"}),
     "providers": frozenset(
         {"net", "aws", "translate", "mockmodel", "protocol", "config", "errors", "wire"}
     ),
@@ -39,6 +43,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "session": frozenset(
         {
             "shared",
+            "governance",
             "providers",
             "telemetry",
             "net",
@@ -51,7 +56,18 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
         }
     ),
     "control": frozenset(
-        {"session", "shared", "telemetry", "pool", "config", "errors", "wire", "__init__"}
+        {
+            "session",
+            "shared",
+            "governance",
+            "spend",
+            "telemetry",
+            "pool",
+            "config",
+            "errors",
+            "wire",
+            "__init__",
+        }
     ),
     "edge": frozenset(
         {
@@ -70,6 +86,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "testing": frozenset(
         {
             "edge",
+            "telemetry",
             "providers",
             "aws",
             "translate",
@@ -80,7 +97,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
             "wire",
         }
     ),
-    "cli": frozenset({"edge", "config", "errors", "__init__"}),
+    "cli": frozenset({"edge", "governance", "spend", "config", "errors", "__init__"}),
     "__main__": frozenset({"cli"}),
     "__init__": frozenset(),
 }
@@ -158,7 +175,6 @@ def test_every_unit_has_a_rule() -> None:
     assert units <= set(MAY_IMPORT), f"no layer rule for {sorted(units - set(MAY_IMPORT))}"
 
 
-@pytest.mark.xfail(reason="config/load.py validates providers and sinks itself (being moved out)")
 def test_folders_import_only_the_layers_below_them() -> None:
     known = _known_modules()
     broken: set[str] = set()
@@ -240,7 +256,6 @@ def test_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-@pytest.mark.xfail(reason="the Gemini and Nova handler modules import their translator")
 def test_no_import_circles() -> None:
     # A package's __init__ importing its own submodules is not a circle a reader follows.
     graph = {

@@ -7,50 +7,23 @@ import math
 from typing import Any
 
 import orjson
-import pydantic
 import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from openai.types.realtime import RealtimeServerEvent
 
 from rtgate.mockmodel.translator import MockModel, audio_chunks, peak_level
 from rtgate.testing.gateway import open_gateway
-from rtgate.translate.base import Outbox
 from rtgate.wire import Binary
+from tests.transcript import Transcript, validate_server_event
 from tests.wsclient import connect, recv_json, recv_until, send_json
 
-GA_SERVER = pydantic.TypeAdapter(RealtimeServerEvent)
 
-
-class Session:
-    """A mock model plus everything it said, every event checked against the SDK."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.model = MockModel(**kwargs)
-        self.out = Outbox()
-        self.model.start(self.out, 0.0)
-        self.events: list[dict[str, Any]] = self._drain()
-
-    def send(self, *events: dict[str, Any] | bytes | Binary) -> list[dict[str, Any]]:
-        for event in events:
-            frame = event if isinstance(event, bytes | Binary) else orjson.dumps(event)
-            self.model.on_client(frame, self.out, 0.0)
-        new = self._drain()
-        self.events.extend(new)
-        return new
-
-    def _drain(self) -> list[dict[str, Any]]:
-        assert self.out.to_upstream == []  # there is no upstream
-        events = []
-        for frame in self.out.to_client:
-            assert isinstance(frame, bytes)
-            event = orjson.loads(frame)
-            GA_SERVER.validate_python(event)
-            assert isinstance(event["event_id"], str) and event["event_id"]
-            events.append(event)
-        self.out.to_client.clear()
-        return events
+def mock(**kwargs: Any) -> Transcript:
+    """A started mock model (``session.created`` already said)."""
+    session = Transcript(MockModel(**kwargs), now=0.0)
+    session.start()
+    return session
 
 
 def transcript_of(events: list[dict[str, Any]]) -> str:
@@ -79,7 +52,7 @@ def pcm_b64(ms: int, amplitude: int) -> str:
 
 
 def test_session_created_is_a_realistic_ga_session() -> None:
-    (created,) = Session(model="gpt-mock").events
+    (created,) = mock(model="gpt-mock").client
     session = created["session"]
     assert created["type"] == "session.created"
     assert session["type"] == "realtime"
@@ -148,9 +121,9 @@ def check_response(events: list[dict[str, Any]], modality: str) -> dict[str, Any
 
 
 def test_audio_response_has_the_full_ga_sequence() -> None:
-    session = Session(reply_audio_ms=1000)
-    session.send(user_text("What is the weather like?"))
-    events = session.send({"type": "response.create"})
+    session = mock(reply_audio_ms=1000)
+    session.client_says(user_text("What is the weather like?"))
+    events = session.client_says({"type": "response.create"}).client
     done = check_response(events, "audio")
     audio = [
         base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"
@@ -165,11 +138,10 @@ def test_audio_response_has_the_full_ga_sequence() -> None:
 
 
 def test_usage_is_counted_and_put_in_the_outbox() -> None:
-    session = Session(reply_audio_ms=500)
-    session.model.on_client(orjson.dumps(user_text("x" * 40)), session.out, 0.0)
-    session.model.on_client(b'{"type":"response.create"}', session.out, 0.0)
-    usage_flat = session.out.usage
-    events = session._drain()
+    session = mock(reply_audio_ms=500)
+    session.client_says(user_text("x" * 40))
+    events = session.client_says(b'{"type":"response.create"}').client
+    usage_flat = session.outboxes[-1].usage
     usage = events[-1]["response"]["usage"]
     assert usage["output_token_details"]["audio_tokens"] == 10  # 500 ms at 50 ms/token
     assert usage["input_token_details"]["text_tokens"] >= 10  # 40 chars plus the instructions
@@ -181,34 +153,40 @@ def test_usage_is_counted_and_put_in_the_outbox() -> None:
 
 
 def test_text_modality_from_the_session_and_from_the_response() -> None:
-    session = Session()
-    session.send(
+    session = mock()
+    session.client_says(
         {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}}
     )
-    done = check_response(session.send({"type": "response.create"}), "text")
+    done = check_response(session.client_says({"type": "response.create"}).client, "text")
     assert done["response"]["output"][0]["content"][0]["type"] == "output_text"
     assert done["response"]["output_modalities"] == ["text"]
 
-    other = Session()
-    events = other.send(
+    other = mock()
+    events = other.client_says(
         {
             "type": "response.create",
             "response": {"output_modalities": ["text"], "instructions": "Be terse."},
         }
-    )
+    ).client
     check_response(events, "text")
 
 
 def test_instructions_count_as_input_tokens() -> None:
-    short = Session().send({"type": "response.create", "response": {"instructions": "Hi."}})
-    long = Session().send({"type": "response.create", "response": {"instructions": "Hi. " * 100}})
+    short = (
+        mock().client_says({"type": "response.create", "response": {"instructions": "Hi."}}).client
+    )
+    long = (
+        mock()
+        .client_says({"type": "response.create", "response": {"instructions": "Hi. " * 100}})
+        .client
+    )
     tokens = [events[-1]["response"]["usage"]["input_tokens"] for events in (short, long)]
     assert tokens[1] - tokens[0] >= 90
 
 
 def test_session_update_merges_and_replies_with_the_whole_session() -> None:
-    session = Session()
-    (updated,) = session.send(
+    session = mock()
+    (updated,) = session.client_says(
         {
             "type": "session.update",
             "session": {
@@ -217,7 +195,7 @@ def test_session_update_merges_and_replies_with_the_whole_session() -> None:
                 "audio": {"output": {"voice": "cedar"}},
             },
         }
-    )
+    ).client
     assert updated["type"] == "session.updated"
     merged = updated["session"]
     assert merged["instructions"] == "Be kind."
@@ -261,93 +239,104 @@ def test_session_update_merges_and_replies_with_the_whole_session() -> None:
 def test_invalid_session_updates_are_refused_like_openai(
     session: dict[str, Any], code: str, param: str
 ) -> None:
-    mock = Session()
-    before = dict(mock.model.session)
-    (error,) = mock.send({"type": "session.update", "event_id": "evt_1", "session": session})
+    model = mock()
+    before = dict(model.t.session)
+    (error,) = model.client_says(
+        {"type": "session.update", "event_id": "evt_1", "session": session}
+    ).client
     assert error["type"] == "error"
     assert error["error"]["type"] == "invalid_request_error"
     assert error["error"]["code"] == code
     assert error["error"]["param"] == param
     assert error["error"]["event_id"] == "evt_1"
-    assert mock.model.session == before
+    assert model.t.session == before
 
 
 def test_voice_cannot_change_after_assistant_audio() -> None:
-    session = Session(reply_audio_ms=40)
-    session.send({"type": "response.create"})
-    (error,) = session.send(
+    session = mock(reply_audio_ms=40)
+    session.client_says({"type": "response.create"})
+    (error,) = session.client_says(
         {
             "type": "session.update",
             "session": {"type": "realtime", "audio": {"output": {"voice": "ash"}}},
         }
-    )
+    ).client
     assert error["error"]["code"] == "cannot_update_voice"
 
 
 def test_items_chain_by_previous_item_id() -> None:
-    session = Session()
-    first = session.send(user_text("one"))
+    session = mock()
+    first = session.client_says(user_text("one")).client
     assert types(first) == ["conversation.item.added", "conversation.item.done"]
     assert first[0]["previous_item_id"] is None
     assert first[0]["item"]["object"] == "realtime.item"
-    second = session.send(user_text("two"))
+    second = session.client_says(user_text("two")).client
     assert second[0]["previous_item_id"] == first[0]["item"]["id"]
-    at_root = session.send({**user_text("zero"), "previous_item_id": "root"})
+    at_root = session.client_says({**user_text("zero"), "previous_item_id": "root"}).client
     assert at_root[0]["previous_item_id"] is None
-    assert session.model._order[0] == at_root[0]["item"]["id"]
-    (error,) = session.send({**user_text("x"), "previous_item_id": "item_nope"})
+    assert session.t._order[0] == at_root[0]["item"]["id"]
+    (error,) = session.client_says({**user_text("x"), "previous_item_id": "item_nope"}).client
     assert error["error"]["code"] == "item_not_found"
-    response = session.send({"type": "response.create"})
+    response = session.client_says({"type": "response.create"}).client
     assert response[2]["previous_item_id"] == second[0]["item"]["id"]
     assert transcript_of(response) == "You said: two"
 
 
 def test_item_retrieve_truncate_delete() -> None:
-    session = Session(reply_audio_ms=400)
-    events = session.send({"type": "response.create"})
+    session = mock(reply_audio_ms=400)
+    events = session.client_says({"type": "response.create"}).client
     item_id = events[1]["item"]["id"]
-    (retrieved,) = session.send({"type": "conversation.item.retrieve", "item_id": item_id})
+    (retrieved,) = session.client_says(
+        {"type": "conversation.item.retrieve", "item_id": item_id}
+    ).client
     assert retrieved["item"]["id"] == item_id
-    (truncated,) = session.send(
+    (truncated,) = session.client_says(
         {
             "type": "conversation.item.truncate",
             "item_id": item_id,
             "content_index": 0,
             "audio_end_ms": 200,
         }
-    )
+    ).client
     assert truncated["type"] == "conversation.item.truncated" and truncated["audio_end_ms"] == 200
-    (error,) = session.send(
+    (error,) = session.client_says(
         {
             "type": "conversation.item.truncate",
             "item_id": item_id,
             "content_index": 0,
             "audio_end_ms": 300,
         }
-    )
+    ).client
     assert error["error"]["param"] == "audio_end_ms"
-    (deleted,) = session.send({"type": "conversation.item.delete", "item_id": item_id})
+    (deleted,) = session.client_says(
+        {"type": "conversation.item.delete", "item_id": item_id}
+    ).client
     assert deleted == {
         "type": "conversation.item.deleted",
         "event_id": deleted["event_id"],
         "item_id": item_id,
     }
-    (missing,) = session.send({"type": "conversation.item.retrieve", "item_id": item_id})
+    (missing,) = session.client_says(
+        {"type": "conversation.item.retrieve", "item_id": item_id}
+    ).client
     assert missing["error"]["code"] == "item_not_found"
 
 
 def test_input_audio_buffer_commit_and_clear() -> None:
-    session = Session()
-    session.send(
+    session = mock()
+    session.client_says(
         {
             "type": "session.update",
             "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
         }
     )
-    (empty,) = session.send({"type": "input_audio_buffer.commit"})
+    (empty,) = session.client_says({"type": "input_audio_buffer.commit"}).client
     assert empty["error"]["code"] == "input_audio_buffer_commit_empty"
-    assert session.send({"type": "input_audio_buffer.append", "audio": pcm_b64(200, 5000)}) == []
-    committed = session.send({"type": "input_audio_buffer.commit"})
+    appended = session.client_says(
+        {"type": "input_audio_buffer.append", "audio": pcm_b64(200, 5000)}
+    )
+    assert appended.client == []
+    committed = session.client_says({"type": "input_audio_buffer.commit"}).client
     assert types(committed) == [
         "input_audio_buffer.committed",
         "conversation.item.added",
@@ -355,25 +344,25 @@ def test_input_audio_buffer_commit_and_clear() -> None:
     ]
     assert committed[1]["item"]["id"] == committed[0]["item_id"]
     assert committed[1]["item"]["content"] == [{"type": "input_audio", "transcript": None}]
-    reply = session.send({"type": "response.create"})
+    reply = session.client_says({"type": "response.create"}).client
     assert transcript_of(reply) == "I heard 0.2 seconds of audio."
-    session.send({"type": "input_audio_buffer.append", "audio": pcm_b64(200, 5000)})
-    assert types(session.send({"type": "input_audio_buffer.clear"})) == [
+    session.client_says({"type": "input_audio_buffer.append", "audio": pcm_b64(200, 5000)})
+    assert types(session.client_says({"type": "input_audio_buffer.clear"}).client) == [
         "input_audio_buffer.cleared"
     ]
-    (again,) = session.send({"type": "input_audio_buffer.commit"})
+    (again,) = session.client_says({"type": "input_audio_buffer.commit"}).client
     assert again["type"] == "error"
 
 
 @pytest.mark.parametrize("audio", ["not base64!", "AAA", 5, None])
 def test_bad_audio_is_refused(audio: object) -> None:
-    (error,) = Session().send({"type": "input_audio_buffer.append", "audio": audio})
+    (error,) = mock().client_says({"type": "input_audio_buffer.append", "audio": audio}).client
     assert error["type"] == "error" and error["error"]["param"] == "audio"
 
 
 def test_server_vad_commits_and_answers() -> None:
-    session = Session(reply_audio_ms=80)
-    session.send(
+    session = mock(reply_audio_ms=80)
+    session.client_says(
         {
             "type": "session.update",
             "session": {
@@ -384,15 +373,15 @@ def test_server_vad_commits_and_answers() -> None:
     )
     silence = pcm_b64(100, 0)
     speech = pcm_b64(100, 6000)
-    assert session.send({"type": "input_audio_buffer.append", "audio": silence}) == []
-    started = session.send({"type": "input_audio_buffer.append", "audio": speech})
+    assert session.client_says({"type": "input_audio_buffer.append", "audio": silence}).client == []
+    started = session.client_says({"type": "input_audio_buffer.append", "audio": speech}).client
     assert types(started) == ["input_audio_buffer.speech_started"]
     assert started[0]["audio_start_ms"] == 100
-    session.send({"type": "input_audio_buffer.append", "audio": speech})
+    session.client_says({"type": "input_audio_buffer.append", "audio": speech})
     assert (
-        session.send({"type": "input_audio_buffer.append", "audio": silence}) == []
+        session.client_says({"type": "input_audio_buffer.append", "audio": silence}).client == []
     )  # 100 < 200 ms
-    events = session.send({"type": "input_audio_buffer.append", "audio": silence})
+    events = session.client_says({"type": "input_audio_buffer.append", "audio": silence}).client
     kinds = types(events)
     assert kinds[:5] == [
         "input_audio_buffer.speech_stopped",
@@ -407,8 +396,8 @@ def test_server_vad_commits_and_answers() -> None:
 
 
 def test_g711_output_is_8khz_one_byte_per_sample() -> None:
-    session = Session(reply_audio_ms=200)
-    session.send(
+    session = mock(reply_audio_ms=200)
+    session.client_says(
         {
             "type": "session.update",
             "session": {
@@ -417,7 +406,7 @@ def test_g711_output_is_8khz_one_byte_per_sample() -> None:
             },
         }
     )
-    events = session.send({"type": "response.create"})
+    events = session.client_says({"type": "response.create"}).client
     audio = [
         base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"
     ]
@@ -426,8 +415,10 @@ def test_g711_output_is_8khz_one_byte_per_sample() -> None:
 
 
 def test_max_output_tokens_makes_an_incomplete_response() -> None:
-    session = Session(reply_audio_ms=1000)
-    events = session.send({"type": "response.create", "response": {"max_output_tokens": 5}})
+    session = mock(reply_audio_ms=1000)
+    events = session.client_says(
+        {"type": "response.create", "response": {"max_output_tokens": 5}}
+    ).client
     done = events[-1]["response"]
     assert done["status"] == "incomplete"
     assert done["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}
@@ -435,8 +426,8 @@ def test_max_output_tokens_makes_an_incomplete_response() -> None:
 
 
 def test_out_of_band_response_stays_out_of_the_conversation() -> None:
-    session = Session(reply_audio_ms=40)
-    events = session.send(
+    session = mock(reply_audio_ms=40)
+    events = session.client_says(
         {
             "type": "response.create",
             "response": {
@@ -451,16 +442,16 @@ def test_out_of_band_response_stays_out_of_the_conversation() -> None:
                 ],
             },
         }
-    )
+    ).client
     assert "conversation.item.added" not in types(events)
     assert events[-1]["response"]["conversation_id"] is None
     assert events[-1]["response"]["metadata"] == {"topic": "test"}
-    assert session.model._order == []
+    assert session.t._order == []
     assert transcript_of(events) == "You said: ping"
 
 
 def test_cancel_without_an_active_response_is_an_error() -> None:
-    (error,) = Session().send({"type": "response.cancel"})
+    (error,) = mock().client_says({"type": "response.cancel"}).client
     assert error["error"]["code"] == "response_cancel_not_active"
 
 
@@ -477,12 +468,12 @@ def test_cancel_without_an_active_response_is_an_error() -> None:
 def test_bad_client_events_get_an_error_and_the_session_goes_on(
     frame: bytes | Binary, code: str
 ) -> None:
-    session = Session(reply_audio_ms=40)
-    (error,) = session.send(frame)
+    session = mock(reply_audio_ms=40)
+    (error,) = session.client_says(frame).client
     assert error["error"]["code"] == code
     if isinstance(frame, bytes) and b"event_id" in frame:
         assert error["error"]["event_id"] == orjson.loads(frame)["event_id"]
-    check_response(session.send({"type": "response.create"}), "audio")
+    check_response(session.client_says({"type": "response.create"}).client, "audio")
 
 
 def test_audio_chunks_and_g711_tone() -> None:
@@ -626,17 +617,19 @@ client_events = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(st.lists(client_events | st.binary(max_size=8), max_size=10))
 def test_arbitrary_client_sequences_never_raise(sequence: list[dict[str, Any] | bytes]) -> None:
-    session = Session(reply_audio_ms=80)
-    session.send(*sequence)
+    session = mock(reply_audio_ms=80)
+    for event in sequence:
+        session.client_says(event)
+    assert session.upstream == []  # there is no upstream
     open_responses: set[str] = set()
-    for event in session.events:
+    for event in session.client:
         if event["type"] == "response.created":
             open_responses.add(event["response"]["id"])
         elif event["type"] == "response.done":
             open_responses.remove(event["response"]["id"])
     assert not open_responses
-    created = sum(1 for e in session.events if e["type"] == "response.created")
-    assert created == sum(1 for e in session.events if e["type"] == "response.done")
+    created = sum(1 for e in session.client if e["type"] == "response.created")
+    assert created == sum(1 for e in session.client if e["type"] == "response.done")
 
 
 def test_chunk_duration_is_within_openai_range() -> None:
@@ -676,7 +669,7 @@ async def test_mock_provider_end_to_end_through_the_gateway() -> None:
     assert created["type"] == "session.created"
     assert created["session"]["model"] == "gpt-mock"
     for event in events:
-        GA_SERVER.validate_python(event)
+        validate_server_event(event)
     response = events[events.index(next(e for e in events if e["type"] == "response.created")) :]
     done = check_response(response, "audio")
     assert transcript_of(response) == "You said: Hello gateway"

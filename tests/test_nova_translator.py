@@ -10,111 +10,69 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtgate.translate.audio import pcm16_to_ulaw
-from rtgate.translate.base import Outbox
 from rtgate.translate.nova.translator import USAGE_GRACE, NovaDefaults, NovaTranslator
+from tests.transcript import Step, Transcript
 
 MODEL = "amazon.nova-sonic-v1:0"
 
 
-class Session:
-    def __init__(self, model: str = MODEL, defaults: NovaDefaults | None = None) -> None:
-        self.t = NovaTranslator(model, defaults)
-        self.now = 100.0
-        self.client: list[dict[str, Any]] = []
-        self.upstream: list[dict[str, Any]] = []
-        self.usage: list[dict[str, int]] = []
-        self.closed: tuple[int, str] | None = None
-        out = Outbox()
-        self.t.start(out, self.now)
-        self._take(out)
+def session(model: str = MODEL, defaults: NovaDefaults | None = None) -> Transcript:
+    """A started Nova session (``session.created`` already said)."""
+    s = Transcript(NovaTranslator(model, defaults))
+    s.start()
+    return s
 
-    def _take(self, out: Outbox) -> None:
-        self.client += [orjson.loads(f) for f in out.to_client]  # type: ignore[arg-type]
-        self.upstream += [orjson.loads(f) for f in out.to_upstream]  # type: ignore[arg-type]
-        if out.usage is not None:
-            self.usage.append(out.usage)
-        if out.close is not None:
-            self.closed = (out.close.code, out.close.reason)
-        out.clear()
 
-    def send(self, event: dict[str, Any]) -> None:
-        out = Outbox()
-        self.t.on_client(orjson.dumps(event), out, self.now)
-        self._take(out)
+def nova(s: Transcript, name: str, **body: Any) -> Step:
+    """Nova sends one output event ``{"event": {name: body}}``."""
+    return s.upstream_says({"event": {name: body}})
 
-    def nova(self, name: str, **body: Any) -> None:
-        out = Outbox()
-        self.t.on_upstream(orjson.dumps({"event": {name: body}}), out, self.now)
-        self._take(out)
 
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
-        if self.t.deadline is not None and self.now >= self.t.deadline:
-            out = Outbox()
-            self.t.on_timer(out, self.now)
-            self._take(out)
+def names(s: Transcript) -> list[str]:
+    """The names of the Nova input events sent so far."""
+    return [next(iter(e["event"])) for e in s.upstream]
 
-    def client_closed(self) -> None:
-        out = Outbox()
-        self.t.on_client_closed(out, self.now)
-        self._take(out)
 
-    def upstream_closed(self, code: int, reason: str, error_type: str | None = None) -> None:
-        out = Outbox()
-        self.t.on_upstream_closed(code, reason, out, self.now, error_type=error_type)
-        self._take(out)
-
-    def types(self) -> list[str]:
-        return [e["type"] for e in self.client]
-
-    def names(self) -> list[str]:
-        return [next(iter(e["event"])) for e in self.upstream]
-
-    def take_client(self) -> list[str]:
-        kinds = self.types()
-        self.client.clear()
-        return kinds
-
-    def content(
-        self, kind: str, role: str, stage: str | None, texts: list[str], stop: str, cid: str
-    ) -> None:
-        fields = (
-            {"additionalModelFields": orjson.dumps({"generationStage": stage}).decode()}
-            if stage
-            else {}
-        )
-        self.nova("contentStart", contentId=cid, type=kind, role=role, **fields)
-        for text in texts:
-            self.nova("textOutput", contentId=cid, role=role, content=text)
-        self.nova("contentEnd", contentId=cid, type=kind, stopReason=stop)
+def content(
+    s: Transcript, kind: str, role: str, stage: str | None, texts: list[str], stop: str, cid: str
+) -> None:
+    fields = (
+        {"additionalModelFields": orjson.dumps({"generationStage": stage}).decode()}
+        if stage
+        else {}
+    )
+    nova(s, "contentStart", contentId=cid, type=kind, role=role, **fields)
+    for text in texts:
+        nova(s, "textOutput", contentId=cid, role=role, content=text)
+    nova(s, "contentEnd", contentId=cid, type=kind, stopReason=stop)
 
 
 def append(pcm: bytes) -> dict[str, Any]:
     return {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
 
 
-def assistant_turn(s: Session, text: str = "Hello there.", chunks: int = 2) -> None:
-    s.content("TEXT", "ASSISTANT", "SPECULATIVE", [text], "PARTIAL_TURN", "spec")
-    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+def assistant_turn(s: Transcript, text: str = "Hello there.", chunks: int = 2) -> None:
+    content(s, "TEXT", "ASSISTANT", "SPECULATIVE", [text], "PARTIAL_TURN", "spec")
+    nova(s, "contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
     for _ in range(chunks):
-        s.nova("audioOutput", contentId="aud", content="AAAA")
-    s.nova("contentEnd", contentId="aud", type="AUDIO", stopReason="END_TURN")
-    s.content("TEXT", "ASSISTANT", "FINAL", [text], "END_TURN", "final")
+        nova(s, "audioOutput", contentId="aud", content="AAAA")
+    nova(s, "contentEnd", contentId="aud", type="AUDIO", stopReason="END_TURN")
+    content(s, "TEXT", "ASSISTANT", "FINAL", [text], "END_TURN", "final")
 
 
-def usage(s: Session, speech_in: int, text_in: int, speech_out: int, text_out: int) -> None:
+def usage(s: Transcript, speech_in: int, text_in: int, speech_out: int, text_out: int) -> None:
     delta = {
         "input": {"speechTokens": speech_in, "textTokens": text_in},
         "output": {"speechTokens": speech_out, "textTokens": text_out},
     }
-    s.nova("usageEvent", details={"delta": delta, "total": delta}, totalTokens=1)
+    nova(s, "usageEvent", details={"delta": delta, "total": delta}, totalTokens=1)
 
 
 def test_session_created_at_once_and_first_update_opens_the_stream() -> None:
-    s = Session()
+    s = session()
     assert s.types() == ["session.created"]
     assert s.upstream == []
-    s.send(
+    s.client_says(
         {
             "type": "session.update",
             "session": {
@@ -136,7 +94,7 @@ def test_session_created_at_once_and_first_update_opens_the_stream() -> None:
             },
         }
     )
-    assert s.names() == ["sessionStart", "promptStart", "contentStart", "textInput", "contentEnd"]
+    assert names(s) == ["sessionStart", "promptStart", "contentStart", "textInput", "contentEnd"]
     start = s.upstream[0]["event"]["sessionStart"]
     assert start["inferenceConfiguration"]["maxTokens"] == 300
     prompt = s.upstream[1]["event"]["promptStart"]
@@ -151,7 +109,7 @@ def test_session_created_at_once_and_first_update_opens_the_stream() -> None:
     assert (system["role"], system["type"], system["interactive"]) == ("SYSTEM", "TEXT", False)
     assert s.upstream[3]["event"]["textInput"]["content"] == "You are terse."
     assert {
-        e["event"][n].get("promptName") for e, n in zip(s.upstream[1:], s.names()[1:], strict=True)
+        e["event"][n].get("promptName") for e, n in zip(s.upstream[1:], names(s)[1:], strict=True)
     } == {prompt["promptName"]}
     updated = s.client[-1]
     assert updated["type"] == "session.updated"
@@ -160,20 +118,20 @@ def test_session_created_at_once_and_first_update_opens_the_stream() -> None:
 
 
 def test_without_session_update_the_timer_starts_with_defaults() -> None:
-    s = Session(defaults=NovaDefaults(voice="amy", setup_timeout=1.0))
-    s.tick(0.5)
+    s = session(defaults=NovaDefaults(voice="amy", setup_timeout=1.0))
+    s.advance(0.5)
     assert s.upstream == []
-    s.tick(0.6)
-    assert s.names() == ["sessionStart", "promptStart"]
+    s.advance(0.6)
+    assert names(s) == ["sessionStart", "promptStart"]
     assert s.upstream[1]["event"]["promptStart"]["audioOutputConfiguration"]["voiceId"] == "amy"
 
 
 def test_audio_opens_one_container_and_passes_pcm_base64_untouched() -> None:
-    s = Session()
+    s = session()
     pcm = bytes(range(256)) * 30
-    s.send(append(pcm))
-    s.send(append(pcm))
-    assert s.names() == ["sessionStart", "promptStart", "contentStart", "audioInput", "audioInput"]
+    s.client_says(append(pcm))
+    s.client_says(append(pcm))
+    assert names(s) == ["sessionStart", "promptStart", "contentStart", "audioInput", "audioInput"]
     config = s.upstream[2]["event"]["contentStart"]["audioInputConfiguration"]
     assert config["sampleRateHertz"] == 24000
     content_name = s.upstream[2]["event"]["contentStart"]["contentName"]
@@ -191,42 +149,37 @@ def test_every_json_spelling_of_an_append_sends_the_same_audio() -> None:
         b'{"type": "input_audio_buffer.append", "audio": "%s"}' % b64.encode(),
         b'{"audio":"%s","type":"input_audio_buffer.append"}' % b64.replace("/", "\\/").encode(),
     ]
-    s = Session()
+    s = session()
     for frame in frames:
-        out = Outbox()
-        s.t.on_client(frame, out, s.now)
-        s._take(out)
+        s.client_says(frame)
     sent = [e["event"]["audioInput"]["content"] for e in s.upstream if "audioInput" in e["event"]]
     assert sent == [b64] * 3
-    assert s.t.input_ms == 3 * len(pcm) / 48  # 24 kHz PCM16: 48 bytes a millisecond
+    assert s.t.state.input_ms == 3 * len(pcm) / 48  # 24 kHz PCM16: 48 bytes a millisecond
     assert "error" not in s.types()
 
 
 def test_an_append_that_is_not_base64_is_refused_not_spliced_upstream() -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 10))
+    s = session()
+    s.client_says(append(b"\x01\x00" * 10))
     s.upstream.clear()
-    s.take_client()
+    s.take_types()
     # Parsed (the escapes defeat the slice), the audio holds a quote that would end
     # the JSON string of the audioInput and let the client write Nova fields.
-    out = Outbox()
-    frame = b'{"type":"input_audio_buffer.append","audio":"AAAA\\",\\"promptName\\":\\"x"}'
-    s.t.on_client(frame, out, s.now)
-    s._take(out)
-    s.send({"type": "input_audio_buffer.append", "audio": "AAA"})  # not whole groups
-    s.send({"type": "input_audio_buffer.append"})
-    s.send({"type": "input_audio_buffer.append", "audio": 12})
+    s.client_says(b'{"type":"input_audio_buffer.append","audio":"AAAA\\",\\"promptName\\":\\"x"}')
+    s.client_says({"type": "input_audio_buffer.append", "audio": "AAA"})  # not whole groups
+    s.client_says({"type": "input_audio_buffer.append"})
+    s.client_says({"type": "input_audio_buffer.append", "audio": 12})
     assert s.upstream == []
     assert [(e["type"], e["error"]["code"]) for e in s.client] == [("error", "invalid_value")] * 4
 
 
 def test_clear_and_truncate_are_acknowledged_locally() -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 10))
+    s = session()
+    s.client_says(append(b"\x01\x00" * 10))
     s.upstream.clear()
-    s.take_client()
-    s.send({"type": "input_audio_buffer.clear"})
-    s.send(
+    s.take_types()
+    s.client_says({"type": "input_audio_buffer.clear"})
+    s.client_says(
         {
             "type": "conversation.item.truncate",
             "item_id": "item_1",
@@ -241,8 +194,8 @@ def test_clear_and_truncate_are_acknowledged_locally() -> None:
 
 
 def test_g711_input_is_decoded_and_declared_at_8khz_and_output_reencoded() -> None:
-    s = Session()
-    s.send(
+    s = session()
+    s.client_says(
         {
             "type": "session.update",
             "session": {
@@ -254,7 +207,7 @@ def test_g711_input_is_decoded_and_declared_at_8khz_and_output_reencoded() -> No
         }
     )
     pcm = b"\x00\x10" * 80
-    s.send(append(pcm16_to_ulaw(pcm)))
+    s.client_says(append(pcm16_to_ulaw(pcm)))
     assert (
         s.upstream[1]["event"]["promptStart"]["audioOutputConfiguration"]["sampleRateHertz"] == 8000
     )
@@ -266,20 +219,20 @@ def test_g711_input_is_decoded_and_declared_at_8khz_and_output_reencoded() -> No
     )
     sent = base64.b64decode(s.upstream[-1]["event"]["audioInput"]["content"])
     assert len(sent) == len(pcm)  # 16-bit linear again
-    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
-    s.nova("audioOutput", contentId="aud", content=base64.b64encode(b"\x00\x00" * 160).decode())
+    nova(s, "contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    nova(s, "audioOutput", contentId="aud", content=base64.b64encode(b"\x00\x00" * 160).decode())
     delta = next(e for e in s.client if e["type"] == "response.output_audio.delta")
     assert len(base64.b64decode(delta["delta"])) == 160  # one byte per G.711 sample
 
 
 def test_a_spoken_turn_becomes_the_full_ga_sequence_with_one_transcript() -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 2400))  # 50 ms
-    s.take_client()
-    s.nova("completionStart", completionId="c1")
-    s.content("TEXT", "USER", "FINAL", ["what's up"], "END_TURN", "user1")
+    s = session()
+    s.client_says(append(b"\x01\x00" * 2400))  # 50 ms
+    s.take_types()
+    nova(s, "completionStart", completionId="c1")
+    content(s, "TEXT", "USER", "FINAL", ["what's up"], "END_TURN", "user1")
     usage(s, 10, 0, 0, 0)
-    assert s.take_client() == [
+    assert s.take_types() == [
         "input_audio_buffer.speech_started",
         "input_audio_buffer.speech_stopped",
         "input_audio_buffer.committed",
@@ -310,7 +263,7 @@ def test_a_spoken_turn_becomes_the_full_ga_sequence_with_one_transcript() -> Non
     assert done["type"] == "response.done"
     response = done["response"]
     assert response["status"] == "completed"
-    assert response["output"][0]["content"] == [{"type": "audio", "transcript": "Not much."}]
+    assert response["output"][0]["content"] == [{"type": "output_audio", "transcript": "Not much."}]
     assert response["usage"]["input_tokens"] == 10
     assert response["usage"]["output_token_details"] == {"text_tokens": 5, "audio_tokens": 30}
     assert s.usage[-1]["total_tokens"] == 45
@@ -319,29 +272,29 @@ def test_a_spoken_turn_becomes_the_full_ga_sequence_with_one_transcript() -> Non
 
 
 def test_response_done_waits_briefly_for_usage_then_goes_without() -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 100))
+    s = session()
+    s.client_says(append(b"\x01\x00" * 100))
     assistant_turn(s)
     assert "response.done" not in s.types()
-    s.tick(USAGE_GRACE + 0.01)
+    s.advance(USAGE_GRACE + 0.01)
     assert s.types()[-1] == "response.done"
 
 
 def test_barge_in_cancels_the_response_and_drops_the_rest_of_the_turn() -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 100))
-    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
-    s.nova("audioOutput", contentId="aud", content="AAAA")
-    s.take_client()
-    s.content("TEXT", "ASSISTANT", "FINAL", ['{ "interrupted" : true }'], "INTERRUPTED", "int")
-    kinds = s.take_client()
+    s = session()
+    s.client_says(append(b"\x01\x00" * 100))
+    nova(s, "contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    nova(s, "audioOutput", contentId="aud", content="AAAA")
+    s.take_types()
+    content(s, "TEXT", "ASSISTANT", "FINAL", ['{ "interrupted" : true }'], "INTERRUPTED", "int")
+    kinds = s.take_types()
     assert kinds[0] == "input_audio_buffer.speech_started"
     assert kinds[-1] == "response.done"
     assert "response.output_audio_transcript.delta" not in kinds
-    s.nova("audioOutput", contentId="aud", content="AAAA")  # late audio of the interrupted turn
-    assert s.take_client() == []
-    s.content("TEXT", "USER", "FINAL", ["wait"], "END_TURN", "u2")
-    kinds = s.take_client()
+    nova(s, "audioOutput", contentId="aud", content="AAAA")  # late audio of the interrupted turn
+    assert s.take_types() == []
+    content(s, "TEXT", "USER", "FINAL", ["wait"], "END_TURN", "u2")
+    kinds = s.take_types()
     assert "input_audio_buffer.speech_started" not in kinds  # already announced at barge-in
     assert kinds[0] == "input_audio_buffer.speech_stopped"
     assistant_turn(s, "Sure.")
@@ -349,11 +302,11 @@ def test_barge_in_cancels_the_response_and_drops_the_rest_of_the_turn() -> None:
 
 
 def test_cancelled_response_reports_barge_in_reason() -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 100))
-    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
-    s.nova("audioOutput", contentId="aud", content="AAAA")
-    s.nova("contentEnd", contentId="aud", type="AUDIO", stopReason="INTERRUPTED")
+    s = session()
+    s.client_says(append(b"\x01\x00" * 100))
+    nova(s, "contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    nova(s, "audioOutput", contentId="aud", content="AAAA")
+    nova(s, "contentEnd", contentId="aud", type="AUDIO", stopReason="INTERRUPTED")
     done = s.client[-1]
     assert done["response"]["status"] == "cancelled"
     assert done["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
@@ -361,15 +314,20 @@ def test_cancelled_response_reports_barge_in_reason() -> None:
 
 
 def test_tool_use_becomes_a_function_call_and_the_output_goes_back_as_tool_content() -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 100))
-    s.take_client()
-    s.nova("contentStart", contentId="tool", type="TOOL", role="TOOL")
-    s.nova(
-        "toolUse", contentId="tool", toolName="weather", toolUseId="tu-1", content='{"city":"Oslo"}'
+    s = session()
+    s.client_says(append(b"\x01\x00" * 100))
+    s.take_types()
+    nova(s, "contentStart", contentId="tool", type="TOOL", role="TOOL")
+    nova(
+        s,
+        "toolUse",
+        contentId="tool",
+        toolName="weather",
+        toolUseId="tu-1",
+        content='{"city":"Oslo"}',
     )
-    s.nova("contentEnd", contentId="tool", type="TOOL", stopReason="TOOL_USE")
-    s.tick(USAGE_GRACE + 0.01)
+    nova(s, "contentEnd", contentId="tool", type="TOOL", stopReason="TOOL_USE")
+    s.advance(USAGE_GRACE + 0.01)
     kinds = s.types()
     assert kinds == [
         "response.created",
@@ -389,13 +347,13 @@ def test_tool_use_becomes_a_function_call_and_the_output_goes_back_as_tool_conte
     )
     assert s.client[-1]["response"]["output"][0]["type"] == "function_call"
     s.upstream.clear()
-    s.send(
+    s.client_says(
         {
             "type": "conversation.item.create",
             "item": {"type": "function_call_output", "call_id": "tu-1", "output": '{"temp":3}'},
         }
     )
-    assert s.names() == ["contentStart", "toolResult", "contentEnd"]
+    assert names(s) == ["contentStart", "toolResult", "contentEnd"]
     start = s.upstream[0]["event"]["contentStart"]
     assert start["toolResultInputConfiguration"]["toolUseId"] == "tu-1"
     assert (start["type"], start["role"]) == ("TOOL", "TOOL")
@@ -403,10 +361,10 @@ def test_tool_use_becomes_a_function_call_and_the_output_goes_back_as_tool_conte
 
 
 def test_text_history_before_audio_and_refusal_after_on_v1() -> None:
-    s = Session()
-    s.send({"type": "session.update", "session": {"instructions": "hi"}})
+    s = session()
+    s.client_says({"type": "session.update", "session": {"instructions": "hi"}})
     s.upstream.clear()
-    s.send(
+    s.client_says(
         {
             "type": "conversation.item.create",
             "item": {
@@ -416,12 +374,12 @@ def test_text_history_before_audio_and_refusal_after_on_v1() -> None:
             },
         }
     )
-    assert s.names() == ["contentStart", "textInput", "contentEnd"]
+    assert names(s) == ["contentStart", "textInput", "contentEnd"]
     assert s.upstream[0]["event"]["contentStart"]["role"] == "USER"
     assert s.types()[-2:] == ["conversation.item.added", "conversation.item.done"]
-    s.send(append(b"\x01\x00" * 10))
+    s.client_says(append(b"\x01\x00" * 10))
     s.upstream.clear()
-    s.send(
+    s.client_says(
         {
             "type": "conversation.item.create",
             "item": {
@@ -436,10 +394,10 @@ def test_text_history_before_audio_and_refusal_after_on_v1() -> None:
 
 
 def test_nova2_takes_typed_text_mid_session_as_interactive_input() -> None:
-    s = Session("amazon.nova-2-sonic-v1:0")
-    s.send(append(b"\x01\x00" * 10))
+    s = session("amazon.nova-2-sonic-v1:0")
+    s.client_says(append(b"\x01\x00" * 10))
     s.upstream.clear()
-    s.send(
+    s.client_says(
         {
             "type": "conversation.item.create",
             "item": {
@@ -453,32 +411,32 @@ def test_nova2_takes_typed_text_mid_session_as_interactive_input() -> None:
 
 
 def test_a_later_session_update_that_changes_nova_settings_is_reported() -> None:
-    s = Session()
-    s.send({"type": "session.update", "session": {"instructions": "one"}})
-    s.take_client()
-    s.send({"type": "session.update", "session": {"instructions": "one"}})
-    assert s.take_client() == ["session.updated"]
-    s.send({"type": "session.update", "session": {"instructions": "two"}})
+    s = session()
+    s.client_says({"type": "session.update", "session": {"instructions": "one"}})
+    s.take_types()
+    s.client_says({"type": "session.update", "session": {"instructions": "one"}})
+    assert s.take_types() == ["session.updated"]
+    s.client_says({"type": "session.update", "session": {"instructions": "two"}})
     kinds = s.types()
     assert kinds == ["error", "session.updated"]
     assert s.client[-1]["session"]["instructions"] == "one"
 
 
 def test_client_leaving_closes_content_prompt_and_session_in_order() -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 10))
+    s = session()
+    s.client_says(append(b"\x01\x00" * 10))
     s.upstream.clear()
     s.client_closed()
-    assert s.names() == ["contentEnd", "promptEnd", "sessionEnd"]
+    assert names(s) == ["contentEnd", "promptEnd", "sessionEnd"]
     s.client_closed()
     assert len(s.upstream) == 3
 
 
 def test_throttling_surfaces_as_error_and_1013() -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 10))
-    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
-    s.nova("audioOutput", contentId="aud", content="AAAA")
+    s = session()
+    s.client_says(append(b"\x01\x00" * 10))
+    nova(s, "contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    nova(s, "audioOutput", contentId="aud", content="AAAA")
     s.upstream_closed(1013, "Too many requests", "ThrottlingException")
     error = next(e for e in s.client if e["type"] == "error")
     assert error["error"]["code"] == "ThrottlingException"
@@ -488,23 +446,23 @@ def test_throttling_surfaces_as_error_and_1013() -> None:
 
 
 def test_validation_closes_with_1008() -> None:
-    s = Session()
+    s = session()
     s.upstream_closed(1008, "bad voice", "ValidationException")
     assert s.closed == (1008, "bad voice")
     assert s.client[-1]["error"]["type"] == "invalid_request_error"
 
 
 def test_response_cancel_is_local() -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 10))
-    s.nova("contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
-    s.nova("audioOutput", contentId="aud", content="AAAA")
+    s = session()
+    s.client_says(append(b"\x01\x00" * 10))
+    nova(s, "contentStart", contentId="aud", type="AUDIO", role="ASSISTANT")
+    nova(s, "audioOutput", contentId="aud", content="AAAA")
     s.upstream.clear()
-    s.send({"type": "response.cancel"})
+    s.client_says({"type": "response.cancel"})
     assert s.upstream == []
     assert s.client[-1]["response"]["status_details"]["reason"] == "client_cancelled"
-    s.take_client()
-    s.nova("audioOutput", contentId="aud", content="AAAA")
+    s.take_types()
+    nova(s, "audioOutput", contentId="aud", content="AAAA")
     assert s.client == []
 
 
@@ -550,12 +508,12 @@ bodies = st.fixed_dictionaries(
 def test_any_nova_event_sequence_keeps_the_ga_stream_well_formed(
     events: list[tuple[str, dict[str, Any]]], barge: bool
 ) -> None:
-    s = Session()
-    s.send(append(b"\x01\x00" * 10))
+    s = session()
+    s.client_says(append(b"\x01\x00" * 10))
     for name, body in events:
-        s.nova(name, **body)
+        nova(s, name, **body)
         if barge:
-            s.tick(0.1)
+            s.advance(0.1)
     s.upstream_closed(1000, "")
     open_responses: set[str] = set()
     for event in s.client:

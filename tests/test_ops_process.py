@@ -16,7 +16,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
+from rtgate.edge.signals import SAME_REQUEST_SECONDS, StopRequests
 from rtgate.edge.systemd import Notifier, monotonic_usec, parse_message
+from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
 from tests.test_ops_support import (
     MASTER,
     Child,
@@ -28,7 +30,7 @@ from tests.test_ops_support import (
     scrape,
     value,
 )
-from tests.wsclient import connect, raw_handshake, recv_json, send_json
+from tests.wsclient import connect, raw_handshake, recv_json, recv_until, send_json
 
 AUTH = {"Authorization": f"Bearer {MASTER}"}
 
@@ -83,6 +85,7 @@ async def test_second_sigterm_ends_the_drain_early(tmp_path: Path) -> None:
                 child.signal(signal.SIGTERM)
                 await trio.sleep(0.3)
                 await _still_relaying(ws)
+                await trio.sleep(SAME_REQUEST_SECONDS)  # a later signal, not a copy of the first
                 child.signal(signal.SIGTERM)
                 started = trio.current_time()
                 error = await recv_json(ws, timeout=5)
@@ -92,6 +95,77 @@ async def test_second_sigterm_ends_the_drain_early(tmp_path: Path) -> None:
             assert trio.current_time() - started < 5
     assert error["error"]["code"] == "gateway_restarting"
     assert close_code(info.value) == 1001
+
+
+def test_stop_signals_within_a_second_of_the_last_one_count_once() -> None:
+    requests = StopRequests()
+    assert requests.note(100.0)
+    assert not requests.note(100.001)  # the group's copy
+    assert not requests.note(100.9)
+    assert requests.note(101.2)  # a second request: hurry
+    assert not requests.note(101.3)
+    assert requests.note(103.0)
+    assert requests.count == 3
+
+
+def _upstream_config(port: int, upstream: FakeRealtimeServer) -> str:
+    return f"""model_list:
+  - model_name: slow
+    litellm_params:
+      model: openai/gpt-realtime
+      api_key: {upstream.api_key}
+      api_base: {upstream.base_url}
+general_settings:
+  master_key: {MASTER}
+rtgate:
+  host: 127.0.0.1
+  port: {port}
+  limits:
+    drain_seconds: 30
+    ping_interval: 0
+"""
+
+
+async def _response_survives_a_group_sigterm(
+    tmp_path: Path, nursery: trio.Nursery, *args: str, copies: int
+) -> None:
+    """A response in flight when the process group gets SIGTERM finishes; then exit 0."""
+    upstream = FakeRealtimeServer(behaviour=FakeBehaviour(frame_delay=0.05, reply_audio_ms=1000))
+    await nursery.start(upstream.serve)
+    port = free_port()
+    with trio.fail_after(40):
+        async with rtgate_process(tmp_path, _upstream_config(port, upstream), port, *args) as child:
+            async with connect(_url(port, "slow"), AUTH) as ws:
+                assert (await recv_json(ws))["type"] == "session.created"
+                await send_json(ws, {"type": "response.create"})
+                assert (await recv_json(ws))["type"] == "response.created"
+                for copy in range(copies):  # one request whose copies arrive a few ms apart
+                    if copy:
+                        await trio.sleep(0.02)  # apart enough that trio reads them one by one
+                    os.killpg(child.process.pid, signal.SIGTERM)
+                signalled = trio.current_time()
+                events = await recv_until(ws, "response.done", timeout=15)
+                finished = trio.current_time() - signalled
+            assert await child.wait(15) == 0
+    kinds = [e["type"] for e in events]
+    assert "error" not in kinds
+    assert kinds.count("response.output_audio.delta") >= 5
+    assert events[-1]["response"]["status"] == "completed"
+    assert finished > SAME_REQUEST_SECONDS  # the response really was in flight that long
+
+
+async def test_a_group_sigterm_delivered_twice_lets_the_response_finish(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    await _response_survives_a_group_sigterm(tmp_path, nursery, copies=2)
+
+
+async def test_with_workers_a_group_sigterm_lets_the_response_finish(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # Workers run in their own sessions, so the group's copies reach the supervisor
+    # (a `timeout` wrapper signals its child and then its group); it forwards once.
+    await _response_survives_a_group_sigterm(tmp_path, nursery, "--workers", "2", copies=2)
 
 
 # -- reload -------------------------------------------------------------------------

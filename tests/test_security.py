@@ -16,7 +16,7 @@ import orjson
 import pytest
 import trio
 
-from rtgate.config.load import parse_text
+from rtgate.edge.configfile import parse_text
 from rtgate.telemetry.eventlog import EventLogger
 from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway
@@ -287,7 +287,8 @@ def test_world_readable_config_with_literal_secrets_is_refused(tmp_path: Path) -
 
 
 def test_private_or_env_only_configs_are_accepted(tmp_path: Path) -> None:
-    from rtgate.config.load import load_config, world_readable_secrets
+    from rtgate.config.load import world_readable_secrets
+    from rtgate.edge.configfile import load_config
 
     literal = (
         "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/x\n"

@@ -11,7 +11,7 @@ import trio
 import trustme
 from trio_websocket import open_websocket_url
 
-from rtgate.config.load import parse_text
+from rtgate.edge.configfile import parse_text
 from rtgate.edge.server import check_exposure
 from rtgate.errors import ConfigError
 from rtgate.testing.gateway import open_gateway

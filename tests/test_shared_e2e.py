@@ -111,7 +111,7 @@ async def test_workers_without_redis_admit_exactly_the_key_limit(
         async with rtgate_process(tmp_path, host_config(upstream, port), port, "--workers", "2"):
             async with trio.open_nursery() as clients:
                 first, hold = await statuses_across(clients, [port], 20)
-                status, body = await http_get(port, "/metrics")
+                _, body = await http_get(port, "/metrics")
                 hold.set()
             with trio.fail_after(10):  # every worker sees the slots come back
                 while await key_sessions_everywhere(port):
@@ -249,4 +249,3 @@ async def test_fail_closed_refuses_during_an_outage(nursery: trio.Nursery, tmp_p
     assert refused == 503
     assert b"shared_state_outage" in body
     assert ready == 503
-

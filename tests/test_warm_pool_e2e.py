@@ -6,12 +6,13 @@ used a pre-opened connection (no dial, no handshake paid) without timing it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import trio
 
-from rtgate.config.load import parse_text
 from rtgate.control.metrics import render
+from rtgate.edge.configfile import parse_text
 from rtgate.edge.server import ServerHandle
 from rtgate.testing.fake_gemini import FakeGeminiServer
 from rtgate.testing.fake_upstream import FakeBehaviour, FakeRealtimeServer
@@ -68,7 +69,7 @@ async def test_openai_sdk_gets_session_created_from_a_warm_connection(
                 _run_openai_sdk, gw.ws_url + "/v1", "gpt-realtime"
             )
             counters = gw.gateway.warm.counters
-            assert counters.handouts == {"gpt-realtime:openai:gpt-realtime:" + fake.base_url: 1}
+            assert counters.handouts == {_id(fake): 1}
             assert counters.misses == {}
             assert gw.gateway.counters.dial_seconds.count == 0  # no session dialed
             await until(lambda: idle(gw) == 2)  # refilled behind it
@@ -192,7 +193,9 @@ async def test_failover_when_the_warm_deployment_fails(nursery: trio.Nursery) ->
 
 
 def _id(fake: FakeRealtimeServer) -> str:
-    return f"gpt-realtime:openai:gpt-realtime:{fake.base_url}"
+    """The id the loader derives for the fake's deployment (no model_info.id)."""
+    digest = hashlib.sha256(fake.base_url.rstrip("/").encode()).hexdigest()[:10]
+    return f"gpt-realtime:openai:gpt-realtime:{digest}"
 
 
 async def test_reload_closes_changed_sets_and_shutdown_closes_the_rest_with_1001(

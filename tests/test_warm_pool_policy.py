@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtgate.config.load import parse_text
 from rtgate.config.model import Deployment, GatewayConfig, RouterSettings, WarmPoolSettings
+from rtgate.edge.configfile import parse_text
 from rtgate.errors import ConfigError
 from rtgate.pool.router import Pool
 from rtgate.pool.state import Phase

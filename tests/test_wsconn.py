@@ -315,3 +315,13 @@ def test_fast_path_resumes_after_a_control_frame() -> None:
     assert library_idle(reader.protocol)
     assert reader.feed(text + text) == [b"hello", b"hello"]
     assert not reader._library  # back on the fast path
+
+
+@pytest.mark.parametrize("code", [1005, 1006, 1015])
+async def test_close_with_a_code_no_frame_may_carry_closes_the_socket(code: int) -> None:
+    # 1005/1006/1015 only describe a close (RFC 6455 7.4.1); sending one is a protocol error.
+    # A client that stopped answering pings ends with 1006: its socket is closed, nothing raised.
+    server, stream, _client = _pair()
+    with trio.fail_after(2):
+        await server.close(code, "client stopped responding")
+        assert await stream.receive_some(1024) == b""

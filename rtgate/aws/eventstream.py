@@ -8,8 +8,8 @@ of ``botocore.eventstream.EventStreamBuffer``. A message is::
     payload   bytes
     crc32     of everything before it
 
-Header value types (protocols.md 7.2): 0 true, 1 false, 2 int8, 3 int16,
-4 int32, 5 int64, 6 bytes, 7 string, 8 timestamp (int64 ms), 9 uuid.
+Header value types (https://smithy.io/2.0/aws/amazon-eventstream.html): 0 true,
+1 false, 2 int8, 3 int16, 4 int32, 5 int64, 6 bytes, 7 string, 8 timestamp (int64 ms), 9 uuid.
 """
 
 from __future__ import annotations

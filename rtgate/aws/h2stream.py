@@ -522,6 +522,14 @@ class BedrockLink:
                 pass
         await self._stream.aclose()
 
+    async def abandon(self, code: int = 1000, reason: str = "") -> None:
+        """Close while another task may be reading: no closing events and no read, so the
+        connection just goes (Bedrock sessions are not reconnected; this keeps the seam)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stream.aclose()
+
     def pending_bytes(self) -> int:
         return self._stream.pending_bytes()
 

@@ -2,7 +2,8 @@
 
 The request signature comes from botocore (``SigV4Auth``), driven with an
 explicit timestamp so it is testable. The per-event signature has no installed
-implementation, so it is written here (protocols.md 7.2, after smithy-python's
+implementation, so it is written here (AWS's event-stream signing, described at
+https://docs.aws.amazon.com/transcribe/latest/dg/streaming-setting-up.html; after smithy-python's
 ``AsyncEventSigner``): every event-stream message rtgate sends is wrapped in an
 envelope whose headers are ``:date`` and ``:chunk-signature``::
 

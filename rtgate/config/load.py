@@ -7,6 +7,7 @@ checks with ``file:line: what is wrong`` errors, warnings for unknown keys
 
 from __future__ import annotations
 
+import hashlib
 import os
 import types
 import typing
@@ -19,14 +20,18 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
+from rtgate.config.checks import ConfigChecks
+from rtgate.config.litellm_keys import UnhonouredKey, unhonoured
 from rtgate.config.model import (
     Deployment,
     EventLogSettings,
     GatewayConfig,
+    GovernanceSettings,
     Limits,
     RouterSettings,
     Secret,
     ServerSettings,
+    TelemetrySettings,
     TlsSettings,
     VirtualKey,
     WarmPoolSettings,
@@ -38,35 +43,58 @@ ENV_PREFIX = "os.environ/"
 # litellm_params keys whose values are secrets wherever they appear.
 _SECRET_HINTS = ("key", "secret", "token", "credential", "password")
 
-# Keys LiteLLM users have that mean nothing to a realtime gateway: accepted silently.
-_IGNORED_TOP = frozenset(
-    {"environment_variables", "callback_settings", "guardrails", "mcp_servers"}
-)
+# LiteLLM's routing strategies rtgate does not implement: served as simple-shuffle
+# (LiteLLM's default) with a warning, so a migrated file still loads.
+_LITELLM_ONLY_STRATEGIES = {
+    "usage-based-routing": "picks the deployment with the lowest tpm/rpm use",
+    "usage-based-routing-v2": "picks the deployment with the lowest tpm/rpm use (in Redis)",
+    "latency-based-routing": "picks the deployment with the lowest recent latency",
+    "cost-based-routing": "picks the cheapest deployment",
+}
 
 
 @attrs.define
 class LoadResult:
     config: GatewayConfig
     warnings: list[str]
+    """Every warning: the ``not_enforced`` ones first, then the rest in file order."""
     plaintext_secrets: list[str]
     """``file:line`` of secrets written literally where ``os.environ/`` would do."""
+    not_enforced: list[str] = attrs.field(factory=list)
+    """LiteLLM keys that limit access or spending there and are ignored here."""
 
 
 class _Ctx:
     """Where we are in the file: for messages, and to collect warnings."""
 
-    def __init__(self, path: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, path: str, env: Mapping[str, str], checks: ConfigChecks | None = None
+    ) -> None:
         self.path = path
         self.env = env
+        self.checks = checks
         self.warnings: list[str] = []
+        self.not_enforced: list[str] = []
         self.plaintext: list[str] = []
 
     def error(self, line: int | None, message: str) -> ConfigError:
         return ConfigError(message, path=self.path, line=line)
 
     def warn(self, line: int | None, message: str) -> None:
-        where = f"{self.path}:{line}" if line is not None else self.path
-        self.warnings.append(f"{where}: warning: {message}")
+        self.warnings.append(f"{self._where(line)}: warning: {message}")
+
+    def warn_unhonoured(self, line: int | None, row: UnhonouredKey) -> None:
+        """A LiteLLM key rtgate ignores; one that weakens security or spending, loudly."""
+        if row.weakens is None:
+            self.warn(line, row.warning())
+        else:
+            self.not_enforced.append(f"{self._where(line)}: WARNING: {row.warning()}")
+
+    def all_warnings(self) -> list[str]:
+        return [*self.not_enforced, *self.warnings]
+
+    def _where(self, line: int | None) -> str:
+        return f"{self.path}:{line}" if line is not None else self.path
 
 
 def _line_of(node: object, key: object = None) -> int | None:
@@ -160,10 +188,30 @@ class _Section:
         self.used.add(key)
         return _Section(self.ctx, self.node.get(key), f"{self.name}.{key}", self.line(key))
 
-    def warn_unknown(self) -> None:
+    def warn_unknown(self, litellm_section: str | None = None) -> None:
+        """Warn about every key not read; ``litellm_section`` names its rows in the table."""
         for key in self.node:
-            if key not in self.used:
+            if key in self.used:
+                continue
+            row = unhonoured(litellm_section, str(key)) if litellm_section is not None else None
+            if row is not None:
+                self.ctx.warn_unhonoured(self.line(key), row)
+            else:
                 self.ctx.warn(self.line(key), f"unknown key {self.name}.{key} (ignored)")
+
+    def warn_unhonoured(self, litellm_section: str) -> None:
+        """Warn about every key not read of a LiteLLM section (rows say what LiteLLM does)."""
+        for key in self.node:
+            if key in self.used:
+                continue
+            self.used.add(key)
+            row = unhonoured(litellm_section, str(key))
+            if row is not None:
+                self.ctx.warn_unhonoured(self.line(key), row)
+            else:
+                self.ctx.warn(
+                    self.line(key), f"{litellm_section}.{key} is not honoured by rtgate (ignored)"
+                )
 
     def _type_error(self, key: str, kinds: tuple[type, ...]) -> ConfigError:
         names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
@@ -224,8 +272,6 @@ def _event_types(value: object, ctx: _Ctx, line: int | None) -> frozenset[str] |
 
 
 def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
-    from rtgate.providers import KNOWN_PROVIDERS  # local: providers import this package
-
     name = entry.get("model_name", (str, int, float))
     if name is None:
         raise ctx.error(entry.line(), f"model_list[{index}] has no model_name")
@@ -236,11 +282,12 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
             params.line() or entry.line(), f"model_list[{index}].litellm_params.model is required"
         )
     provider, sep, provider_model = model.partition("/")
-    if not sep or provider not in KNOWN_PROVIDERS:
+    known = ctx.checks.provider_names() if ctx.checks is not None else None
+    if not sep or not provider or (known is not None and provider not in known):
         raise ctx.error(
             params.line("model"),
-            f"model {model!r}: expected '<provider>/<model>' with provider one of "
-            + ", ".join(KNOWN_PROVIDERS),
+            f"model {model!r}: expected '<provider>/<model>'"
+            + (f" with provider one of {', '.join(known)}" if known is not None else ""),
         )
     info = entry.section("model_info")
     mode = info.get("mode", str)
@@ -250,13 +297,20 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
             f"model_list[{index}] has mode {mode!r}; rtgate serves it as realtime",
         )
     for key in info.node:
-        info.used.add(key)
-    known = {"model", "api_key", "api_base", "api_version", "weight", "max_parallel_requests",
+        row = unhonoured("model_info", str(key))
+        if row is not None:
+            ctx.warn_unhonoured(info.line(key), row)
+        info.used.add(key)  # the rest is metadata LiteLLM shows on /model/info
+    model_info = _model_info(ctx, info, index)
+    read = {"model", "api_key", "api_base", "api_version", "weight", "max_parallel_requests",
              "rpm", "ssl_verify", "ca_bundle", "health_check_interval", "warm_pool"}  # fmt: skip
     extra: dict[str, object] = {}
     for key in params.node:
-        if key in known:
+        if key in read:
             continue
+        row = unhonoured("litellm_params", str(key))
+        if row is not None:
+            ctx.warn_unhonoured(params.line(key), row)
         if any(hint in key.lower() for hint in _SECRET_HINTS) and params.has(key):
             extra[key] = params.secret(key)
         elif params.has(key):
@@ -264,7 +318,9 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
         else:
             params.used.add(key)
     api_base = params.get("api_base", str)
-    dep_id = info.get("id", (str, int)) or f"{name}:{provider}:{provider_model}:{api_base or ''}"
+    dep_id = info.get("id", (str, int)) or _derived_id(
+        str(name), provider, provider_model, api_base.rstrip("/") if api_base else None
+    )
     deployment = Deployment(
         model_name=str(name),
         provider=provider,
@@ -282,10 +338,40 @@ def _deployment(ctx: _Ctx, entry: _Section, index: int) -> Deployment:
         params=extra,
         health_check_interval=params.positive("health_check_interval", float),
         warm_pool=_warm_pool(ctx, params, index),
+        model_info=model_info,
     )
     entry.warn_unknown()
     params.warn_unknown()
     return deployment
+
+
+def _model_info(ctx: _Ctx, info: _Section, index: int) -> dict[str, object]:
+    """``model_info`` as written; its price fields (``*cost*``) must be numbers >= 0."""
+    values: dict[str, object] = {}
+    for key in info.node:
+        value = info.resolve(key, info.node[key])
+        if "cost" in str(key) and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ctx.error(
+                    info.line(key), f"model_list[{index}].model_info.{key} must be a number >= 0"
+                )
+            value = float(value)
+        values[str(key)] = value
+    return values
+
+
+def _database_url(ctx: _Ctx, general: _Section) -> Secret | None:
+    """``general_settings.database_url``, else ``$DATABASE_URL`` (LiteLLM reads both)."""
+    url = general.secret("database_url")
+    if url is None and ctx.env.get("DATABASE_URL"):
+        url = Secret(ctx.env["DATABASE_URL"])
+    if url is not None and not url.value.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        raise ctx.error(
+            general.line("database_url"),
+            "general_settings.database_url must start with postgresql://, postgres:// or "
+            "sqlite:///",
+        )
+    return url
 
 
 def _warm_pool(ctx: _Ctx, params: _Section, index: int) -> WarmPoolSettings | None:
@@ -341,7 +427,7 @@ def _keys(ctx: _Ctx, node: object, line: int | None) -> tuple[VirtualKey, ...]:
                 rpm_limit=sec.positive("rpm_limit", int),
             )
         )
-        sec.warn_unknown()
+        sec.warn_unknown("rtgate.keys")
     return tuple(out)
 
 
@@ -363,10 +449,19 @@ def _fallbacks(ctx: _Ctx, node: object, line: int | None) -> dict[str, tuple[str
 
 
 def parse_config(
-    data: object, *, path: str = "<config>", env: Mapping[str, str] | None = None
+    data: object,
+    *,
+    path: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    checks: ConfigChecks | None = None,
 ) -> LoadResult:
-    """Build a config from already-parsed YAML (round-trip nodes keep line numbers)."""
-    ctx = _Ctx(path, os.environ if env is None else env)
+    """Build a config from already-parsed YAML (round-trip nodes keep line numbers).
+
+    Without ``checks`` only what this package knows is checked: any
+    ``<provider>/<model>`` is accepted and sinks are not built. The process edge
+    loads with every check (:mod:`rtgate.edge.configfile`).
+    """
+    ctx = _Ctx(path, os.environ if env is None else env, checks)
     top = _Section(ctx, data, "config")
     model_list = top.raw("model_list")
     if not isinstance(model_list, list) or not model_list:
@@ -385,8 +480,9 @@ def parse_config(
 
     general = top.section("general_settings")
     master_key = general.secret("master_key")
-    for key in general.node:
-        general.used.add(key)
+    database_url = _database_url(ctx, general)
+    allow_db_down = bool(general.get("allow_requests_on_db_unavailable", bool, False))
+    general.warn_unhonoured("general_settings")
 
     litellm = top.section("litellm_settings")
     event_types = EventLogSettings().event_types
@@ -395,8 +491,8 @@ def parse_config(
             litellm.raw("logged_real_time_event_types"), ctx,
             litellm.line("logged_real_time_event_types"),
         )  # fmt: skip
-    for key in litellm.node:
-        litellm.used.add(key)  # LiteLLM has hundreds of these; only ours matter
+    trace_callbacks = _trace_callbacks(ctx, litellm)
+    litellm.warn_unhonoured("litellm_settings")
 
     router = top.section("router_settings")
     router_values = _fill_attrs(router, RouterSettings, skip=frozenset({"fallbacks"}))
@@ -404,6 +500,12 @@ def parse_config(
         router_values["fallbacks"] = _fallbacks(
             ctx, router.raw("fallbacks"), router.line("fallbacks")
         )
+    strategy = router_values.get("routing_strategy")
+    if strategy in _LITELLM_ONLY_STRATEGIES:
+        ctx.warn(router.line("routing_strategy"),
+                 f"router_settings.routing_strategy {strategy} is not implemented by rtgate: "
+                 f"served as simple-shuffle (LiteLLM {_LITELLM_ONLY_STRATEGIES[strategy]})")  # fmt: skip
+        router_values["routing_strategy"] = "simple-shuffle"
     router_settings = RouterSettings(**router_values)
     if router_settings.shared_state_outage not in ("local", "closed"):
         raise ctx.error(router.line("shared_state_outage"),
@@ -419,10 +521,7 @@ def parse_config(
         raise ctx.error(router.line("routing_strategy"),
                         "router_settings.routing_strategy must be weighted-round-robin, least-busy "
                         "or simple-shuffle")  # fmt: skip
-    for key in router.node:
-        if key not in router.used:
-            router.used.add(key)
-            ctx.warn(router.line(key), f"router_settings.{key} has no meaning for rtgate (ignored)")
+    router.warn_unhonoured("router_settings")
     groups = {d.model_name for d in deployments}
     for source, targets in router_settings.fallbacks.items():
         for target in (source, *targets):
@@ -446,11 +545,26 @@ def parse_config(
     server = ServerSettings(**server_values, keys=keys, limits=limits)
     if (server.tls_cert is None) != (server.tls_key is None):
         raise ctx.error(own.line(), "rtgate.tls_cert and rtgate.tls_key go together")
+    try:
+        ops = server.ops_address()
+    except ValueError as exc:
+        raise ctx.error(own.line("ops_listen"), str(exc)) from None
+    if ops is not None and ops[1] != 0 and ops == (server.host, server.port):
+        raise ctx.error(own.line("ops_listen"), "rtgate.ops_listen must differ from host:port")
+    gov_sec = own.section("governance")
+    governance = GovernanceSettings(**_fill_attrs(gov_sec, GovernanceSettings))
+    gov_sec.warn_unknown()
+    telemetry = _telemetry(own.section("telemetry"), trace_callbacks)
     own.used.update({"keys", "limits", "event_log"})
     own.warn_unknown()
 
     for key in top.node:
-        if key not in top.used and key not in _IGNORED_TOP:
+        if key in top.used:
+            continue
+        row = unhonoured("", str(key))
+        if row is not None:
+            ctx.warn_unhonoured(top.line(key), row)
+        else:
             ctx.warn(top.line(key), f"unknown top-level key {key!r} (ignored)")
     config = GatewayConfig(
         deployments=deployments,
@@ -459,40 +573,77 @@ def parse_config(
         event_log=EventLogSettings(**log_values, event_types=event_types),
         master_key=master_key,
         source=path,
+        database_url=database_url,
+        allow_requests_on_db_unavailable=allow_db_down,
+        governance=governance,
+        telemetry=telemetry,
     )
-    return LoadResult(config, ctx.warnings, ctx.plaintext)
+    return LoadResult(config, ctx.all_warnings(), ctx.plaintext, ctx.not_enforced)
+
+
+_TRACE_CALLBACKS = {"otel": "otel", "langfuse": "langfuse", "langfuse_otel": "langfuse"}
+"""LiteLLM callback names rtgate honours, and the exporter each one switches on."""
+
+
+def _trace_callbacks(ctx: _Ctx, litellm: _Section) -> set[str]:
+    """Exporters named by ``litellm_settings.callbacks`` / ``success_callback``; others warned."""
+    wanted: set[str] = set()
+    for key in ("callbacks", "success_callback"):
+        if not litellm.has(key):
+            continue
+        names = litellm.raw(key)
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ctx.error(litellm.line(key), f"litellm_settings.{key} must be a list of names")
+        for name in names:
+            if name in _TRACE_CALLBACKS:
+                wanted.add(_TRACE_CALLBACKS[name])
+            else:
+                ctx.warn(
+                    litellm.line(key),
+                    f"litellm_settings.{key}: {name!r} is not a callback rtgate offers "
+                    "(it exports traces for 'otel', 'langfuse' and 'langfuse_otel'); ignored",
+                )
+    return wanted
+
+
+def _telemetry(section: _Section, callbacks: set[str]) -> TelemetrySettings:
+    values = _fill_attrs(section, TelemetrySettings)
+    section.warn_unknown()
+    settings = TelemetrySettings(**values)
+    if settings.max_queue_size < 1:
+        raise section.ctx.error(
+            section.line("max_queue_size"), "rtgate.telemetry.max_queue_size must be >= 1"
+        )
+    return attrs.evolve(
+        settings,
+        otel=settings.otel or "otel" in callbacks,
+        langfuse=settings.langfuse or "langfuse" in callbacks,
+    )
 
 
 def _validate_sinks(ctx: _Ctx, sinks: tuple[Mapping[str, object], ...], line: int | None) -> None:
-    """Build each event-log sink once so a bad entry fails here, with a line, not at start-up."""
-    from rtgate.telemetry.sinks import build_sink
-
+    """Check each event-log sink so a bad entry fails here, with a line, not at start-up."""
     for index, spec in enumerate(sinks):
         if not isinstance(spec, Mapping):
             raise ctx.error(line, f"rtgate.event_log.sinks[{index}] must be a mapping")
-        try:
-            build_sink(spec, index)
-        except ConfigError as exc:
-            raise ctx.error(line, exc.message) from None
+        problem = ctx.checks.sink_problem(spec, index) if ctx.checks is not None else None
+        if problem is not None:
+            raise ctx.error(line, problem)
 
 
 def _validate_providers(ctx: _Ctx, deployments: tuple[Deployment, ...], nodes: list[Any]) -> None:
-    from rtgate.pool.warm_policy import settings_problems
-    from rtgate.providers import get_provider
-
+    checks = ctx.checks
+    if checks is None:
+        return
     for dep, node in zip(deployments, nodes, strict=True):
-        try:
-            provider = get_provider(dep.provider)
-        except (ImportError, AttributeError):
-            raise ctx.error(
-                _line_of(node), f"provider {dep.provider!r} is not available in this build"
-            )
-        problems = provider.validate(dep)
+        problems = checks.deployment_problems(dep)
         if problems:
             raise ctx.error(
                 _line_of(node), f"deployment {dep.model_name!r}: " + "; ".join(problems)
             )
-        warm_problems = settings_problems(dep, bool(getattr(provider, "warmable", False)))
+        warm_problems = checks.warm_pool_problems(dep)
         if warm_problems:
             params = node.get("litellm_params") if isinstance(node, Mapping) else None
             raise ctx.error(
@@ -501,7 +652,9 @@ def _validate_providers(ctx: _Ctx, deployments: tuple[Deployment, ...], nodes: l
             )
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> LoadResult:
+def load_config(
+    path: str | Path, env: Mapping[str, str] | None = None, checks: ConfigChecks | None = None
+) -> LoadResult:
     """Read and validate a config file; :class:`ConfigError` with ``file:line`` on failure."""
     path = str(path)
     try:
@@ -510,11 +663,15 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> LoadR
         raise ConfigError(f"cannot read config: {exc.strerror}", path=path) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"the file is not UTF-8 text (byte {exc.start})", path=path) from None
-    return parse_text(text, path=path, env=env)
+    return parse_text(text, path=path, env=env, checks=checks)
 
 
 def parse_text(
-    text: str, *, path: str = "<config>", env: Mapping[str, str] | None = None
+    text: str,
+    *,
+    path: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    checks: ConfigChecks | None = None,
 ) -> LoadResult:
     yaml = YAML(typ="rt")
     try:
@@ -526,7 +683,7 @@ def parse_text(
         raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from None
     if not isinstance(data, CommentedMap):
         raise ConfigError("the file must be a YAML mapping with a model_list", path=path, line=1)
-    return parse_config(data, path=path, env=env)
+    return parse_config(data, path=path, env=env, checks=checks)
 
 
 def world_readable_secrets(path: str, result: LoadResult) -> str | None:
@@ -544,3 +701,16 @@ def world_readable_secrets(path: str, result: LoadResult) -> str | None:
         f"by other users (mode {mode & 0o777:o}): chmod 600 it, move the secrets to "
         "os.environ/NAME, or set rtgate.allow_world_readable_secrets: true"
     )
+
+
+def _derived_id(group: str, provider: str, model: str, api_base: str | None) -> str:
+    """A deployment's id without ``model_info.id``: stable across reloads, and no URL in it.
+
+    The id names the deployment in metric labels, logs and records, where a base URL
+    (a private host name, a tenant in the path) has no place: a short digest of it
+    tells deployments of one group apart instead.
+    """
+    base = f"{group}:{provider}:{model}"
+    if not api_base:
+        return base
+    return f"{base}:{hashlib.sha256(api_base.encode()).hexdigest()[:10]}"

@@ -68,8 +68,9 @@ class WarmPoolSettings:
     max_idle_seconds: float = 120.0
     """Age (from connect) at which an unused connection is closed and replaced. Providers
     cap a session's lifetime from connect (OpenAI 30 min, xAI 1 h, Gemini ~10 min per
-    connection: /work/shared/reference/protocols.md section 1), so a client given a
-    connection this old has that much less session time; the default keeps the loss
+    connection: developers.openai.com/api/docs/guides/realtime-websocket,
+    docs.x.ai/docs/guides/voice/agent, ai.google.dev/gemini-api/docs/live-session), so a
+    client given a connection this old has that much less session time; the default keeps the loss
     small. A replacement is dialed shortly before, so the pool does not empty while
     recycling. Vertex: at most 240 (its access token is used with >= 300 s left)."""
     refill_delay_seconds: float = 1.0
@@ -112,6 +113,11 @@ class Deployment:
     """Seconds between active health probes of this deployment (None: global setting)."""
     warm_pool: WarmPoolSettings | None = None
     """Pre-opened upstream connections (None: every session dials); see :class:`WarmPoolSettings`."""
+    model_info: Mapping[str, object] = attrs.field(factory=dict, repr=False)
+    """The entry's ``model_info`` as written: LiteLLM's price overrides (``input_cost_per_token``,
+    ``input_cost_per_audio_token``, ``cache_read_input_token_cost``, ``output_cost_per_token``,
+    ``output_cost_per_audio_token``, ``input_cost_per_image``, ``input_cost_per_second``, all
+    dollars per token or second) and ``base_model`` (the priced model of an Azure deployment)."""
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this deployment holds, for scrubbing text that leaves the process."""
@@ -241,6 +247,13 @@ class Limits:
     ping_timeout: float = 20.0
     drain_seconds: float = 30.0
     """On SIGTERM, how long running sessions may continue before 1001."""
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    """Bytes the whole gateway (one worker) may hold in unfinished client messages and
+    in batches waiting for their write (0: no bound). Over it, the session holding the
+    biggest unfinished message is closed with 1013 after an ``error`` event."""
+    message_timeout: float = 30.0
+    """Seconds a client message may take to complete once its first bytes arrived
+    (0: no bound); over it the session is closed with 1008 after an ``error`` event."""
 
 
 @attrs.frozen
@@ -269,6 +282,60 @@ class ServerSettings:
     lease_seconds: float = 15.0
     """Shared state (``--workers``, Redis): a session's slots are a lease of this length that
     its process renews every third of it, so a killed process's slots come back within it."""
+    ops_listen: str | None = None
+    """``HOST:PORT`` (``[::1]:4001`` for IPv6) of a separate listener for ``/metrics``, ``/admin/*``
+    and detailed readiness; the public port then answers only liveness and a short readiness."""
+
+    def ops_address(self) -> tuple[str, int] | None:
+        """``ops_listen`` as (host, port); ValueError if it is not ``HOST:PORT``."""
+        if self.ops_listen is None:
+            return None
+        host, sep, port = self.ops_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"rtgate.ops_listen must be HOST:PORT, not {self.ops_listen!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ValueError(f"rtgate.ops_listen: write an IPv6 host in brackets: [{host}]:{port}")
+        return host, int(port)
+
+
+@attrs.frozen
+class GovernanceSettings:
+    """``rtgate.governance``: how database keys and spend are kept (the database itself is
+    ``general_settings.database_url``)."""
+
+    key_refresh_seconds: float = 2.0
+    """Every key is re-read this often, so a key blocked or deleted on another host is
+    refused here within this time (a key never seen here is looked up at once)."""
+    spend_flush_interval: float = 0.2
+    """The spend writer waits this long after a response to batch the ones that follow."""
+    spend_buffer_records: int = 100_000
+    """Spend records held in memory while the database is away; the oldest half is
+    spilled to ``spill_path`` beyond this (written back, once each, when it returns)."""
+    spill_path: str | None = None
+    """Spill file (default: ``spend-spill.jsonl`` in the state directory)."""
+
+
+@attrs.frozen
+class TelemetrySettings:
+    """Traces (OpenTelemetry). Switched on by LiteLLM's ``litellm_settings.callbacks: ["otel"]``
+    (or ``["langfuse"]``, ``["langfuse_otel"]``; ``success_callback`` is read the same way) or by
+    ``rtgate.telemetry``. The exporter itself is configured by the standard ``OTEL_*``
+    environment (endpoint, headers, protocol, sampler, service name); Langfuse by
+    ``LANGFUSE_PUBLIC_KEY``, ``LANGFUSE_SECRET_KEY`` and ``LANGFUSE_HOST``."""
+
+    otel: bool = False
+    """Export traces over OTLP to ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``."""
+    langfuse: bool = False
+    """Export traces over OTLP to Langfuse (``LANGFUSE_HOST``/api/public/otel, Basic auth)."""
+    max_queue_size: int = 2048
+    """Finished spans waiting for the exporter; beyond it new spans are dropped and counted
+    (``OTEL_BSP_MAX_QUEUE_SIZE`` in the environment wins over this)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.otel or self.langfuse
 
 
 @attrs.frozen
@@ -282,6 +349,14 @@ class GatewayConfig:
     master_key: Secret | None = None
     source: str = ""
     """Path the config was read from (for messages)."""
+    database_url: Secret | None = None
+    """``general_settings.database_url`` (or ``$DATABASE_URL``): ``postgresql://...`` or
+    ``sqlite:///PATH``; None: ``rtgate.db`` in the state directory."""
+    allow_requests_on_db_unavailable: bool = False
+    """LiteLLM's switch: admit sessions of budgeted keys while the database is unreachable
+    (on the spend this host knows)."""
+    governance: GovernanceSettings = attrs.field(factory=GovernanceSettings)
+    telemetry: TelemetrySettings = attrs.field(factory=TelemetrySettings)
 
     def groups(self) -> dict[str, tuple[Deployment, ...]]:
         """Deployments by model group, in file order."""
@@ -299,6 +374,8 @@ class GatewayConfig:
         if self.router.redis_url is not None:
             password = urlsplit(self.router.redis_url.value).password
             found += [password] if password else []
+        if self.database_url is not None:
+            found.append(self.database_url.value)
         for dep in self.deployments:
             found.extend(dep.secret_values())
         return tuple(found)

@@ -7,19 +7,30 @@ on a realtime frame's path. Routes::
     GET /health/readiness    200 when every model group has a usable deployment, else 503
     GET /metrics             Prometheus text (optionally master-key protected)
     GET /admin/pool          pool statistics per deployment (master key)
+    /key/*, /spend/logs, /global/spend/report   LiteLLM's key and spend API (master key;
+                             rtgate.control.keys)
+    /ui ...                  the status page (``rtgate.control.ui``; master key)
+
+With ``rtgate.ops_listen`` set, the public port's app is made with
+``detail=False``: ``/metrics``, ``/admin/*`` and ``/ui`` answer 404 there (they live on
+the ops listener), and readiness says only ready or not, naming no model group.
+A request carrying more than one credential is refused with 400 on every path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import trio
 
 from rtgate import __version__
-from rtgate.errors import scrub
-from rtgate.session.auth import presented_key
+from rtgate.control import keys as key_api
+from rtgate.control.ui import StatusPage
+from rtgate.errors import BadRequest, scrub
+from rtgate.session.auth import check_one_credential, presented_key
 from rtgate.session.gateway import Gateway
 from rtgate.shared.store import StoreUnavailable, deployment_scope
 
@@ -33,9 +44,22 @@ MetricsRenderer = Callable[[Gateway], tuple[bytes, str]]
 class ControlApp:
     """ASGI 3 application over a :class:`Gateway`."""
 
-    def __init__(self, gateway: Gateway, metrics: MetricsRenderer | None = None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        metrics: MetricsRenderer | None = None,
+        *,
+        detail: bool = True,
+        head_limits: tuple[int, int] | None = None,
+    ) -> None:
         self.gateway = gateway
         self.metrics = metrics
+        self.detail = detail
+        """False on the public port when an ops listener serves metrics, admin and details."""
+        self.head_limits = head_limits
+        """(header fields, bytes per line) of the front (``rtgate.edge.head``): the front checks
+        a connection's first head; later ones on a kept-alive connection are checked here."""
+        self.ui = StatusPage(gateway)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -46,13 +70,38 @@ class ControlApp:
         path = scope["path"].rstrip("/") or "/"
         method = scope["method"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if method not in ("GET", "HEAD"):
+        if self.head_limits is not None and _over_limits(scope, *self.head_limits):
+            await _json(send, 431, {"error": "request header fields too large"})
+            return
+        if path in key_api.ROUTES:  # LiteLLM's key and spend API (rtgate/control/keys.py)
+            if not self._one_credential(scope):
+                await _json(send, 400, {"error": "more than one credential"})
+                return
+            api = key_api.KeyApi(self.gateway.governance)
+            await key_api.serve(api, scope, receive, send, self._is_master(headers))
+            return
+        ui = path == "/ui" or path.startswith("/ui/")
+        if method not in ("GET", "HEAD") and not ui:  # the status page's sign-in is a POST
             await _json(send, 405, {"error": "method not allowed"})
+            return
+        try:
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+            check_one_credential(headers_of(scope), (), query)
+        except BadRequest as exc:
+            await _json(send, 400, {"error": exc.message})
+            return
+        if ui:
+            if not self.detail:
+                await _json(send, 404, {"error": f"{path} is served on the ops listener"})
+            else:
+                await self.ui(scope, receive, send, path, headers)
             return
         if path in ("/health/liveliness", "/health/liveness", "/health"):
             await _json(send, 200, {"status": "alive", "version": __version__})
         elif path == "/health/readiness":
             await self._readiness(send)
+        elif not self.detail and (path == "/metrics" or path.startswith("/admin")):
+            await _json(send, 404, {"error": f"{path} is served on the ops listener"})
         elif path == "/metrics":
             await self._metrics(send, headers)
         elif path == "/admin/pool":
@@ -96,6 +145,16 @@ class ControlApp:
             }
         return stats
 
+    @staticmethod
+    def _one_credential(scope: Scope) -> bool:
+        """False for a request with several credentials (answered 400 by the common path)."""
+        try:
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+            check_one_credential(headers_of(scope), (), query)
+        except BadRequest:
+            return False
+        return True
+
     def _is_master(self, headers: dict[str, str]) -> bool:
         return self.gateway.auth.is_master(presented_key(headers, (), {}))
 
@@ -106,12 +165,19 @@ class ControlApp:
         shared = gateway.admission.shared
         if shared is not None and not shared.up and shared.outage_closed:
             ready = False  # shared_state_outage: closed refuses every session now
+        if not self.detail:
+            await _json(
+                send, 200 if ready else 503, {"status": "ready" if ready else "unavailable"}
+            )
+            return
         body: dict[str, object] = {
             "status": "ready" if ready else "unavailable",
             "draining": gateway.draining,
             "groups": groups,
             "unavailable_groups": sorted(g for g, ok in groups.items() if not ok),
             "sessions_active": gateway.counters.sessions_active,
+            "db": "connected" if gateway.governance.database_up else "disconnected",
+            "database": gateway.governance.readiness(),
         }
         if shared is not None:
             body["shared_state"] = shared.describe()
@@ -126,6 +192,20 @@ class ControlApp:
             return
         body, content_type = self.metrics(self.gateway)
         await _respond(send, 200, body, content_type)
+
+
+def _over_limits(scope: Scope, max_headers: int, max_line: int) -> bool:
+    raw = scope["headers"]
+    if len(raw) > max_headers:
+        return True
+    target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 1
+    request_line = len(scope["method"]) + target + len(" HTTP/1.1") + 1
+    return request_line > max_line or any(len(k) + 2 + len(v) > max_line for k, v in raw)
+
+
+def headers_of(scope: Scope) -> list[tuple[str, str]]:
+    """The request's headers as (name, value) text pairs, every one kept (duplicates too)."""
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -31,6 +31,7 @@ from rtgate.session.counters import RELAY_SAMPLE_MASK, LatencyHistogram, RelayCo
 
 if TYPE_CHECKING:
     from rtgate.session.gateway import Gateway
+    from rtgate.telemetry.tap import ServedEventLog
 
 
 class PrometheusMetrics:
@@ -79,9 +80,14 @@ class GatewayCollector(Collector):
         yield from _handshakes(counters)
         yield from _relay(counters.relay)
         yield from _pool(gateway.pool.statistics(now))
-        yield from _warm(getattr(gateway, "warm", None))
+        yield from _readiness(gateway.pool.readiness(now))
+        yield from _warm(gateway.warm)
         yield from _event_log(gateway.event_log)
         yield from _shared_state(gateway)
+        yield from _buffers(gateway)
+        yield from _spend(gateway.governance)
+        yield from _turns_and_closes(counters)
+        yield from _tracing(gateway.tracing)
 
     def _info(self, gateway: Gateway) -> Iterator[Metric]:
         from rtgate import __version__
@@ -281,10 +287,9 @@ def _warm(warm: Any) -> Iterator[Metric]:
         yield family
 
 
-def _event_log(event_log: object | None) -> Iterator[Metric]:
-    """Event log counters, read defensively (any logger with ``snapshot()`` works)."""
-    snapshot_fn = getattr(event_log, "snapshot", None)
-    snap: Mapping[str, Any] = snapshot_fn() if callable(snapshot_fn) else {}
+def _event_log(event_log: ServedEventLog | None) -> Iterator[Metric]:
+    """Event log counters (none without an event log)."""
+    snap: Mapping[str, Any] = event_log.snapshot() if event_log is not None else {}
     records = CounterMetricFamily(
         "rtgate_eventlog_records", "Event log records by stage", labels=["stage"]
     )
@@ -325,7 +330,99 @@ def _event_log(event_log: object | None) -> Iterator[Metric]:
     yield sink_down
 
 
+def _buffers(gateway: Gateway) -> Iterator[Metric]:
+    budget = gateway.buffers
+    yield GaugeMetricFamily(
+        "rtgate_buffered_bytes",
+        "Bytes held now in unfinished client messages and batches waiting for their write",
+        value=budget.held,
+    )
+    yield GaugeMetricFamily(
+        "rtgate_buffered_messages_unfinished",
+        "Client connections holding an unfinished message now",
+        value=len(budget.holders),
+    )
+
+
+def _readiness(groups: Mapping[str, bool]) -> Iterator[Metric]:
+    ready = GaugeMetricFamily(
+        "rtgate_model_group_ready",
+        "1 while the model group has a deployment that can take a session (what readiness checks)",
+        labels=["model_group"],
+    )
+    for group, ok in sorted(groups.items()):
+        ready.add_metric([group], int(ok))
+    yield ready
+
+
+def _turns_and_closes(counters: Any) -> Iterator[Metric]:
+    """Time to first audio per model group; ended sessions by close code and closing side."""
+    ttfa = HistogramMetricFamily(
+        "rtgate_time_to_first_audio_seconds",
+        "A response's start (end of user speech, commit, or response.created) to its first audio delta",
+        labels=["model_group"],
+    )
+    for group, hist in sorted(counters.first_audio_seconds.items()):
+        ttfa.add_metric([group], hist.cumulative(), hist.sum)
+    yield ttfa
+    closes = CounterMetricFamily(
+        "rtgate_session_closes",
+        "Ended sessions by the close code sent to the client and the side that closed",
+        labels=["model_group", "code", "side"],
+    )
+    for (group, code, side), n in sorted(counters.session_closes.items()):
+        closes.add_metric([group, str(code), side], n)
+    yield closes
+
+
+def _tracing(tracing: Any) -> Iterator[Metric]:
+    """Span export per exporter (``otel``, ``langfuse``): exported, dropped, failed, queued."""
+    spans = CounterMetricFamily(
+        "rtgate_trace_spans",
+        "Finished spans by exporter and outcome (exported; dropped: export queue full; "
+        "failed: refused by or not delivered to the collector)",
+        labels=["exporter", "outcome"],
+    )
+    queued = GaugeMetricFamily(
+        "rtgate_trace_queue_spans", "Finished spans waiting for the exporter", labels=["exporter"]
+    )
+    snapshot = tracing.snapshot() if tracing is not None else {}
+    for name, counts in sorted(snapshot.items()):
+        for outcome in ("exported", "dropped", "failed"):
+            spans.add_metric([name, outcome], counts[outcome])
+        queued.add_metric([name], counts["queued"])
+    yield spans
+    yield queued
+
+
 def _histogram(name: str, documentation: str, hist: LatencyHistogram) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, documentation)
     family.add_metric([], hist.cumulative(), hist.sum)
     return family
+
+
+def _spend(governance: Any) -> Iterator[Metric]:
+    """Spend and tokens by key alias and model group (never by key), and the database."""
+    counters = governance.counters
+    spend = CounterMetricFamily(
+        "rtgate_spend_usd", "Cost of finished responses, US dollars",
+        labels=["key_alias", "model_group"],
+    )  # fmt: skip
+    for (alias, group), value in sorted(counters.spend_usd.items()):
+        spend.add_metric([alias, group], value)
+    yield spend
+    tokens = CounterMetricFamily(
+        "rtgate_tokens", "Tokens of finished responses",
+        labels=["key_alias", "model_group", "direction", "modality"],
+    )  # fmt: skip
+    for labels, count in sorted(counters.tokens.items()):
+        tokens.add_metric(list(labels), count)
+    yield tokens
+    up = GaugeMetricFamily("rtgate_database_up", "1 while the spend database answers")
+    up.add_metric([], 1.0 if governance.database_up else 0.0)
+    yield up
+    buffered = GaugeMetricFamily(
+        "rtgate_spend_buffered_records", "Spend records waiting for the database (in memory)"
+    )
+    buffered.add_metric([], governance.buffered)
+    yield buffered

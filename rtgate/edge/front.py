@@ -6,25 +6,34 @@ hypercorn serving rtgate's ASGI app on a private Unix socket. So the control
 plane uses only hypercorn's public API (``bind = unix:...``), and the data
 plane never pays for ASGI.
 
-The head must arrive within ``handshake_timeout`` (slowloris) and fit in
-``MAX_HEAD`` bytes.
+The head must arrive within ``handshake_timeout`` (slowloris) and fit the
+limits of :mod:`rtgate.edge.head` (header count, line length, total size),
+checked here once for both planes; a head over a limit gets 431 (414 for the
+request line) with a JSON body, a malformed one 400, each at once. Those are
+the client's errors: one rate-limited INFO line each, never a traceback.
+
+A front made with ``realtime=False`` is the ops listener's (``rtgate.ops_listen``):
+it splices every request to the ops control socket and serves no sessions.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import h11
+import orjson
 import trio
 
+from rtgate.edge.head import HEAD_LIMITS, MAX_HEAD, Refusal, scan_head
+from rtgate.edge.logs import RateLimitedLog
 from rtgate.net.tls import TlsSocketStream
-from rtgate.session.gateway import REALTIME_PATHS, Gateway
+from rtgate.session.gateway import REALTIME_PATHS, Gateway, close_after_answer
 
 log = logging.getLogger("rtgate.front")
 
-MAX_HEAD = 32 * 1024
 SPLICE_CHUNK = 64 * 1024
 
 
@@ -32,12 +41,20 @@ class Front:
     """Per-connection entry point for :func:`trio.serve_listeners`."""
 
     def __init__(
-        self, gateway: Gateway, control_socket: str, tls: ssl.SSLContext | None = None
+        self,
+        gateway: Gateway,
+        control_socket: str,
+        tls: ssl.SSLContext | None = None,
+        *,
+        realtime: bool = True,
     ) -> None:
         self.gateway = gateway
         self.control_socket = control_socket
         self.tls = tls
+        self.realtime = realtime
+        """False on the ops listener: no sessions there, only the control plane."""
         self.connections = 0
+        self.refusals = RateLimitedLog(log)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
@@ -66,15 +83,37 @@ class Front:
                 self.gateway.counters.relay.limit("handshake_timeout")
             await trio.aclose_forcefully(stream)
             return
-        target, is_upgrade = _route_facts(head)
-        if target is None:
-            await _reply_400(stream)
+        if isinstance(head, Refusal):
+            await self._refuse(stream, head, client_addr)
             return
-        path = urlsplit(target).path.rstrip("/")
-        if path in REALTIME_PATHS and is_upgrade:
+        request = _parse_request(head)
+        if request is None:
+            refusal = Refusal(400, "malformed", "malformed HTTP request")
+            await self._refuse(stream, refusal, client_addr)
+            return
+        path = urlsplit(request.target.decode("latin-1")).path.rstrip("/")
+        if path in REALTIME_PATHS and _asks_websocket(request):
+            if not self.realtime:
+                refusal = Refusal(404, "ops_listener", "realtime sessions use the public port")
+                await self._refuse(stream, refusal, client_addr)
+                return
             await self.gateway.serve_realtime(stream, head, client_addr)
         else:
-            await self._splice_to_control(stream, head)
+            await self._splice_to_control(stream, _without_upgrade(head, request))
+
+    async def _refuse(self, stream: trio.abc.Stream, refusal: Refusal, client_addr: str) -> None:
+        """Answer a head no plane may see: one JSON error, one rate-limited log line, close."""
+        rejected = self.gateway.counters.handshakes_rejected
+        rejected[refusal.status] = rejected.get(refusal.status, 0) + 1
+        self.refusals.log(
+            trio.current_time(),
+            logging.INFO,
+            "refused request from %s: %d %s",
+            client_addr,
+            refusal.status,
+            refusal.reason,
+        )
+        await _reply_error(stream, refusal.status, refusal.message)
 
     async def _splice_to_control(self, stream: trio.abc.Stream, head: bytes) -> None:
         try:
@@ -111,45 +150,83 @@ async def _close_politely(stream: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def _read_head(stream: trio.abc.Stream) -> bytes | None:
-    """Bytes up to and including the blank line ending the request head (plus any extra read)."""
+async def _read_head(stream: trio.abc.Stream) -> bytes | Refusal | None:
+    """The request head up to its blank line (plus any extra read), a refusal, or None at EOF."""
     buf = bytearray()
-    while b"\r\n\r\n" not in buf:
-        if len(buf) > MAX_HEAD:
-            return None
+    while True:
         data = await stream.receive_some(16 * 1024)
         if not data:
             return None
         buf += data
-    return bytes(buf)
+        scanned = scan_head(buf, HEAD_LIMITS)
+        if isinstance(scanned, Refusal):
+            return scanned
+        if scanned is not None:
+            return bytes(buf)
 
 
-def _route_facts(head: bytes) -> tuple[str | None, bool]:
-    """Request target and whether it asks for a WebSocket upgrade (h11 parses the head)."""
+def _parse_request(head: bytes) -> h11.Request | None:
+    """The request head, parsed by h11 (None: malformed)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     conn.receive_data(head)
     try:
         event = conn.next_event()
     except h11.RemoteProtocolError:
-        return None, False
-    if not isinstance(event, h11.Request):
-        return None, False
-    upgrade = any(
-        name == b"upgrade" and value.lower() == b"websocket" for name, value in event.headers
+        return None
+    return event if isinstance(event, h11.Request) else None
+
+
+def _asks_websocket(request: h11.Request) -> bool:
+    return any(
+        name == b"upgrade" and value.lower() == b"websocket" for name, value in request.headers
     )
-    return event.target.decode("latin-1"), upgrade
 
 
-async def _reply_400(stream: trio.abc.Stream) -> None:
-    body = b'{"error":{"message":"malformed HTTP request","type":"invalid_request_error"}}'
+_UPGRADE_HEADERS = (b"upgrade", b"http2-settings")
+
+
+def _without_upgrade(head: bytes, request: h11.Request) -> bytes:
+    """The head for the control plane, which never switches protocols (RFC 9110 7.8 lets it ignore
+    ``Upgrade``): hypercorn would otherwise take ``Upgrade: h2c`` and speak HTTP/2 past the front."""
+    if not any(name in _UPGRADE_HEADERS for name, _ in request.headers):
+        return head
+    lines = [b"%s %s HTTP/%s" % (request.method, request.target, request.http_version)]
+    for name, value in request.headers:
+        if name in _UPGRADE_HEADERS:
+            continue
+        if name == b"connection":
+            tokens = [t.strip() for t in value.split(b",")]
+            value = b", ".join(t for t in tokens if t and t.lower() not in _UPGRADE_HEADERS)
+            if not value:
+                continue
+        lines.append(name + b": " + value)
+    end = scan_head(head)
+    assert isinstance(end, int)  # the front read this head whole
+    return b"\r\n".join(lines) + b"\r\n\r\n" + head[end:]
+
+
+async def _reply_error(stream: trio.abc.Stream, status: int, message: str) -> None:
+    """One JSON error response, then close (the rest of the request is never read)."""
+    error = {"message": message, "type": "invalid_request_error", "code": _CODES.get(status)}
+    body = orjson.dumps({"error": error})
     head = (
-        b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
-    )
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     try:
-        await stream.send_all(head + body)
-    finally:
-        await trio.aclose_forcefully(stream)
+        with trio.move_on_after(5):
+            await stream.send_all(head + body)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+        pass
+    await close_after_answer(stream)
+
+
+_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    414: "uri_too_long",
+    431: "request_header_fields_too_large",
+}
 
 
 def _peer(stream: trio.abc.Stream) -> str:

@@ -32,11 +32,16 @@ from hypercorn.trio import serve as hypercorn_serve
 from rtgate.config.model import GatewayConfig
 from rtgate.control.app import ControlApp, MetricsRenderer
 from rtgate.edge.front import Front
+from rtgate.edge.head import HEAD_LIMITS
+from rtgate.edge.signals import StopRequests
+from rtgate.edge.sockets import bind_listener
 from rtgate.edge.systemd import Notifier
 from rtgate.errors import ConfigError
 from rtgate.session.gateway import Gateway
 from rtgate.session.health_checks import provider_connect, run_health_checks
 from rtgate.session.shared_state import open_store
+from rtgate.telemetry.tap import ServedEventLog
+from rtgate.telemetry.tracing import Tracing
 
 log = logging.getLogger("rtgate.server")
 
@@ -53,6 +58,10 @@ class ServerHandle:
     """Set it to begin a graceful drain."""
     hurry: trio.Event = attrs.field(factory=trio.Event)
     """Set it during a drain to close the remaining sessions (1001) now."""
+    ops_port: int | None = None
+    """Bound port of ``rtgate.ops_listen`` (None: metrics and admin are on the public port)."""
+    control_configs: tuple[HypercornConfig, ...] = ()
+    """The control plane's hypercorn settings (a reload changes their keep-alive)."""
 
     @property
     def ws_url(self) -> str:
@@ -103,7 +112,7 @@ async def serve(
     port: int | None = None,
     stop: trio.Event | None = None,
     metrics: MetricsRenderer | None = None,
-    event_log: object | None = None,
+    event_log: ServedEventLog | None = None,
     listeners: list[trio.SocketListener] | None = None,
     on_stopping: Callable[[], Awaitable[None]] | None = None,
     hurry: trio.Event | None = None,
@@ -123,23 +132,44 @@ async def serve(
         from rtgate.control.metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics()
-    gateway = Gateway(config, event_log=event_log)  # type: ignore[arg-type]
+    tracing = Tracing.for_config(config.telemetry, os.environ.get("RTGATE_WORKER_ID", "0"))
+    gateway = Gateway(config, event_log=event_log, tracing=tracing)
     runtime_dir = tempfile.mkdtemp(prefix="rtgate-")
     control_socket = os.path.join(runtime_dir, "control.sock")
     try:
         async with trio.open_nursery() as nursery:
-            run_log = getattr(event_log, "run", None)
-            if run_log is not None:
-                await nursery.start(run_log)
+            if event_log is not None:
+                await nursery.start(event_log.run)
+            if tracing is not None:
+                await nursery.start(tracing.run)
             control_stop = trio.Event()
+            ops_address = config.server.ops_address()
+            handshake_timeout = config.server.limits.handshake_timeout
+            head_limits = (HEAD_LIMITS.max_headers, HEAD_LIMITS.max_line)
+            control_app = ControlApp(
+                gateway, metrics, detail=ops_address is None, head_limits=head_limits
+            )
+            control_configs = [_hypercorn_config(control_socket, handshake_timeout)]
             await nursery.start(
                 partial(
                     hypercorn_serve,
-                    cast(Any, ControlApp(gateway, metrics)),
-                    _hypercorn_config(control_socket),
+                    cast(Any, control_app),
+                    control_configs[0],
                     shutdown_trigger=control_stop.wait,
                 )
             )
+            if ops_address is not None:
+                ops_socket = os.path.join(runtime_dir, "ops.sock")
+                control_configs.append(_hypercorn_config(ops_socket, handshake_timeout))
+                ops_app = ControlApp(gateway, metrics, head_limits=head_limits)
+                await nursery.start(
+                    partial(
+                        hypercorn_serve,
+                        cast(Any, ops_app),
+                        control_configs[1],
+                        shutdown_trigger=control_stop.wait,
+                    )
+                )
             # Active health checks dial only deployments with a health_check_interval.
             await nursery.start(
                 partial(run_health_checks, gateway.pool, connect=provider_connect(gateway.pool))
@@ -150,6 +180,8 @@ async def serve(
                 await nursery.start(shared.run)
             # Warm pools (deployments with litellm_params.warm_pool) dial from here on.
             await nursery.start(gateway.warm.run)
+            # Keys, budgets and spend: connects and migrates the database, retrying if it is down.
+            await nursery.start(gateway.governance.run)
             if listeners is None:
                 listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
             front = Front(gateway, control_socket, server_tls_context(config))
@@ -161,23 +193,48 @@ async def serve(
 
             nursery.start_soon(accept_loop)
             bound_port = listeners[0].socket.getsockname()[1]
+            ops_port = None
+            if ops_address is not None:
+                ops_listener = _ops_listener(*ops_address)
+                ops_port = ops_listener.socket.getsockname()[1]
+                ops_front = Front(gateway, ops_socket, realtime=False)
+
+                # Open through the drain (metrics and readiness stay visible); closed with the rest.
+                nursery.start_soon(
+                    partial(
+                        trio.serve_listeners,
+                        ops_front.handle,
+                        [ops_listener],
+                        handler_nursery=nursery,
+                    )
+                )
+                log.info(
+                    "ops listener (metrics, admin, readiness) on %s:%s", ops_address[0], ops_port
+                )
             log.info(
                 "rtgate listening on %s:%s (%d deployments)",
                 host,
                 bound_port,
                 len(config.deployments),
             )
-            task_status.started(ServerHandle(gateway, front, host, bound_port, stop, hurry))
+            task_status.started(
+                ServerHandle(
+                    gateway, front, host, bound_port, stop, hurry,
+                    ops_port=ops_port, control_configs=tuple(control_configs),
+                )
+            )  # fmt: skip
             await stop.wait()
             if on_stopping is not None:
                 await on_stopping()
             await gateway.warm.drain()  # idle warm connections: closed politely (1001)
             # The drain length is the config in force now (a reload may have changed it).
             await _drain(gateway, listen_scope, gateway.config.server.limits.drain_seconds, hurry)
+            await gateway.governance.aclose()  # buffered spend: written, or spilled to a file
             control_stop.set()
-            close_log = getattr(event_log, "aclose", None)
-            if close_log is not None:
-                await close_log()
+            if event_log is not None:
+                await event_log.aclose()
+            if tracing is not None:
+                await tracing.aclose()
             nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(runtime_dir, ignore_errors=True)
@@ -202,14 +259,24 @@ async def _drain(
     listen_scope.cancel()
 
 
-def _hypercorn_config(control_socket: str) -> HypercornConfig:
+def _hypercorn_config(control_socket: str, handshake_timeout: float) -> HypercornConfig:
     hconfig = HypercornConfig()
     hconfig.bind = [f"unix:{control_socket}"]
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("rtgate.control")
     hconfig.graceful_timeout = 1.0
-    hconfig.keep_alive_timeout = 30.0
+    # The next request on a kept-alive connection gets the first one's bounds: it must
+    # arrive within handshake_timeout, and its head fit the front's total size.
+    hconfig.keep_alive_timeout = handshake_timeout
+    hconfig.h11_max_incomplete_size = HEAD_LIMITS.max_total
     return hconfig
+
+
+def _ops_listener(host: str, port: int) -> trio.SocketListener:
+    """The ops port; workers of ``--workers N`` share it with SO_REUSEPORT like the public one."""
+    under_supervisor = "RTGATE_SUPERVISOR_PID" in os.environ
+    sock = bind_listener(host, port, backlog=128, reuse_port=under_supervisor)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
 # -- one process of ``rtgate serve`` ----------------------------------------------------
@@ -228,10 +295,16 @@ async def run_until_signalled(
 
     The first TERM/INT starts the drain (readiness 503, listener closed,
     sessions get ``drain_seconds``); a second one closes the remaining
-    sessions with 1001 at once; a third one exits without waiting.
+    sessions with 1001 at once; a third one exits without waiting. Copies of
+    one signal within a second count once (:mod:`rtgate.edge.signals`).
     """
     notifier = notifier or Notifier()
+    from rtgate.telemetry.tracing import check_environment
+
+    check_environment(config.telemetry)  # a bad OTEL_*/LANGFUSE_* setting: a clear error, now
     event_log = _event_log_for(config)
+    for problem in unusable_sinks(config):
+        log.warning("event log sink cannot work: %s", problem)
     stop = trio.Event()
     hurry = trio.Event()
     state = _ReloadState(config_path, config, host or config.server.host, event_log, notifier)
@@ -255,13 +328,17 @@ async def run_until_signalled(
             notifier.ready(f"serving {len(config.deployments)} deployments on port {handle.port}")
 
             async def watch_signals() -> None:
-                terms = 0
+                requests = StopRequests()
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         if not stop.is_set():
                             state.reload()
                         continue
-                    terms += 1
+                    if not requests.note(trio.current_time()):
+                        log.debug("%s again within %.0f s: the same request",
+                                  signal.Signals(signum).name, requests.window)  # fmt: skip
+                        continue
+                    terms = requests.count
                     if terms == 1:
                         log.info("%s: draining", signal.Signals(signum).name)
                         stop.set()
@@ -294,7 +371,7 @@ class _ReloadState:
     path: str
     config: GatewayConfig
     host: str
-    event_log: object | None
+    event_log: ServedEventLog | None
     notifier: Notifier
     handle: ServerHandle | None = None
 
@@ -306,9 +383,10 @@ class _ReloadState:
         try:
             new = reload_config(self.path, self.config, self.host)
             gateway.reload(new)
-            reconfigure = getattr(self.event_log, "reconfigure", None)
-            if callable(reconfigure):
-                reconfigure(new.event_log)
+            for hconfig in self.handle.control_configs:
+                hconfig.keep_alive_timeout = new.server.limits.handshake_timeout
+            if self.event_log is not None:
+                self.event_log.reconfigure(new.event_log)
             if (new.server.log_level, new.server.log_format) != (
                 self.config.server.log_level,
                 self.config.server.log_format,
@@ -328,7 +406,8 @@ class _ReloadState:
 
 def reload_config(path: str, running: GatewayConfig, host: str) -> GatewayConfig:
     """Load and validate ``path`` for a reload (raises :class:`ConfigError`, changes nothing)."""
-    from rtgate.config.load import load_config, world_readable_secrets
+    from rtgate.config.load import world_readable_secrets
+    from rtgate.edge.configfile import load_config
 
     result = load_config(path)
     for warning in result.warnings:
@@ -343,6 +422,8 @@ def reload_config(path: str, running: GatewayConfig, host: str) -> GatewayConfig
         log.warning("reload: host/port changes need a restart; still listening on the old address")
     if (old_server.tls_cert, old_server.tls_key) != (new_server.tls_cert, new_server.tls_key):
         log.warning("reload: TLS certificate changes need a restart")
+    if running.telemetry != new.telemetry:
+        log.warning("reload: trace settings (callbacks, rtgate.telemetry) need a restart")
     return new
 
 
@@ -363,7 +444,14 @@ def configure_logging(level: str, fmt: str) -> None:
     configure(level, fmt)
 
 
-def _event_log_for(config: GatewayConfig) -> object | None:
+def unusable_sinks(config: GatewayConfig) -> list[str]:
+    """Event-log sinks that cannot work, as far as can be told before writing (one line each)."""
+    from rtgate.telemetry.sinks import sink_problems
+
+    return sink_problems(config.event_log.sinks)
+
+
+def _event_log_for(config: GatewayConfig) -> ServedEventLog | None:
     from rtgate.telemetry.eventlog import EventLogger
 
     return EventLogger.for_config(config)

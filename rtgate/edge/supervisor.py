@@ -13,8 +13,9 @@ Workers are ordinary ``rtgate serve`` processes. Each reports to the
 supervisor over its own notify socket with the systemd protocol
 (:mod:`rtgate.edge.systemd`): ``READY=1`` when listening, ``WATCHDOG=1`` pings. The
 supervisor owns the signals: TERM/INT -> ``STOPPING=1``, close its copy of the
-socket, forward TERM, wait for the drains (a second TERM is forwarded too, to
-hurry them); HUP -> validate the config, and if it is good, forward HUP (each
+socket, forward TERM, wait for the drains (a second TERM, more than a second
+later, is forwarded too, to hurry them; copies of one group-wide signal count
+once, here and in each worker); HUP -> validate the config, and if it is good, forward HUP (each
 worker reloads; a bad file changes nothing anywhere). A worker that exits on
 its own, or stops pinging its watchdog, is restarted with exponential backoff.
 The supervisor tells systemd ``READY=1`` once every worker is listening and
@@ -40,6 +41,8 @@ import attrs
 import trio
 
 from rtgate.config.model import GatewayConfig
+from rtgate.edge.signals import StopRequests
+from rtgate.edge.sockets import bind_listener
 from rtgate.edge.systemd import Notifier, parse_message
 from rtgate.errors import ConfigError
 from rtgate.session.shared_state import SHARED_STATE_FILE_ENV
@@ -83,28 +86,6 @@ def bind_listeners(host: str, port: int, count: int) -> list[socket.socket]:
             sock.close()
         raise
     return socks
-
-
-def bind_listener(
-    host: str, port: int, backlog: int = 4096, *, reuse_port: bool = False
-) -> socket.socket:
-    """A listening socket a worker can inherit (inheritable, non-blocking)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    sock.set_inheritable(True)
-    return sock
 
 
 def listener_from_fd(fd: int) -> trio.SocketListener:
@@ -297,14 +278,15 @@ class Supervisor:
     # -- signals ----------------------------------------------------------------
 
     async def _watch_signals(self, signals: object, nursery: trio.Nursery) -> None:
-        terms = 0
+        requests = StopRequests()
         async for signum in signals:  # type: ignore[attr-defined]
             if signum == signal.SIGHUP:
                 if not self.stopping:
                     self._reload()
                 continue
-            terms += 1
-            if terms == 1:
+            if not requests.note(trio.current_time()):
+                continue  # a copy of the same request (a signal sent to the process group)
+            if requests.count == 1:
                 self._begin_stop()
                 nursery.start_soon(self._kill_after, self.config.server.limits.drain_seconds + 15)
             else:

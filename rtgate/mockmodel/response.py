@@ -1,18 +1,19 @@
-"""The mock model's answer to ``response.create``: the full GA event sequence and its usage.
+"""The mock model's answer to ``response.create``: what it says, and its usage.
 
-Owns what a mock response says and in which order, as OpenAI's GA Realtime
-API does (``/work/shared/reference/protocols.md`` 2.5): ``response.created``,
-the output item and content part, text deltas or tone audio deltas
-interleaved word by word with their transcript, ``response.done`` with GA
-usage. Also the pieces :mod:`rtgate.mockmodel.translator` shares with it:
-:func:`emit` (every server event with a fresh ``event_id``), :func:`parts`,
-the ``response`` parameter checks and the deterministic reply text.
+Owns what a mock response says: the deterministic reply text, text deltas
+word by word or tone audio interleaved word by word with its transcript, the
+``max_output_tokens`` cut, and usage estimated from the context. The GA event
+sequence itself (``response.created`` ... ``response.done``, ids, indices,
+item and part shapes) is :class:`rtgate.translate.ga.response.ResponseWriter`'s,
+as for every translating provider (OpenAI's GA server events:
+https://platform.openai.com/docs/api-reference/realtime-server-events). Also the pieces
+:mod:`rtgate.mockmodel.translator` shares with it: :func:`emit` (every server
+event with a fresh ``event_id``), :func:`parts` and the ``response``
+parameter checks.
 
 A response is planned by the model (:class:`ResponsePlan`: what to say, to
 whom, in which conversation) and streamed here in one call; the model keeps
-the finished item through the ``keep`` callback, between
-``response.output_item.done`` and ``conversation.item.done`` as OpenAI
-orders them.
+the finished item through the ``keep`` callback.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from rtgate.mockmodel.session import (
     check_voice,
     invalid,
 )
-from rtgate.translate.base import Outbox, flatten_usage, get_path, new_id
+from rtgate.translate.base import Outbox, get_path, new_id
+from rtgate.translate.ga.items import ItemChain
+from rtgate.translate.ga.response import ResponseWriter
+from rtgate.translate.ga.usage import Usage
 
 _INPUT_MS_PER_TOKEN: Final = 100  # roughly what OpenAI bills for user audio
 _OUTPUT_MS_PER_TOKEN: Final = 50  # and for assistant audio
@@ -173,128 +177,57 @@ def stream_response(
         reply, audio_ms = _truncate(reply, audio_ms, max_tokens)
         status = "incomplete"
         status_details = {"type": "incomplete", "reason": "max_output_tokens"}
-
-    response_id, item_id = new_id("resp"), new_id("item")
-    response: Json = {
-        "object": "realtime.response",
-        "id": response_id,
-        "status": "in_progress",
-        "status_details": None,
-        "output": [],
-        "conversation_id": plan.conversation_id,
-        "output_modalities": plan.modalities,
-        "max_output_tokens": max_tokens,
-        "audio": {
-            "output": {k: v for k, v in plan.audio_output.items() if k in ("format", "voice")}
-        },
-        "usage": None,
-        "metadata": plan.metadata,
-    }
-    emit(out, {"type": "response.created", "response": response})
-    item: Json = {
-        "id": item_id,
-        "type": "message",
-        "object": "realtime.item",
-        "status": "in_progress",
-        "role": "assistant",
-        "content": [],
-    }
-    emit(
-        out,
-        {
-            "type": "response.output_item.added",
-            "response_id": response_id,
-            "output_index": 0,
-            "item": item,
-        },
-    )
-    previous = plan.previous_item_id
+    chain: ItemChain | None = None
     if in_conversation:
-        emit(out, {"type": "conversation.item.added", "previous_item_id": previous, "item": item})
-    ids: Json = {
-        "response_id": response_id,
-        "item_id": item_id,
-        "output_index": 0,
-        "content_index": 0,
-    }
-    if "audio" in plan.modalities:
+        chain = ItemChain()
+        chain.last = plan.previous_item_id
+    audio = "audio" in plan.modalities
+    writer = ResponseWriter(
+        out,
+        modality="audio" if audio else "text",
+        output_format=plan.audio_output.get("format"),
+        voice=plan.audio_output.get("voice"),
+        max_output_tokens=max_tokens,
+        conversation=chain,
+        conversation_id=plan.conversation_id,
+        metadata=plan.metadata,
+    )
+    writer.open_message(out)  # announced even when the reply is empty, as OpenAI does
+    if audio:
         fmt = get_path(plan.audio_output, "format", "type")
-        chosen = fmt if isinstance(fmt, str) and fmt in FORMATS else "audio/pcm"
-        part = _stream_audio(ids, chosen, audio_ms, reply, out)
+        _stream_audio(
+            writer,
+            fmt if isinstance(fmt, str) and fmt in FORMATS else "audio/pcm",
+            audio_ms,
+            reply,
+            out,
+        )
     else:
-        part = _stream_text(ids, reply, out)
-    item = {
-        **item,
-        "status": "incomplete" if status == "incomplete" else "completed",
-        "content": [part],
-    }
-    emit(
-        out,
-        {
-            "type": "response.output_item.done",
-            "response_id": response_id,
-            "output_index": 0,
-            "item": item,
-        },
-    )
+        for word in _words(reply):
+            writer.text(out, word)
+    response = writer.finish(out, status, status_details)
+    item = writer.items[0]
     if in_conversation:
-        keep(item_id, item, audio_ms)
-        emit(out, {"type": "conversation.item.done", "previous_item_id": previous, "item": item})
-
+        keep(str(item["id"]), item, audio_ms)
     usage = _usage(plan.instructions, plan.context, reply, audio_ms, audio_lengths)
-    response.update(status=status, status_details=status_details, output=[item], usage=usage)
-    emit(out, {"type": "response.done", "response": response})
-    out.add_usage(flatten_usage(usage))
+    writer.done(out, response, usage)
 
 
-def _stream_audio(ids: Json, fmt: str, audio_ms: int, transcript: str, out: Outbox) -> Json:
-    emit(
-        out,
-        {
-            "type": "response.content_part.added",
-            **ids,
-            "part": {"type": "audio", "transcript": ""},
-        },
-    )
+def _stream_audio(
+    writer: ResponseWriter, fmt: str, audio_ms: int, transcript: str, out: Outbox
+) -> None:
+    """Tone chunks with the transcript interleaved word by word, as OpenAI interleaves them."""
     chunks = audio_chunks(fmt, audio_ms)
     words = _words(transcript)
-    # Interleave the transcript with the audio as OpenAI does, word by word.
     per_chunk = math.ceil(len(words) / len(chunks)) if chunks else len(words)
     next_word = 0
     for chunk in chunks:
-        out.client_json(
-            {
-                "type": "response.output_audio.delta",
-                "event_id": new_id("event"),
-                **ids,
-                "delta": chunk,
-            }
-        )
+        writer.audio(out, chunk)
         for word in words[next_word : next_word + per_chunk]:
-            emit(out, {"type": "response.output_audio_transcript.delta", **ids, "delta": word})
+            writer.transcript(out, word)
         next_word += per_chunk
     for word in words[next_word:]:
-        emit(out, {"type": "response.output_audio_transcript.delta", **ids, "delta": word})
-    emit(out, {"type": "response.output_audio.done", **ids})
-    emit(out, {"type": "response.output_audio_transcript.done", **ids, "transcript": transcript})
-    emit(
-        out,
-        {
-            "type": "response.content_part.done",
-            **ids,
-            "part": {"type": "audio", "transcript": transcript},
-        },
-    )
-    return {"type": "output_audio", "transcript": transcript}
-
-
-def _stream_text(ids: Json, text: str, out: Outbox) -> Json:
-    emit(out, {"type": "response.content_part.added", **ids, "part": {"type": "text", "text": ""}})
-    for word in _words(text):
-        emit(out, {"type": "response.output_text.delta", **ids, "delta": word})
-    emit(out, {"type": "response.output_text.done", **ids, "text": text})
-    emit(out, {"type": "response.content_part.done", **ids, "part": {"type": "text", "text": text}})
-    return {"type": "output_text", "text": text}
+        writer.transcript(out, word)
 
 
 def _words(text: str) -> list[str]:
@@ -322,7 +255,7 @@ def _usage(
     reply: str,
     audio_ms: int,
     audio_lengths: dict[str, int],
-) -> Json:
+) -> Usage:
     """GA usage: the whole context is input (cached 0), the reply is output."""
     text_in = _text_tokens(instructions) if isinstance(instructions, str) else 0
     audio_in = 0
@@ -336,17 +269,9 @@ def _usage(
         if isinstance(arguments, str):
             text_in += _text_tokens(arguments)
         audio_in += audio_lengths.get(str(item.get("id")), 0) // _INPUT_MS_PER_TOKEN
-    text_out, audio_out = _text_tokens(reply), audio_ms // _OUTPUT_MS_PER_TOKEN
-    return {
-        "total_tokens": text_in + audio_in + text_out + audio_out,
-        "input_tokens": text_in + audio_in,
-        "output_tokens": text_out + audio_out,
-        "input_token_details": {
-            "text_tokens": text_in,
-            "audio_tokens": audio_in,
-            "image_tokens": 0,
-            "cached_tokens": 0,
-            "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
-        },
-        "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
-    }
+    return Usage(
+        input_text=text_in,
+        input_audio=audio_in,
+        output_text=_text_tokens(reply),
+        output_audio=audio_ms // _OUTPUT_MS_PER_TOKEN,
+    )

@@ -19,6 +19,7 @@ import orjson
 
 from rtgate.mockmodel.audio import FORMATS, PCM_RATE
 from rtgate.translate.base import new_id
+from rtgate.translate.ga.session import DEFAULT_TURN_DETECTION, session_object
 
 Json = dict[str, object]
 
@@ -215,35 +216,12 @@ def merge(base: Json, update: Json) -> Json:
 
 def default_session(model: str) -> Json:
     """The session OpenAI announces for a new GA conversation, with this model."""
-    return {
-        "type": "realtime",
-        "object": "realtime.session",
-        "id": new_id("sess"),
-        "model": model,
-        "output_modalities": ["audio"],
-        "instructions": "You are a helpful, witty and friendly AI. Keep replies short.",
-        "tools": [],
-        "tool_choice": "auto",
-        "max_output_tokens": "inf",
-        "tracing": None,
-        "truncation": "auto",
-        "prompt": None,
-        "include": None,
-        "audio": {
-            "input": {
-                "format": dict(_PCM_FORMAT),
-                "transcription": None,
-                "noise_reduction": None,
-                "turn_detection": {
-                    "type": "server_vad",
-                    "threshold": 0.5,
-                    "prefix_padding_ms": 300,
-                    "silence_duration_ms": 200,
-                    "idle_timeout_ms": None,
-                    "create_response": True,
-                    "interrupt_response": True,
-                },
-            },
-            "output": {"format": dict(_PCM_FORMAT), "voice": "marin", "speed": 1.0},
-        },
-    }
+    return session_object(
+        model=model,
+        voice="marin",
+        session_id=new_id("sess"),
+        instructions="You are a helpful, witty and friendly AI. Keep replies short.",
+        input_format=_PCM_FORMAT,
+        output_format=_PCM_FORMAT,
+        turn_detection=DEFAULT_TURN_DETECTION,
+    )

@@ -2,7 +2,7 @@
 
 There is no upstream. :class:`MockModel` answers every client event itself on
 ``to_client`` with the events, ids, ordering and errors OpenAI's GA Realtime
-API produces (``/work/shared/reference/protocols.md`` 2.3-2.6), so clients,
+API produces (https://platform.openai.com/docs/api-reference/realtime), so clients,
 load tests and the relay can be exercised without a key or a network:
 
 * ``session.created`` on start; ``session.update`` validated and merged
@@ -20,7 +20,8 @@ load tests and the relay can be exercised without a key or a network:
 This module owns the conversation state and the client-event handlers; the
 session's defaults and validation live in :mod:`rtgate.mockmodel.session`,
 the tone, G.711 and loudness probe in :mod:`rtgate.mockmodel.audio`, and
-the response event sequence in :mod:`rtgate.mockmodel.response`.
+what a response says in :mod:`rtgate.mockmodel.response` (its GA events are
+written by :mod:`rtgate.translate.ga`, as for every translating provider).
 
 Responses complete within the call that asked for them, so ``response.cancel``
 always finds nothing to cancel (``response_cancel_not_active``). The reply is

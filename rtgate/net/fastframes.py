@@ -14,6 +14,11 @@ while the library's parser is idle (waiting for the first byte of a frame,
 nothing buffered, no fragmented message open). Once it hands bytes to the
 library, it keeps feeding the library until the parser is idle again.
 
+:class:`MessageReader` also keeps count of the bytes it holds for messages not yet
+complete (a partial frame, the fragments so far, the library's buffer) and reports
+each change to the gateway's :class:`rtgate.net.budget.BufferBudget`; complete
+frames, the hot path, never change it.
+
 :func:`encode_text` serialises an unfragmented text frame; client frames are
 masked with key bytes drawn from a pooled ``os.urandom`` buffer (one syscall
 per 1024 frames instead of one per frame).
@@ -22,6 +27,7 @@ per 1024 frames instead of one per frame).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from struct import pack
 from typing import Any
 
@@ -33,6 +39,7 @@ try:
 except ImportError:  # pragma: no cover - the C extension ships with every wheel
     from websockets.utils import apply_mask
 
+from rtgate.net.budget import BufferBudget
 from rtgate.wire import Binary
 from rtgate.wire import Frame as Message
 
@@ -50,17 +57,32 @@ class MessageReader:
         "_masked",
         "_need",
         "_pending",
+        "budget",
+        "discarding",
+        "held",
+        "on_evicted",
         "protocol",
     )
 
-    def __init__(self, protocol: Protocol, *, fast: bool = True) -> None:
+    def __init__(
+        self, protocol: Protocol, *, fast: bool = True, budget: BufferBudget | None = None
+    ) -> None:
         self.protocol = protocol
+        self.budget = budget
+        self.held = 0
+        """Bytes held for unfinished messages (as last reported to ``budget``)."""
+        self.discarding = False
+        """The unfinished message was dropped; input is ignored from now on."""
+        self.on_evicted: Callable[[], None] | None = None
+        """Called when the budget evicts this reader's message."""
         self._masked = protocol.side is SERVER  # a server reads masked frames (RFC 6455 5.1)
         self._pending = bytearray()
         self._need = 0
         # The library owns the stream while this is true (see module docstring).
         self._library = not fast or bool(protocol.extensions) or not library_idle(protocol)
-        self._fragments: list[bytes] = []
+        # One buffer, not a list of fragments: a message of many small fragments would
+        # otherwise scatter across the heap, which cannot shrink once freed in the middle.
+        self._fragments = bytearray()
         self._fragment_opcode: Opcode | None = None
 
     # -- input ---------------------------------------------------------------------
@@ -73,6 +95,7 @@ class MessageReader:
             # A frame split across reads: collect until it is whole (no quadratic copying).
             self._pending += data
             if len(self._pending) < self._need:
+                self.account()
                 return []
             buf = bytes(self._pending)
             self._pending = bytearray()
@@ -142,6 +165,8 @@ class MessageReader:
             else:
                 out.append(Binary(payload))
             i = stop
+        if self._pending or self.held:
+            self.account()
         return out
 
     def _hold(self, buf: bytes, at: int, need: int) -> None:
@@ -151,26 +176,71 @@ class MessageReader:
     def feed_eof(self) -> list[Message]:
         """The peer closed TCP: buffered bytes and the EOF go to the library."""
         out: list[Message] = []
-        if self._pending:
+        if self._pending and not self.discarding:
             out = self._to_library(self._pending)
             self._pending = bytearray()
         self._library = True
         self.protocol.receive_eof()
-        return out + self.assemble(self.protocol.events_received())  # type: ignore[arg-type]
+        out += self.assemble(self.protocol.events_received())  # type: ignore[arg-type]
+        self.account()
+        return out
 
     def release(self) -> None:
         """Hand any buffered bytes to the library, which owns the stream from now on."""
-        if self._pending:
+        if self._pending and not self.discarding:
             self.protocol.receive_data(bytes(self._pending))
             self._pending = bytearray()
         self._library = True
+        self.account()
 
     def _to_library(self, data: bytes | bytearray) -> list[Message]:
+        if self.discarding:
+            return []
         protocol = self.protocol
         protocol.receive_data(bytes(data))
         out = self.assemble(protocol.events_received())  # type: ignore[arg-type]
         self._library = not library_idle(protocol)
+        if not self._library:
+            fresh_parser(protocol)
+        self.account()
         return out
+
+    # -- what is held for unfinished messages -------------------------------------------
+
+    def account(self) -> None:
+        """Report the bytes now held for unfinished messages, if that changed."""
+        held = len(self._pending) + len(self._fragments)
+        if self._library:
+            held += len(self.protocol.reader.buffer)
+        before = self.held
+        if held != before:
+            self.held = held
+            if self.budget is not None:
+                self.budget.change(self, before, held)
+
+    def discard(self) -> None:
+        """Drop the unfinished message and ignore all further input (the connection is
+        being closed): its memory is freed now, not when the session's objects are."""
+        self.discarding = True
+        self._library = True
+        self._pending = bytearray()
+        self._need = 0
+        self._fragments = bytearray()
+        protocol = self.protocol
+        protocol.reader.buffer = bytearray()
+        if not protocol.reader.eof:
+            fresh_parser(protocol)  # the old one holds the last frame it parsed
+        elif protocol.parser_exc is not None:
+            # The parser ended (EOF, protocol error); its exception's traceback holds
+            # the parser's frame and with it the last frame parsed.
+            protocol.parser_exc.__traceback__ = None
+        self.account()
+
+    def evict(self) -> None:
+        """The gateway's budget is exceeded and this reader holds its biggest message."""
+        self.discard()
+        if self.on_evicted is not None:
+            self.on_evicted()
 
     # -- the library path: reassembly and UTF-8 (what the sans-IO layer leaves to us) ----
 
@@ -191,12 +261,12 @@ class MessageReader:
                         out.append(Binary(bytes(data)))
                 else:
                     self._fragment_opcode = opcode
-                    self._fragments = [bytes(frame.data)]
+                    self._fragments = bytearray(frame.data)
             elif opcode is Opcode.CONT:
-                self._fragments.append(bytes(frame.data))
+                self._fragments += frame.data
                 if frame.fin:
-                    data = b"".join(self._fragments)
-                    self._fragments = []
+                    data = bytes(self._fragments)
+                    self._fragments = bytearray()
                     if self._fragment_opcode is Opcode.TEXT:
                         text = self._checked_text(data)
                         if text is None:
@@ -215,6 +285,19 @@ class MessageReader:
                 self.protocol.fail(1007, "invalid UTF-8 in text message")
                 return None
         return data
+
+
+def fresh_parser(protocol: Protocol) -> None:
+    """Give the library a new frame parser, waiting for the first byte of a frame.
+
+    The library's parser generator keeps the last frame it parsed in its locals until
+    the next frame is complete: up to a whole fragment (16 MiB) for as long as the
+    connection lives, since the fast path may never hand the library another byte.
+    When the library is idle (:func:`library_idle`) a new parser is equivalent; when
+    input is being discarded the old parser's state does not matter any more.
+    """
+    protocol.parser = Protocol.parse(protocol)
+    next(protocol.parser)
 
 
 def library_idle(protocol: Protocol) -> bool:

@@ -10,6 +10,11 @@ and flushes the library's automatic replies. Plain TCP (``_RawSocket``) and
 TLS (:class:`rtgate.net.tls.TlsSocketStream`) take a fast path: readiness
 waits from trio, the bytes moved by ``os.read``/``os.write`` or by OpenSSL.
 
+A connection reading a client keeps the time its current unfinished message
+started (``unfinished_since``) and reports what that message holds to the
+gateway's buffer budget; its owner is told when one starts and when the budget
+evicts it (:meth:`WsConnection.watch_unfinished`).
+
 Two tasks may use one connection (one reads, both write), so writes go through
 a FIFO lock; reads must come from one task at a time.
 """
@@ -25,6 +30,7 @@ from websockets.frames import Close, Frame
 from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 
 from rtgate.net import readable_now
+from rtgate.net.budget import BufferBudget
 from rtgate.net.fastframes import MessageReader, encode_text, library_idle
 from rtgate.net.tls import TlsSocketStream
 from rtgate.wire import Binary
@@ -33,6 +39,9 @@ from rtgate.wire import Frame as Message
 # 64 KiB: a read buffer past glibc's mmap threshold (128 KiB) costs an mmap/munmap
 # pair per read, which tripled the cost of reading one 1.4 KB audio frame.
 READ_SIZE = 64 * 1024
+UNSENDABLE_CLOSE_CODES = frozenset({1005, 1006, 1015})
+"""Codes that only describe a close and must never travel in a close frame (RFC 6455 7.4.1)."""
+
 _QUIET = logging.getLogger("rtgate.wire")
 _QUIET.setLevel(logging.WARNING)  # websockets logs every connection at INFO
 
@@ -61,6 +70,7 @@ class WsConnection:
         *,
         write_timeout: float = 20.0,
         early_events: Sequence[Frame] = (),
+        budget: BufferBudget | None = None,
     ) -> None:
         self.stream = stream
         self._raw: _RawSocket | TlsSocketStream | None = None
@@ -72,7 +82,10 @@ class WsConnection:
         self._early_events: list[Frame] = [*early_events, *protocol.events_received()]  # type: ignore[list-item]
         self.protocol = protocol
         _forget_handshake(protocol)
-        self._reader = MessageReader(protocol)
+        self._reader = MessageReader(protocol, budget=budget)
+        self.unfinished_since: float | None = None
+        """When the first bytes of the message not yet complete arrived (None: none is)."""
+        self._on_unfinished: Callable[[float], None] | None = None
         self._fast_send = not protocol.extensions
         self._mask = protocol.side is CLIENT
         self.write_timeout = write_timeout
@@ -91,6 +104,7 @@ class WsConnection:
         if self._early_events:
             messages = reader.assemble(self._early_events)
             self._early_events = []
+            reader.account()
         while True:
             if protocol.writes:
                 await self._flush()  # pongs, close echo, failure close
@@ -102,12 +116,40 @@ class WsConnection:
                 data = await (self._raw or self.stream).receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
-            self.last_received = trio.current_time()
+            now = self.last_received = trio.current_time()
             if data:
                 self.bytes_received += len(data)
                 messages = reader.feed(data if type(data) is bytes else bytes(data))
             else:
                 messages = reader.feed_eof()
+            if reader.held:
+                if messages or self.unfinished_since is None:
+                    self._unfinished_started(now)
+            elif self.unfinished_since is not None:
+                self.unfinished_since = None
+
+    def _unfinished_started(self, now: float) -> None:
+        """A message began that this read did not complete (a message completed in the same
+        read means the unfinished one began in it)."""
+        first = self.unfinished_since is None
+        self.unfinished_since = now
+        if first and self._on_unfinished is not None:
+            self._on_unfinished(now)
+
+    def watch_unfinished(
+        self, started: Callable[[float], None], evicted: Callable[[], None]
+    ) -> None:
+        """Call ``started(now)`` when an unfinished message begins and ``evicted()`` when the
+        gateway's buffer budget drops this connection's message (both from the task that
+        reads, or from another session's reader for ``evicted``)."""
+        self._on_unfinished = started
+        self._reader.on_evicted = evicted
+
+    def drop_unfinished(self) -> None:
+        """Free the unfinished message now and ignore further input: the connection is
+        being closed for it, and its close frame cannot come before the message's end."""
+        self._reader.discard()
+        self.unfinished_since = None
 
     def input_waiting(self) -> bool | None:
         """Bytes (or an EOF) the peer sent that no receive has read yet; None when the
@@ -237,6 +279,7 @@ class WsConnection:
         except ConnectionClosed:
             pass
         finally:
+            self._reader.discard()
             await trio.aclose_forcefully(self.stream)
 
     async def _send_close(self, code: int, reason: str) -> None:
@@ -251,9 +294,11 @@ class WsConnection:
         """
         self._reader.release()  # the library reads the closing handshake itself
         try:
+            if code in UNSENDABLE_CLOSE_CODES:
+                return  # the peer is gone (or unreachable): no closing handshake to hold
             with trio.move_on_after(grace):
                 await self._send_close(code, reason)
-                while self.protocol.state is not CLOSED:
+                while self.protocol.state is not CLOSED and not self._reader.discarding:
                     if self.protocol.writes:
                         await self._flush()
                     data = await self.stream.receive_some(READ_SIZE)
@@ -267,6 +312,9 @@ class WsConnection:
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
+            # Frees any unfinished message now: the session's objects form reference
+            # cycles, so without this its buffers would live until a full collection.
+            self._reader.discard()
             await trio.aclose_forcefully(self.stream)
 
 

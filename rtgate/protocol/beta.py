@@ -7,7 +7,8 @@ sessions with 4000 ``beta_api_shape_disabled`` since 2026-05-12), so the relay
 runs each client frame through :meth:`BetaBridge.client_to_ga` and each frame
 for the client through :meth:`BetaBridge.server_to_beta`.
 
-What changes (``/work/shared/reference/protocols.md`` 2.2):
+What changes (OpenAI's reference, https://platform.openai.com/docs/api-reference/realtime,
+and the openai SDK's ``openai.types.realtime`` vs ``openai.types.beta.realtime``):
 
 * client -> GA: ``session.update`` flat -> nested (``type: "realtime"``,
   ``output_modalities``, ``audio.input`` / ``audio.output``, object formats,

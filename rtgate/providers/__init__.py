@@ -31,6 +31,9 @@ _MODULES = {
 
 KNOWN_PROVIDERS = tuple(_MODULES)
 
+EXTRAS = {"bedrock": "bedrock", "vertex_ai": "vertex"}
+"""Providers that need an optional dependency: the ``rtgate[EXTRA]`` that installs it."""
+
 _loaded: dict[str, Provider] = {}
 
 

@@ -65,6 +65,10 @@ class UpstreamLink(Protocol):
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close politely, bounded in time; never raises."""
 
+    async def abandon(self, code: int = 1000, reason: str = "") -> None:
+        """Close while another task may still be reading this link (a reconnect swapped it
+        out): never reads, bounded in time; never raises."""
+
     def pending_bytes(self) -> int:
         """Bytes written but not yet accepted by the peer's socket (0 if unknown)."""
 
@@ -73,6 +77,8 @@ class Provider(Protocol):
     """One upstream family (see module docstring)."""
 
     name: str
+    warmable: bool
+    """Connections can be opened before a client asks (``litellm_params.warm_pool``)."""
 
     def validate(self, deployment: Deployment) -> list[str]:
         """Problems with this deployment's parameters, as human sentences (empty: fine)."""

@@ -80,6 +80,8 @@ class BedrockProvider:
     """The ``bedrock`` provider (see module docstring)."""
 
     name = "bedrock"
+    warmable = False
+    """A session is one HTTP/2 stream signed for its own request: nothing to open early."""
 
     def __init__(self) -> None:
         self._sources: dict[str, tuple[Deployment, CredentialSource]] = {}

@@ -3,7 +3,9 @@
 Owns: reading a service-account JSON (a path or the JSON itself, LiteLLM's
 ``vertex_credentials``), signing the RS256 assertion with ``cryptography``,
 exchanging it at the account's ``token_uri`` (RFC 7523; the same request
-google-auth makes, protocols.md §6.1) and caching the access token until
+google-auth makes; Google's guide:
+https://developers.google.com/identity/protocols/oauth2/service-account#httprest)
+and caching the access token until
 shortly before it expires. The HTTP exchange runs in a worker thread bounded
 by a timeout, so the event loop never waits on it; tests point ``token_uri``
 at a fake on 127.0.0.1.

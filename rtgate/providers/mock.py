@@ -40,12 +40,17 @@ class NullLink:
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         self._closed.set()
 
+    async def abandon(self, code: int = 1000, reason: str = "") -> None:
+        self._closed.set()
+
     def pending_bytes(self) -> int:
         return 0
 
 
 class MockProvider:
     name = "mock"
+    warmable = False
+    """The model runs in-process: there is nothing to dial."""
 
     def validate(self, deployment: Deployment) -> list[str]:
         reply_ms = deployment.params.get("reply_audio_ms")

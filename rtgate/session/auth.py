@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
 from rtgate.config.model import GatewayConfig
-from rtgate.errors import Forbidden, Unauthenticated
+from rtgate.errors import BadRequest, Forbidden, Unauthenticated
 
 BROWSER_KEY_PREFIX = "openai-insecure-api-key."
 
@@ -35,8 +35,10 @@ class Principal:
     max_sessions: int | None = None
     """Concurrent sessions the key may hold (the counterpart of LiteLLM's key ``max_parallel_requests``)."""
     is_master: bool = False
+    key_hash: str | None = attrs.field(default=None, repr=False)
+    """sha256 hex of the key (spend is recorded under it; None: unauthenticated)."""
     rpm_limit: int | None = None
-    """New sessions per minute the key may start (LiteLLM's key ``rpm_limit``; None: no cap)."""
+    """New sessions per minute of this key (LiteLLM's ``rpm_limit``)."""
 
     def check_model(self, model: str) -> None:
         if self.models is not None and model not in self.models:
@@ -64,6 +66,37 @@ def presented_key(
     return query.get("api-key") or None
 
 
+CREDENTIAL_HEADERS = frozenset({"authorization", "api-key"})
+
+
+def credentials_presented(
+    raw_headers: Iterable[tuple[str, str]],
+    subprotocols: Sequence[str],
+    query_pairs: Iterable[tuple[str, str]],
+) -> int:
+    """How many credentials a request carries, every header and parameter counted.
+
+    More than one is refused (400): with two, rtgate and a proxy in front of it
+    could each check a different one and disagree about who the caller is.
+    """
+    count = sum(1 for name, _ in raw_headers if name.lower() in CREDENTIAL_HEADERS)
+    count += sum(1 for proto in subprotocols if proto.startswith(BROWSER_KEY_PREFIX))
+    return count + sum(1 for name, _ in query_pairs if name == "api-key")
+
+
+def check_one_credential(
+    raw_headers: Iterable[tuple[str, str]],
+    subprotocols: Sequence[str] = (),
+    query_pairs: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Raise :class:`BadRequest` for a request presenting more than one credential."""
+    if credentials_presented(raw_headers, subprotocols, query_pairs) > 1:
+        raise BadRequest(
+            "more than one credential (Authorization, api-key, key subprotocol or ?api-key=): "
+            "send exactly one"
+        )
+
+
 class Authenticator:
     """Checks presented keys against the master key and the virtual keys."""
 
@@ -75,7 +108,9 @@ class Authenticator:
         self._keys = [
             (
                 bytes.fromhex(k.sha256),
-                Principal(k.alias, k.models, k.max_sessions, rpm_limit=k.rpm_limit),
+                Principal(
+                    k.alias, k.models, k.max_sessions, key_hash=k.sha256, rpm_limit=k.rpm_limit
+                ),  # fmt: skip
             )
             for k in config.server.keys
         ]
@@ -94,7 +129,7 @@ class Authenticator:
         found: Principal | None = None
         # Compare against every key so timing does not depend on which one matched.
         if self._master is not None and hmac.compare_digest(digest, self._master):
-            found = Principal(alias="master", is_master=True)
+            found = Principal(alias="master", is_master=True, key_hash=digest.hex())
         for candidate, principal in self._keys:
             if hmac.compare_digest(digest, candidate) and found is None:
                 found = principal

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from functools import partial
 from urllib.parse import parse_qsl, urlsplit
@@ -20,6 +21,7 @@ import attrs
 import orjson
 import trio
 from websockets.datastructures import Headers
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
@@ -27,28 +29,39 @@ from websockets.typing import Subprotocol
 from rtgate.config.model import Deployment, GatewayConfig
 from rtgate.errors import (
     BadRequest,
+    BudgetExceeded,
     ClientError,
     Forbidden,
     GatewayShuttingDown,
     NoDeploymentAvailable,
     RtgateError,
     TooManySessions,
+    Unauthenticated,
     UpstreamConnectError,
     scrub,
 )
+from rtgate.governance.service import Governance
+from rtgate.net.budget import BufferBudget
 from rtgate.net.wsconn import _QUIET, WsConnection
 from rtgate.pool.router import Pool, Selection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
 from rtgate.session.admission import Admission, Ticket
-from rtgate.session.auth import Authenticator, Principal, presented_key
-from rtgate.session.counters import HANDSHAKE_BUCKETS, LatencyHistogram, RelayCounters
+from rtgate.session.auth import Authenticator, Principal, check_one_credential, presented_key
+from rtgate.session.counters import (
+    FIRST_AUDIO_BUCKETS,
+    HANDSHAKE_BUCKETS,
+    LatencyHistogram,
+    RelayCounters,
+)
 from rtgate.session.relay import Outcome, Relay
 from rtgate.session.shared_state import SharedState
 from rtgate.session.warm_pool import WarmPools
 from rtgate.shared.store import SharedStore
-from rtgate.telemetry.tap import EventLog, SessionInfo, SessionSummary
+from rtgate.telemetry.tap import ServedEventLog, SessionInfo, SessionSummary
+from rtgate.telemetry.tracing import SessionTrace, Tracing, scrubbed
+from rtgate.telemetry.turns import Turn, TurnWatch
 from rtgate.translate.base import new_id
 
 log = logging.getLogger("rtgate.gateway")
@@ -79,12 +92,32 @@ class GatewayCounters:
     )
     relay: RelayCounters = attrs.field(factory=RelayCounters)
     reloads: dict[str, int] = attrs.field(factory=dict)
+    first_audio_seconds: dict[str, LatencyHistogram] = attrs.field(factory=dict)
+    """Per model group: a response's anchor (end of speech, commit, or created) to its first audio."""
+    session_closes: dict[tuple[str, int, str], int] = attrs.field(factory=dict)
+    """Ended sessions by (model group, close code sent to the client, side that closed)."""
+
+    def observe_first_audio(self, group: str, seconds: float) -> None:
+        hist = self.first_audio_seconds.get(group)
+        if hist is None:
+            hist = self.first_audio_seconds[group] = LatencyHistogram(FIRST_AUDIO_BUCKETS)
+        hist.observe(seconds)
+
+
+RECENT_CLOSES = 50
+"""Ended sessions the status page lists."""
 
 
 class Gateway:
     """Process-wide state of the data plane: config, pool, keys, event log, counters."""
 
-    def __init__(self, config: GatewayConfig, *, event_log: EventLog | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        event_log: ServedEventLog | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.config = config
         self.pool = Pool(config)
         self.auth = Authenticator(config)
@@ -97,18 +130,25 @@ class Gateway:
         self.secrets = config.secret_values()
         self.warm = WarmPools(self)
         """Pre-opened upstream connections (``warm_pool``); the server runs it."""
+        self.buffers = BufferBudget(config.server.limits.max_buffered_bytes or None)
+        """Bytes held in unfinished and queued messages, across every session."""
+        self.governance = Governance(config)
+        """Database keys, budgets and spend (``general_settings.database_url``); the server runs it."""
+        self.tracing = tracing
+        """OpenTelemetry spans per session, dial and turn (None: traces off)."""
+        self.recent_closes: deque[dict[str, object]] = deque(maxlen=RECENT_CLOSES)
+        """The last ended sessions, newest last (for the status page)."""
 
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new config to new sessions; running sessions keep theirs."""
-        reconfigure = getattr(self.pool, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(config, trio.current_time())
-        else:
-            self.pool = Pool(config)
+        self.pool.reconfigure(config, trio.current_time())
         self.config = config
         self.auth = Authenticator(config)
         self.secrets = config.secret_values()
         self.warm.reconfigure(config)
+        self.buffers.limit = config.server.limits.max_buffered_bytes or None
+        self.buffers.enforce()
+        self.governance.reconfigure(config)
         self.admission.reconfigure(config)
 
     def share_state(self, store: SharedStore | None) -> SharedState | None:
@@ -137,13 +177,14 @@ class Gateway:
         )
         protocol.receive_data(head)
         request = next((e for e in protocol.events_received() if isinstance(e, Request)), None)
-        if request is None:
-            await _send_response(
-                stream,
-                protocol,
-                _json_response(
-                    400, "invalid_request_error", "bad_request", "malformed WebSocket request"
-                ),
+        if request is None or protocol.handshake_exc is not None:
+            # The library refused the head and queued its own answer (or only an EOF):
+            # answer once, ourselves, with its status and a JSON body.
+            status = _refusal_status(protocol.handshake_exc)
+            self._count_reject(status)
+            message = _refusal_message(protocol.handshake_exc)
+            await _write_and_close(
+                stream, _json_response(status, "invalid_request_error", "bad_request", message)
             )
             return
         try:
@@ -154,7 +195,9 @@ class Gateway:
             return
         response = protocol.accept(request)
         if response.status_code != 101:
-            await session.release(self, Outcome(1002, "handshake failed", 1000, "", "client"))
+            failed = Outcome(1002, "handshake failed", 1000, "", "client")
+            await session.release(self, failed)
+            session.finish_trace(self, failed, {})
             await session.link.aclose(1001, "client handshake failed")
             protocol.send_response(response)
             await _flush(stream, protocol)
@@ -165,7 +208,10 @@ class Gateway:
         # This frame lives as long as the session: keep only what the session needs
         # (the parsed request and response are a few KiB per idle session).
         del request, response
-        await session.run(self, WsConnection(stream, protocol, write_timeout=limits.ping_timeout))
+        client = WsConnection(
+            stream, protocol, write_timeout=limits.ping_timeout, budget=self.buffers
+        )
+        await session.run(self, client)
 
     async def _open_session(self, request: Request, client_addr: str) -> _Session:
         config = self.config
@@ -180,7 +226,8 @@ class Gateway:
         if origins is not None and "origin" in headers and headers["origin"] not in origins:
             raise Forbidden("origin not allowed")
         subprotocols = _offered_subprotocols(request.headers)
-        principal = self.auth.authenticate(presented_key(headers, subprotocols, query))
+        check_one_credential(request.headers.raw_items(), subprotocols, parse_qsl(url.query))
+        principal = await self._authenticate(presented_key(headers, subprotocols, query))
         intent = query.get("intent")
         group = query.get("model") or query.get("deployment")
         if not group and intent == "transcription":
@@ -192,6 +239,7 @@ class Gateway:
         if not group:
             raise BadRequest("missing ?model=NAME")
         principal.check_model(group)
+        self.governance.admit(principal.key_hash)  # budget, tpm: refused before any dial
         session_id = new_id("sess")
         ctx = SessionContext(
             session_id=session_id,
@@ -204,12 +252,20 @@ class Gateway:
         beta = headers.get("openai-beta", "").replace(" ", "") == "realtime=v1" or (
             "openai-beta.realtime-v1" in subprotocols
         )
-        ticket = await self.admission.admit(principal, session_id)
+        trace = self._start_trace(headers, ctx, principal, client_addr)
         try:
-            deployment, link = await self._dial(group, ctx, ticket)
-        except BaseException:
+            ticket = await self.admission.admit(principal, session_id)
+        except BaseException as exc:
+            if trace is not None:
+                _trace_refused(trace, exc, self.secrets)
+            raise
+        try:
+            deployment, link = await self._dial(group, ctx, ticket, trace)
+        except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await ticket.release()
+            if trace is not None:
+                _trace_refused(trace, exc, self.secrets)
             raise
         ticket.start()
         self.counters.sessions_active += 1
@@ -217,11 +273,53 @@ class Gateway:
         started = self.counters.sessions_started
         started[started_key] = started.get(started_key, 0) + 1
         return _Session(
-            ctx, principal, deployment, link, beta, client_addr, trio.current_time(), ticket
+            ctx, principal, deployment, link, beta, client_addr, trio.current_time(), ticket, trace
+        )
+
+    def _start_trace(
+        self,
+        headers: Mapping[str, str],
+        ctx: SessionContext,
+        principal: Principal,
+        client_addr: str,
+    ) -> SessionTrace | None:
+        """The session span, from an authenticated handshake on (refused keys make no spans)."""
+        if self.tracing is None:
+            return None
+        attributes: dict[str, str] = {
+            "rtgate.session_id": ctx.session_id,
+            "rtgate.model_group": ctx.model_group,
+            "gen_ai.operation.name": "realtime",
+            "client.address": client_addr,
+        }
+        if principal.alias is not None:
+            attributes["rtgate.key_alias"] = principal.alias
+            attributes["user.id"] = principal.alias
+        if ctx.intent:
+            attributes["rtgate.intent"] = ctx.intent
+        return self.tracing.session(headers, attributes)
+
+    async def _authenticate(self, key: str | None) -> Principal:
+        """A config key or the master key, else a database key (from memory, or looked up)."""
+        try:
+            return self.auth.authenticate(key)
+        except Unauthenticated:
+            if not key:
+                raise
+            record = await self.governance.find_key(key)
+            if record is None:
+                raise
+        self.governance.check_usable(record)
+        return Principal(
+            alias=record.label,
+            models=frozenset(record.models) or None,
+            max_sessions=record.max_parallel_requests,
+            key_hash=record.token,
+            rpm_limit=record.rpm_limit,
         )
 
     async def _dial(
-        self, group: str, ctx: SessionContext, ticket: Ticket
+        self, group: str, ctx: SessionContext, ticket: Ticket, trace: SessionTrace | None = None
     ) -> tuple[Deployment, UpstreamLink]:
         """Walk the pool until a deployment connects; raise when none can."""
         selection = self.pool.select(group, trio.current_time())
@@ -243,12 +341,16 @@ class Gateway:
             if deployment.warm_pool is not None:
                 warm = await self._warm_link(selection, deployment, ctx, reserved_at)
                 if warm is not None:
+                    if trace is not None:
+                        trace.dial_succeeded(deployment.id, deployment.provider, warm=True)
                     return deployment, warm
                 if not self.pool.fresh_dial_allowed(deployment, trio.current_time()):
                     selection.release(deployment, trio.current_time())
                     await ticket.drop_deployment(deployment)
                     continue
             provider = get_provider(deployment.provider)
+            if trace is not None:
+                trace.dial_attempt(deployment.id, deployment.provider)
             started = trio.current_time()
             try:
                 link = await connect_bounded(provider.connect, deployment, ctx)
@@ -267,10 +369,14 @@ class Gateway:
                     "dial failed: deployment=%s kind=%s error=%s",
                     deployment.id, kind, scrub(str(exc), self.secrets),
                 )  # fmt: skip
+                if trace is not None:
+                    trace.dial_failed(deployment.id, kind, scrubbed(str(exc), self.secrets))
                 continue
             now = trio.current_time()
             self.counters.dial_seconds.observe(now - started)
             selection.succeeded(deployment, now, now - started)
+            if trace is not None:
+                trace.dial_succeeded(deployment.id, deployment.provider, warm=False)
             await self.publish_health()
             return deployment, link
         raise selection.exhausted()
@@ -318,6 +424,7 @@ class _Session:
     client_addr: str
     started: float
     ticket: Ticket
+    trace: SessionTrace | None = None
     released: bool = False
 
     async def run(self, gateway: Gateway, client: WsConnection) -> None:
@@ -332,6 +439,11 @@ class _Session:
             started_at=time.time(),
         )
         tap = gateway.event_log.open_session(info) if gateway.event_log is not None else None
+        account = gateway.governance.open_account(
+            key_hash=self.principal.key_hash, key_alias=self.principal.alias,
+            deployment=self.deployment, model_group=self.ctx.model_group,
+            session_id=self.ctx.session_id, transcription=self.ctx.intent == "transcription",
+        )  # fmt: skip
         relay = Relay(
             client,
             self.link,
@@ -343,14 +455,29 @@ class _Session:
             secrets=gateway.secrets + self.deployment.secret_values(),
             shutdown=gateway.shutdown,
             counters=gateway.counters.relay,
+            budget=gateway.buffers,
+            accounting=account,
+            turns=TurnWatch(partial(self._turn_ended, gateway)),
         )
+        if self.trace is not None:
+            self.trace.admitted(
+                {
+                    "rtgate.deployment": self.deployment.id,
+                    "rtgate.provider": self.deployment.provider,
+                    "gen_ai.provider.name": self.deployment.provider,
+                    "gen_ai.request.model": self.deployment.model,
+                    "rtgate.beta_client": self.beta,
+                }
+            )
         outcome: Outcome | None = None
         try:
             outcome = await relay.run()
         finally:
             outcome = outcome or relay.outcome or Outcome(1011, "internal error", 1011, "", "error")
             await self.release(gateway, outcome)
+            self.finish_trace(gateway, outcome, relay.stats.usage, relay.stats.responses)
             stats = relay.stats
+            cost = account.close(time.time() - info.started_at)
             if gateway.event_log is not None:
                 now = time.time()
                 gateway.event_log.close_session(
@@ -367,8 +494,50 @@ class _Session:
                         bytes_to_client=stats.bytes_to_client,
                         usage=dict(stats.usage),
                         responses=stats.responses,
+                        cost_usd=cost,
                     )
                 )
+
+    def _turn_ended(self, gateway: Gateway, turn: Turn) -> None:
+        """A response finished (once per response, never per frame)."""
+        ttfa = turn.time_to_first_audio
+        if ttfa is not None:
+            gateway.counters.observe_first_audio(self.ctx.model_group, ttfa)
+        if self.trace is not None:
+            self.trace.turn(turn, trio.current_time())
+
+    def finish_trace(
+        self, gateway: Gateway, outcome: Outcome, usage: Mapping[str, int], responses: int = 0
+    ) -> None:
+        """End the session span and list the close for the status page."""
+        reason = scrubbed(outcome.client_reason, gateway.secrets)
+        gateway.recent_closes.append(
+            {
+                "ended_at": time.time(),
+                "session_id": self.ctx.session_id,
+                "model_group": self.ctx.model_group,
+                "deployment": self.deployment.id,
+                "key_alias": self.principal.alias,
+                "code": outcome.client_code,
+                "reason": reason,
+                "closed_by": outcome.closed_by,
+                "seconds": round(trio.current_time() - self.started, 3),
+            }
+        )
+        if self.trace is None:
+            return
+        failed = outcome.closed_by != "client" and outcome.client_code not in (1000, 1001)
+        self.trace.ended(
+            {
+                "rtgate.close_code": outcome.client_code,
+                "rtgate.close_reason": reason,
+                "rtgate.closed_by": outcome.closed_by,
+                "rtgate.upstream_close_code": outcome.upstream_code,
+                "rtgate.responses": responses,
+            },
+            usage,
+            f"closed {outcome.client_code} by {outcome.closed_by}" if failed else None,
+        )
 
     async def release(self, gateway: Gateway, outcome: Outcome) -> None:
         """The session is over: its slots go back and it is counted (once)."""
@@ -384,10 +553,20 @@ class _Session:
         )
         ended_key = (self.ctx.model_group, self.deployment.id, outcome.closed_by)
         counters.sessions_ended[ended_key] = counters.sessions_ended.get(ended_key, 0) + 1
+        close_key = (self.ctx.model_group, outcome.client_code, outcome.closed_by)
+        counters.session_closes[close_key] = counters.session_closes.get(close_key, 0) + 1
         gateway.pool.session_ended(
             self.deployment, now, abnormal=outcome.abnormal, duration=now - self.started
         )
         await gateway.publish_health()
+
+
+def _trace_refused(trace: SessionTrace, exc: BaseException, secrets: tuple[str, ...]) -> None:
+    """End the span of a session that never started (no deployment could serve, or cancelled)."""
+    if isinstance(exc, RtgateError):
+        trace.rejected(exc.http_status, exc.error_code, scrubbed(exc.message, secrets))
+    else:
+        trace.rejected(499, "cancelled", "the handshake was abandoned")
 
 
 async def _redial(deployment: Deployment, ctx: SessionContext) -> UpstreamLink:
@@ -413,9 +592,18 @@ def _offered_subprotocols(headers: Headers) -> list[str]:
 
 
 def _json_response(
-    status: int, error_type: str, code: str, message: str, extra: Mapping[str, str] | None = None
+    status: int,
+    error_type: str,
+    code: str,
+    message: str,
+    extra: Mapping[str, str] | None = None,
+    *,
+    with_param: bool = False,
 ) -> Response:
-    body = orjson.dumps({"error": {"message": message, "type": error_type, "code": code}})
+    error: dict[str, object] = {"message": message, "type": error_type, "code": code}
+    if with_param:  # LiteLLM's ProxyException shape (budget_exceeded)
+        error["param"] = None
+    body = orjson.dumps({"error": error})
     headers = Headers(
         [
             ("Content-Type", "application/json"),
@@ -430,14 +618,74 @@ def _json_response(
 
 def _error_response(exc: RtgateError, secrets: tuple[str, ...]) -> Response:
     extra: dict[str, str] = {}
-    retry_after = getattr(exc, "retry_after", None)
-    if isinstance(exc, TooManySessions | NoDeploymentAvailable) and retry_after is not None:
-        extra["Retry-After"] = str(max(1, round(retry_after)))
+    if isinstance(exc, TooManySessions | NoDeploymentAvailable) and exc.retry_after is not None:
+        extra["Retry-After"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, ClientError) and exc.http_status == 401:
         extra["WWW-Authenticate"] = "Bearer"
     return _json_response(
-        exc.http_status, exc.error_type, exc.error_code, scrub(exc.message, secrets), extra
-    )
+        exc.http_status, exc.error_type, exc.error_code, scrub(exc.message, secrets), extra,
+        with_param=isinstance(exc, BudgetExceeded),
+    )  # fmt: skip
+
+
+def _refusal_status(exc: Exception | None) -> int:
+    """The status websockets gives a head it refused (431 for header limits, 414, else 400)."""
+    if isinstance(exc, HeaderLineTooLong | TooManyHeaders):
+        return 431
+    if isinstance(exc, RequestLineTooLong):
+        return 414
+    return 400
+
+
+def _refusal_message(exc: Exception | None) -> str:
+    # Never the library's text: it may quote a header (a key, perhaps) back.
+    cause = exc.__cause__ if exc is not None else None
+    if isinstance(cause, NotImplementedError) or "request body" in str(cause):
+        return "a WebSocket upgrade request must not have a body"
+    if isinstance(exc, HeaderLineTooLong | TooManyHeaders | RequestLineTooLong):
+        return "request head too large"
+    return "malformed WebSocket request"
+
+
+async def _write_and_close(stream: trio.abc.Stream, response: Response) -> None:
+    try:
+        with trio.move_on_after(5):
+            await stream.send_all(response.serialize())
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    await close_after_answer(stream)
+
+
+# After an error answer, unread request bytes would make the kernel reset the
+# connection, and a reset can destroy the answer before the client reads it.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
+
+
+async def close_after_answer(stream: trio.abc.Stream) -> None:
+    """Close a connection whose answer was sent: FIN first, then read (and drop) the rest, bounded.
+
+    The lingering close of RFC 9112 9.6 (nginx's ``lingering_close``): the client
+    sees the answer and then EOF, not a reset, however much of its request was unread.
+    """
+    with trio.move_on_after(LINGER_SECONDS):
+        try:
+            if isinstance(stream, trio.SocketStream):
+                await stream.send_eof()
+            drained = 0
+            while drained < LINGER_BYTES:
+                data = await stream.receive_some(64 * 1024)
+                if not data:
+                    break
+                drained += len(data)
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.BusyResourceError,
+            OSError,
+        ):
+            pass
+    await trio.aclose_forcefully(stream)
 
 
 async def _send_response(
@@ -445,7 +693,7 @@ async def _send_response(
 ) -> None:
     protocol.send_response(response)
     await _flush(stream, protocol)
-    await trio.aclose_forcefully(stream)
+    await close_after_answer(stream)
 
 
 async def _flush(stream: trio.abc.Stream, protocol: ServerProtocol) -> None:

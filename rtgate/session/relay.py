@@ -17,20 +17,33 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
 import orjson
 import trio
 
 from rtgate.config.model import Limits
-from rtgate.errors import UpstreamClosed, close_reason, scrub
+from rtgate.errors import (
+    BufferBudgetExceeded,
+    GatewayShuttingDown,
+    MessageTimeout,
+    RtgateError,
+    SessionExpired,
+    SessionIdle,
+    UpstreamClosed,
+    close_reason,
+    scrub,
+)
+from rtgate.net.budget import BufferBudget
 from rtgate.net.wsconn import ConnectionClosed, WsConnection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
 from rtgate.session.counters import RELAY_SAMPLE_MASK, RelayCounters
 from rtgate.telemetry.tap import SessionTap
-from rtgate.translate.base import CloseClient, Outbox, Translator, error_event
+from rtgate.telemetry.turns import TurnWatch
+from rtgate.translate.base import CloseClient, Outbox, Translator, error_event, flatten_usage
 from rtgate.wire import Frame
 
 log = logging.getLogger("rtgate.relay")
@@ -66,6 +79,35 @@ Redial = Callable[[], Awaitable[UpstreamLink]]
 """How the relay redials the same deployment when a translator asks (see ``Reconnect``)."""
 
 
+class SessionEnding(Protocol):
+    """Why a session must end after the response that just finished (a budget, a limit)."""
+
+    @property
+    def close_code(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def error_type(self) -> str: ...
+    @property
+    def error_code(self) -> str: ...
+
+
+class ResponseAccounting(Protocol):
+    """Told of each finished response (and, for transcription sessions, each transcript).
+
+    Called on the relay's task at a response's end, never per frame: it must not block.
+    """
+
+    transcription: bool
+    """Also report ``conversation.item.input_audio_transcription.completed`` usage."""
+
+    def on_response(
+        self, response_id: str | None, usage: Mapping[str, int]
+    ) -> SessionEnding | None: ...
+
+    def on_transcription(self, item_id: str, usage: Mapping[str, Any]) -> SessionEnding | None: ...
+
+
 class Relay:
     """One session's data plane (see module docstring)."""
 
@@ -82,7 +124,11 @@ class Relay:
         secrets: tuple[str, ...] = (),
         shutdown: trio.Event | None = None,
         counters: RelayCounters | None = None,
+        budget: BufferBudget | None = None,
+        accounting: ResponseAccounting | None = None,
+        turns: TurnWatch | None = None,
     ) -> None:
+        self.accounting = accounting
         self.client = client
         self.upstream = upstream
         self.translator = translator
@@ -95,11 +141,17 @@ class Relay:
         self.stats = RelayStats()
         self.counters = counters if counters is not None else RelayCounters()
         self.outcome: Outcome | None = None
+        self.turns = turns
+        """Notices each response's first audio and end (see ``telemetry/turns.py``)."""
         self._scope = trio.CancelScope()
         self._timer_scope = trio.CancelScope()
         self._started = 0.0
         self._upstream_last = 0.0
         self._reconnecting = False
+        self.budget = budget if budget is not None else BufferBudget(None)
+        """Where batches waiting for their write are counted (the gateway's budget)."""
+        self._evicted = False
+        """The budget dropped the client's unfinished message: the timer closes the session."""
 
     # -- public ------------------------------------------------------------------
 
@@ -108,6 +160,7 @@ class Relay:
         for peer behaviour (only for cancellation from outside)."""
         now = trio.current_time()
         self._started = self._upstream_last = now
+        self.client.watch_unfinished(self._message_started, self._message_evicted)
         try:
             with self._scope:
                 out = Outbox()
@@ -150,7 +203,7 @@ class Relay:
             now = client.last_received  # the clock read the receive already made
             translator = self.translator
             stats.frames_from_client += len(frames)
-            counters.add("client_in", len(frames), _size(frames))
+            counters.add("client_in", len(frames), batch_bytes(frames))
             batch_no += 1
             try:
                 if bridge is None and tap is None:
@@ -197,7 +250,7 @@ class Relay:
                     exc.code, exc.reason, out, now, error_type=exc.upstream_error_type
                 )
                 if out.close is None:
-                    out.close = CloseClient(1011, "upstream closed")
+                    out.close = CloseClient(exc.close_code, "upstream closed")
                 self._set_outcome(
                     Outcome(
                         out.close.code,
@@ -211,7 +264,7 @@ class Relay:
                 await self._dispatch(out, final=True)
                 return
             now = self._upstream_last = trio.current_time()
-            counters.add("upstream_in", len(frames), _size(frames))
+            counters.add("upstream_in", len(frames), batch_bytes(frames))
             batch_no += 1
             translator = self.translator
             try:
@@ -251,26 +304,41 @@ class Relay:
         self._scope.cancel()
 
     async def _dispatch(self, out: Outbox, *, final: bool = False) -> None:
+        """Send what ``out`` holds, act on the rest, and leave it empty for the next batch."""
+        if (
+            self.accounting is not None
+            and out.to_client
+            and (out.responses_done or self.accounting.transcription)
+        ):
+            self._account(out)
+        # A batch that ends responses is kept for the turn watch (once per response).
+        ended = list(out.to_client) if out.responses_done and self.turns is not None else None
         try:
-            if out.to_upstream and not final:
-                await self._send_upstream(out.to_upstream)
-            if out.to_client:
-                await self._send_client(out.to_client)
-        except UpstreamClosed as exc:
-            # The reader task will see the close too; make sure the session ends.
-            self._set_outcome(
-                Outcome(1011, "upstream connection lost", exc.code, exc.reason, "upstream", True)
-            )
-        except ConnectionClosed as exc:
-            if not exc.by_peer and exc.code == 1011:
-                # The write timeout fired: the client stopped reading.
-                self.counters.limit("slow_consumer")
-            self._set_outcome(Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client"))
+            try:
+                if out.to_upstream and not final:
+                    await self._send_upstream(out.to_upstream)
+                if out.to_client:
+                    await self._send_client(out.to_client)
+            except UpstreamClosed as exc:
+                # The reader task will see the close too; make sure the session ends.
+                self._set_outcome(
+                    Outcome(
+                        1011, "upstream connection lost", exc.code, exc.reason, "upstream", True
+                    )
+                )
+            except ConnectionClosed as exc:
+                if not exc.by_peer and exc.code == 1011:
+                    # The write timeout fired: the client stopped reading.
+                    self.counters.limit("slow_consumer")
+                self._set_outcome(
+                    Outcome(exc.code, exc.reason, _upstream_code(exc.code), "", "client")
+                )
+            if ended is not None and self.turns is not None:
+                self.turns.finished(ended, trio.current_time())
+            if out.responses_done or out.reconnect is not None or out.close is not None:
+                self._after_dispatch(out)
         finally:
-            out.to_upstream.clear()
-            out.to_client.clear()
-        if out.responses_done or out.reconnect is not None or out.close is not None:
-            self._after_dispatch(out)
+            out.clear()
         deadline = self.translator.deadline
         if deadline is not None and deadline < self._timer_scope.deadline:
             self._timer_scope.deadline = deadline
@@ -281,20 +349,19 @@ class Relay:
         """The rare parts of a dispatch: usage, a reconnect request, a close."""
         if out.responses_done:
             self._add_usage(out.usage or {}, out.responses_done)
-            out.usage = None
-            out.responses_done = 0
         if out.reconnect is not None and not self._reconnecting and self.reconnector is not None:
             self._reconnecting = True
             self._nursery.start_soon(self._reconnect)
-        out.reconnect = None
-        if out.close is not None:
-            close = out.close
-            out.close = None
+        close = out.close
+        if close is not None:
             self._set_outcome(Outcome(close.code, close.reason, 1000, "", "gateway"))
 
     async def _send_client(self, frames: list[Frame]) -> None:
         self.stats.frames_to_client += len(frames)
-        _scrub_error_events(frames, self.secrets)
+        scrub_error_events(frames, self.secrets)
+        turns = self.turns
+        if turns is not None and turns.scanning:  # off while a response streams audio
+            turns.outgoing(frames, trio.current_time)
         tap = self.tap
         if tap is not None:
             wall = time.time()
@@ -303,23 +370,33 @@ class Relay:
                     tap.record("server", frame, wall)
         if self.bridge is not None:
             frames = self._to_beta(frames)
-        size = _size(frames)
+        size = batch_bytes(frames)
         self.stats.bytes_to_client += size
         self.counters.add("client_out", len(frames), size)
-        if size <= self.limits.max_pending_bytes:
-            await self.client.send(frames)
-            return
-        for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
-            await self.client.send(chunk)
+        budget = self.budget
+        budget.queue(size)  # queued until written: counted in the gateway's budget
+        try:
+            if size <= self.limits.max_pending_bytes:
+                await self.client.send(frames)
+                return
+            for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
+                await self.client.send(chunk)
+        finally:
+            budget.held -= size
 
     async def _send_upstream(self, frames: list[Frame]) -> None:
-        size = _size(frames)
+        size = batch_bytes(frames)
         self.counters.add("upstream_out", len(frames), size)
-        if size <= self.limits.max_pending_bytes:
-            await self.upstream.send(frames)
-            return
-        for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
-            await self.upstream.send(chunk)
+        budget = self.budget
+        budget.queue(size)
+        try:
+            if size <= self.limits.max_pending_bytes:
+                await self.upstream.send(frames)
+                return
+            for chunk in _bounded(frames, size, self.limits.max_pending_bytes):
+                await self.upstream.send(chunk)
+        finally:
+            budget.held -= size
 
     def _to_beta(self, frames: Sequence[Frame]) -> list[Frame]:
         assert self.bridge is not None
@@ -332,6 +409,27 @@ class Relay:
             else:
                 converted.append(frame)
         return converted
+
+    def _account(self, out: Outbox) -> None:
+        """Report the responses (and transcripts) finished in this batch; if the key is now
+        over a limit, the client gets an ``error`` after them and the session closes."""
+        accounting = self.accounting
+        assert accounting is not None
+        ending: SessionEnding | None = None
+        finished = _finished_responses(out.to_client) if out.responses_done else []
+        if out.responses_done and not finished:  # a translator that sends no response.done
+            finished = [(None, out.usage or {})]
+        for response_id, usage in finished:
+            ending = accounting.on_response(response_id, usage) or ending
+        if accounting.transcription:
+            for item_id, usage in _finished_transcripts(out.to_client):
+                ending = accounting.on_transcription(item_id, usage) or ending
+        if ending is not None and out.close is None and self.outcome is None:
+            self.counters.limit(ending.error_code)
+            out.client_json(
+                error_event(ending.message, error_type=ending.error_type, code=ending.error_code)
+            )
+            out.close = CloseClient(ending.close_code, ending.error_code)
 
     def _add_usage(self, usage: dict[str, int], responses: int) -> None:
         self.stats.responses += responses
@@ -355,13 +453,16 @@ class Relay:
                 deadline = min(deadline, last + limits.idle_timeout)
             if self.translator.deadline is not None:
                 deadline = min(deadline, self.translator.deadline)
+            since = self.client.unfinished_since
+            if limits.message_timeout and since is not None:
+                deadline = min(deadline, since + limits.message_timeout)
+            if self._evicted:
+                deadline = -math.inf
             self._timer_scope = trio.CancelScope(deadline=deadline)
             with self._timer_scope:
                 if self.shutdown is not None:
                     await self.shutdown.wait()
-                    self._end_by_gateway(
-                        out, 1001, "the gateway is restarting", "gateway_restarting"
-                    )
+                    self._end_by_gateway(out, GatewayShuttingDown("the gateway is restarting"))
                     await self._dispatch(out)
                     return
                 await trio.sleep_forever()
@@ -377,11 +478,27 @@ class Relay:
 
     async def _check_limits(self, out: Outbox, now: float) -> None:
         limits = self.limits
+        if self._evicted and out.close is None:
+            self.client.drop_unfinished()
+            self._end_by_gateway(
+                out,
+                BufferBudgetExceeded(
+                    "the gateway holds too many unfinished messages and dropped this session's"
+                    " largest one; try again later"
+                ),
+            )
+        since = self.client.unfinished_since
+        timeout = limits.message_timeout
+        if timeout and since is not None and now - since >= timeout and out.close is None:
+            self.client.drop_unfinished()
+            self._end_by_gateway(
+                out, MessageTimeout(f"a message was not completed within {timeout:g} s")
+            )
         if limits.max_session_seconds and now - self._started >= limits.max_session_seconds:
-            self._end_by_gateway(out, 1000, "maximum session duration reached", "session_expired")
+            self._end_by_gateway(out, SessionExpired("maximum session duration reached"))
         last = max(self.client.last_received, self._upstream_last)
         if limits.idle_timeout and now - last >= limits.idle_timeout and out.close is None:
-            self._end_by_gateway(out, 1000, "session idle for too long", "idle_timeout")
+            self._end_by_gateway(out, SessionIdle("session idle for too long"))
         interval = limits.ping_interval
         if interval > 0 and out.close is None:
             if now - self.client.last_received >= interval + limits.ping_timeout:
@@ -400,10 +517,23 @@ class Relay:
                 pass
         await self._dispatch(out)
 
-    def _end_by_gateway(self, out: Outbox, code: int, message: str, error_code: str) -> None:
-        self.counters.limit(error_code)
-        out.client_json(error_event(message, error_type="invalid_request_error", code=error_code))
-        out.close = CloseClient(code, message)
+    def _end_by_gateway(self, out: Outbox, exc: RtgateError) -> None:
+        """The one place an error becomes what the client sees: its ``error`` event and close."""
+        self.counters.limit(exc.error_code)
+        out.client_json(error_event(exc.message, error_type=exc.error_type, code=exc.error_code))
+        out.close = CloseClient(exc.close_code, exc.message)
+
+    def _message_started(self, now: float) -> None:
+        """The client began a message it has not finished: bound it by ``message_timeout``."""
+        timeout = self.limits.message_timeout
+        if timeout and now + timeout < self._timer_scope.deadline:
+            self._timer_scope.deadline = now + timeout
+
+    def _message_evicted(self) -> None:
+        """The gateway's buffer budget dropped the client's message (maybe from another
+        session's task): the timer sends the ``error`` event and closes the session."""
+        self._evicted = True
+        self._timer_scope.deadline = -math.inf
 
     # -- reconnect (translators that must redial, e.g. before a Gemini goAway) ------------
 
@@ -414,9 +544,7 @@ class Relay:
             new = await self.reconnector()
         except Exception as exc:  # the old link stays in use; the translator is told
             self._reconnecting = False
-            self.translator.on_upstream_closed(
-                1011, f"reconnect failed: {exc}", out, trio.current_time()
-            )
+            self.translator.on_reconnect_failed(str(exc), out, trio.current_time())
             await self._dispatch(out)
             return
         old = self.upstream
@@ -427,11 +555,7 @@ class Relay:
         self._reconnecting = False
         await self._dispatch(out)
         # The upstream pump may be reading ``old`` right now, so it must not be read here.
-        abandon = getattr(old, "abandon", None)
-        if abandon is not None:
-            await abandon(1000, "reconnected")
-        else:
-            await old.aclose(1000, "reconnected")
+        await old.abandon(1000, "reconnected")
 
     # -- endings -----------------------------------------------------------------
 
@@ -459,6 +583,47 @@ class Relay:
             nursery.start_soon(self.upstream.aclose, outcome.upstream_code, up_reason)
 
 
+def _finished_responses(frames: Sequence[Frame]) -> list[tuple[str | None, dict[str, int]]]:
+    """``(response id, flattened usage)`` of each ``response.done`` in a batch for the client."""
+    found: list[tuple[str | None, dict[str, int]]] = []
+    for frame in frames:
+        if type(frame) is bytes and frame.find(b'"response.done"', 0, 64) >= 0:
+            try:
+                event = orjson.loads(frame)
+            except orjson.JSONDecodeError:
+                continue
+            response = event.get("response") if isinstance(event, dict) else None
+            if not isinstance(response, dict):
+                continue
+            usage = response.get("usage")
+            response_id = response.get("id")
+            found.append(
+                (
+                    response_id if isinstance(response_id, str) else None,
+                    flatten_usage(usage) if isinstance(usage, dict) else {},
+                )
+            )
+    return found
+
+
+_TRANSCRIPT_DONE = b'"conversation.item.input_audio_transcription.completed"'
+
+
+def _finished_transcripts(frames: Sequence[Frame]) -> list[tuple[str, dict[str, Any]]]:
+    """``(item id:content index, usage)`` of each finished transcription in a batch."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for frame in frames:
+        if type(frame) is bytes and frame.find(_TRANSCRIPT_DONE, 0, 80) >= 0:
+            try:
+                event = orjson.loads(frame)
+            except orjson.JSONDecodeError:
+                continue
+            usage = event.get("usage") if isinstance(event, dict) else None
+            if isinstance(usage, dict):
+                found.append((f"{event.get('item_id')}:{event.get('content_index', 0)}", usage))
+    return found
+
+
 def _upstream_code(client_code: int) -> int:
     """What the upstream is told when the client ended with ``client_code``."""
     if client_code in (1000, 1001) or 3000 <= client_code <= 4999:
@@ -466,7 +631,7 @@ def _upstream_code(client_code: int) -> int:
     return 1001  # the client vanished or broke: the session is going away
 
 
-def _scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
+def scrub_error_events(frames: list[Frame], secrets: tuple[str, ...]) -> None:
     """Remove keys from ``error`` events in place (a provider may echo the key it was sent).
 
     Only error events are looked at (a bounded byte search per frame), and they
@@ -495,7 +660,7 @@ def _scrub_strings(value: object, secrets: tuple[str, ...]) -> object:
     return value
 
 
-def _size(frames: Sequence[Frame]) -> int:
+def batch_bytes(frames: Sequence[Frame]) -> int:
     """Payload bytes of a batch (one ``len`` per message, no copy)."""
     try:
         return sum(map(len, frames))  # type: ignore[arg-type]

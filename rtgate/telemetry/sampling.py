@@ -324,6 +324,7 @@ def session_record(
         "bytes_to_client": summary.bytes_to_client,
         "responses": summary.responses,
         "usage": dict(summary.usage),
+        "cost_usd": summary.cost_usd,
         "sampled": stats.sampled,
         "events_logged": stats.events_logged,
         "events_dropped": stats.events_dropped,

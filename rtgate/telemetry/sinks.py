@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import stat
 import sys
 import urllib.parse
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
@@ -27,6 +28,7 @@ import attrs
 import h11
 import trio
 
+from rtgate.config.model import Secret
 from rtgate.errors import ConfigError, scrub
 
 log = logging.getLogger("rtgate.eventlog")
@@ -385,6 +387,8 @@ class Sink:
         self.last_error: str | None = None
         self._down_until = -math.inf
         self._pause = down_backoff
+        self.first_write: bool | None = None
+        """Whether the first delivery succeeded (None: nothing delivered yet); logged once."""
 
     @property
     def down(self) -> bool:
@@ -444,12 +448,18 @@ class Sink:
                     await trio.sleep(self.retry_backoff * 2**attempt)
                 continue
             self.counters.written += len(batch)
+            if self.first_write is None:
+                self.first_write = True
+                log.info("event log sink %s: first write ok", self.name)
             if self.down:
                 log.info("event log sink %s is back", self.name)
             self._down_until = -math.inf
             self._pause = self.down_backoff
             return "ok"
-        if not self.down:
+        if self.first_write is None:
+            self.first_write = False
+            log.warning("event log sink %s failed its first write: %s", self.name, self.last_error)
+        elif not self.down:
             log.warning("event log sink %s is down: %s", self.name, self.last_error)
         self._down_until = trio.current_time() + self._pause
         self._pause = min(self._pause * 2, self.down_backoff_max)
@@ -544,6 +554,62 @@ def build_sink(spec: Mapping[str, object], index: int = 0) -> Sink:
     )
 
 
+def sink_problems(specs: Iterable[Mapping[str, object]]) -> list[str]:
+    """What can be known before the first write about sinks that cannot work, one line each.
+
+    A file sink needs an existing, writable directory and, if its file exists, a
+    writable regular file (``/dev/full`` accepts the open and fails every write;
+    the console is ``type: stderr``). A spool directory must exist or be creatable.
+    ``rtgate check`` refuses these; ``rtgate serve`` logs them at start-up.
+    """
+    problems: list[str] = []
+    for index, spec in enumerate(specs):
+        where = f"rtgate.event_log.sinks[{index}]"
+        path = spec.get("path")
+        if spec.get("type") == "file" and isinstance(path, str):
+            problem = _file_problem(Path(path))
+            if problem:
+                problems.append(f"{where} (file {path}): {problem}")
+        spool_dir = spec.get("spool_dir")
+        if isinstance(spool_dir, str):
+            problem = _directory_problem(Path(spool_dir), create=True)
+            if problem:
+                problems.append(f"{where}.spool_dir {spool_dir}: {problem}")
+    return problems
+
+
+def _file_problem(path: Path) -> str | None:
+    parent = path.parent
+    problem = _directory_problem(parent, create=False)
+    if problem:
+        return problem
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(mode):
+        return "not a regular file (for the console use type: stderr)"
+    if not os.access(path, os.W_OK):
+        return "not writable by this user"
+    return None
+
+
+def _directory_problem(directory: Path, *, create: bool) -> str | None:
+    """None if ``directory`` is a writable directory (or, with ``create``, could be made)."""
+    existing = directory
+    while create and not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.exists():
+        return f"directory {directory} does not exist"
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"directory {existing} is not writable by this user"
+    return None
+
+
 @attrs.frozen
 class _Getter:
     spec: Mapping[str, object]
@@ -579,7 +645,7 @@ class _Getter:
             raise ConfigError(f"{self.where}.{key} must be a mapping of header names to values")
         out: dict[str, str] = {}
         for name, raw in value.items():
-            text = str(getattr(raw, "value", raw))  # the loader may hand a Secret
+            text = raw.value if isinstance(raw, Secret) else str(raw)  # from the loader
             if text.startswith("os.environ/"):
                 var = text.removeprefix("os.environ/")
                 if var not in os.environ:

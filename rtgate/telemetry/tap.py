@@ -7,13 +7,19 @@ to a bounded channel with ``send_nowait`` and count drops.
 
 Directions are ``"client"`` (client to upstream, GA-shaped after the beta
 bridge) and ``"server"`` (to the client, GA-shaped before the beta bridge).
+
+:class:`ServedEventLog` adds what the server drives around it: the writer task,
+reload, the final flush and the counters ``/metrics`` shows.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
+import trio
+
+from rtgate.config.model import EventLogSettings
 
 
 @attrs.frozen
@@ -48,6 +54,8 @@ class SessionSummary:
     usage: dict[str, int]
     """Token usage summed over every ``response.done`` (input/output/total and details)."""
     responses: int
+    cost_usd: float = 0.0
+    """What the session's responses cost (the price table and ``model_info`` overrides)."""
 
 
 class SessionTap(Protocol):
@@ -61,3 +69,19 @@ class EventLog(Protocol):
 
     def close_session(self, summary: SessionSummary) -> None:
         """Queue the session record (never blocks; dropped and counted when full)."""
+
+
+class ServedEventLog(EventLog, Protocol):
+    """An event log as the server runs it (:class:`rtgate.telemetry.eventlog.EventLogger`)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer: started in the server's nursery before the first session."""
+
+    def reconfigure(self, settings: EventLogSettings) -> None:
+        """SIGHUP: apply new sampling and redaction to new sessions."""
+
+    async def aclose(self) -> None:
+        """Flush what is queued (bounded by ``drain_timeout``) and close the sinks."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for ``/metrics``: records seen, queued, written, dropped, per sink."""

@@ -12,9 +12,10 @@ from functools import partial
 
 import trio
 
-from rtgate.config.load import parse_text
 from rtgate.config.model import GatewayConfig
+from rtgate.edge.configfile import parse_text
 from rtgate.edge.server import ServerHandle, serve
+from rtgate.telemetry.tap import ServedEventLog
 
 
 @asynccontextmanager
@@ -22,7 +23,7 @@ async def open_gateway(
     config: str | GatewayConfig,
     *,
     env: Mapping[str, str] | None = None,
-    event_log: object | None = None,
+    event_log: ServedEventLog | None = None,
     metrics: object | None = None,
 ) -> AsyncIterator[ServerHandle]:
     """Start rtgate on 127.0.0.1:0 with ``config`` (YAML text or a loaded config)."""

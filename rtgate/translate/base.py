@@ -20,6 +20,7 @@ Life of a session, as the relay drives it::
     t.on_upstream(frame, out, now)    # each upstream message
     t.on_timer(out, now)              # when now >= t.deadline
     t.on_reconnected(out, now)        # after the relay honoured out.reconnect
+    t.on_reconnect_failed(reason, out, now)  # ...or could not: the old upstream carries on
     t.on_upstream_closed(code, reason, out, now, error_type=...)
     t.on_client_closed(out, now)      # last chance to say goodbye upstream
 """
@@ -214,6 +215,14 @@ class Translator:
 
     def on_reconnected(self, out: Outbox, now: float) -> None:
         """A requested :class:`Reconnect` completed; queue the new upstream's first frames."""
+
+    def on_reconnect_failed(self, reason: str, out: Outbox, now: float) -> None:
+        """A requested :class:`Reconnect` could not be dialed; the old upstream is still open.
+
+        Default: a translator that cannot carry on with the old connection ends the
+        session as if the upstream had failed (1011).
+        """
+        self.on_upstream_closed(1011, f"reconnect failed: {reason}", out, now)
 
     def on_upstream_closed(
         self, code: int, reason: str, out: Outbox, now: float, *, error_type: str | None = None

@@ -2,7 +2,7 @@
 
 xAI speaks OpenAI Realtime GA event names but with quirks that make a strict
 client (the openai SDK's pydantic types, pipecat) reject events
-(``/work/shared/reference/protocols.md`` sections 4 and 9.1):
+(https://docs.x.ai/docs/guides/voice/agent):
 
 * ``ping`` keepalive server events, which GA does not have: dropped;
 * streaming response events without ``output_index`` / ``content_index``:
@@ -12,8 +12,9 @@ client (the openai SDK's pydantic types, pipecat) reject events
   empty part of the right type;
 * ``usage: {}`` (or partial usage) on ``response.created``/``response.done``:
   a zero-filled GA usage object;
-* ``role: "tool"`` on function call items (GA roles are user/assistant/system):
-  ``assistant``;
+* ``role: "tool"`` on function call items: dropped (GA's ``function_call`` and
+  ``function_call_output`` items have no role; message roles are user, assistant
+  and system);
 * a ``conversation.created`` greeting where GA starts with ``session.created``:
   a GA ``session.created`` is synthesised before it, and a real
   ``session.created`` arriving later is passed on as ``session.updated``.
@@ -270,8 +271,8 @@ def _hashable(value: object) -> object:
 
 
 def _fix_role(item: object) -> bool:
-    # xAI marks function call items with role "tool", which GA has no member for.
+    # xAI marks function call items with role "tool"; GA's call items have no role at all.
     if isinstance(item, dict) and item.get("role") == "tool":
-        item["role"] = "assistant"
+        del item["role"]
         return True
     return False

@@ -1,32 +1,34 @@
 """Client events other than ``session.update``, translated into Gemini Live input.
 
-Pure. Each handler takes the :class:`~rtgate.translate.gemini.translator.GeminiTranslator`
-whose session it acts on and appends to an :class:`Outbox`. Owns:
+Pure. Each handler takes the :class:`~rtgate.translate.gemini.state.GeminiState`
+of the session it acts on and appends to an :class:`Outbox`. Owns:
 ``input_audio_buffer.append`` (the hot path: the base64 audio is cut out of
 the frame without parsing the JSON and re-wrapped as ``realtimeInput``; only
 G.711 is decoded, to PCM16), commit and clear, ``conversation.item.create``
 (messages, images, function calls and their outputs as ``clientContent`` or
 ``toolResponse``), ``response.create`` / ``response.cancel``, and the
-acknowledgements of events Gemini has no equivalent for (protocols.md §9.2).
+acknowledgements of events Gemini has no equivalent for (the Live API's
+``BidiGenerateContentClientMessage`` has no truncate, delete, retrieve or
+cancel: https://ai.google.dev/api/live).
 """
 
 from __future__ import annotations
 
 import binascii
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 
 from rtgate.protocol.events import appended_audio, is_base64
 from rtgate.translate import audio
-from rtgate.translate.base import Outbox, error_event, invalid_audio_error, new_id
+from rtgate.translate.base import Outbox, error_event, invalid_audio_error
+from rtgate.translate.ga.events import emit
+from rtgate.translate.ga.items import truncated_ack
 from rtgate.translate.gemini.setup import AudioFormat
+from rtgate.translate.gemini.state import GeminiState
 
-if TYPE_CHECKING:
-    from rtgate.translate.gemini.translator import GeminiTranslator
-
-Handler = Callable[["GeminiTranslator", dict[str, Any], Outbox, float], None]
+Handler = Callable[[GeminiState, dict[str, Any], Outbox, float], None]
 
 ACTIVITY_START: Final = b'{"realtimeInput":{"activityStart":{}}}'
 ACTIVITY_END: Final = b'{"realtimeInput":{"activityEnd":{}}}'
@@ -55,7 +57,7 @@ def event_id(event: Mapping[str, Any]) -> str | None:
 # -- audio ------------------------------------------------------------------------------
 
 
-def append_audio(t: GeminiTranslator, frame: bytes, out: Outbox) -> None:
+def append_audio(t: GeminiState, frame: bytes, out: Outbox) -> None:
     """``input_audio_buffer.append`` as ``realtimeInput.audio`` (no JSON parse for PCM)."""
     data = appended_audio(frame)
     if data is None or not is_base64(data):
@@ -89,7 +91,7 @@ def _g711_as_pcm16(b64: bytes | str, fmt: AudioFormat) -> bytes:
     return audio.g711_b64_to_pcm16_b64(b64, mu_law=fmt.encoding == "pcmu")
 
 
-def _audio_blob(t: GeminiTranslator, b64: str) -> dict[str, str]:
+def _audio_blob(t: GeminiState, b64: str) -> dict[str, str]:
     fmt = t.plan.input_format
     if fmt.encoding == "pcm":
         return {"mimeType": f"audio/pcm;rate={fmt.rate}", "data": b64}
@@ -97,7 +99,7 @@ def _audio_blob(t: GeminiTranslator, b64: str) -> dict[str, str]:
     return {"mimeType": f"audio/pcm;rate={_G711_RATE}", "data": pcm}
 
 
-def commit(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now: float) -> None:
+def commit(t: GeminiState, event: dict[str, Any], out: Outbox, now: float) -> None:
     if not t.conversation.audio_since_commit:
         out.client_json(
             error_event(
@@ -118,18 +120,18 @@ def commit(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now: float) 
     t.conversation.announce_user_item(out)
 
 
-def clear(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now: float) -> None:
+def clear(t: GeminiState, event: dict[str, Any], out: Outbox, now: float) -> None:
     # Audio already streamed cannot be taken back; audio still held is dropped.
     t.drop_held_audio()
     t.conversation.audio_since_commit = False
     t.conversation.drop_unannounced()
-    out.client_json({"type": "input_audio_buffer.cleared", "event_id": new_id("event")})
+    emit(out, "input_audio_buffer.cleared")
 
 
 # -- conversation items -----------------------------------------------------------------
 
 
-def item_create(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now: float) -> None:
+def item_create(t: GeminiState, event: dict[str, Any], out: Outbox, now: float) -> None:
     item = event.get("item")
     if not isinstance(item, Mapping):
         out.client_json(error_event("conversation.item.create needs an 'item'", param="item"))
@@ -182,7 +184,7 @@ def item_create(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now: fl
     t.conversation.item_added(out, item)
 
 
-def _parts(t: GeminiTranslator, content: object, out: Outbox) -> list[dict[str, Any]] | None:
+def _parts(t: GeminiState, content: object, out: Outbox) -> list[dict[str, Any]] | None:
     if not isinstance(content, list) or not content:
         out.client_json(
             error_event("a message item needs a non-empty 'content' list", param="item.content")
@@ -224,13 +226,13 @@ def _parts(t: GeminiTranslator, content: object, out: Outbox) -> list[dict[str, 
     return parts
 
 
-def _content(t: GeminiTranslator, out: Outbox, role: str, parts: list[dict[str, Any]]) -> None:
+def _content(t: GeminiState, out: Outbox, role: str, parts: list[dict[str, Any]]) -> None:
     message = {"clientContent": {"turns": [{"role": role, "parts": parts}], "turnComplete": False}}
     t.send_upstream(out, orjson.dumps(message))
 
 
 def _function_output(
-    t: GeminiTranslator, item: Mapping[str, Any], event: dict[str, Any], out: Outbox
+    t: GeminiState, item: Mapping[str, Any], event: dict[str, Any], out: Outbox
 ) -> None:
     conversation = t.conversation
     call_id = item.get("call_id")
@@ -278,7 +280,7 @@ def _data_url(url: str) -> dict[str, str] | None:
 # -- responses --------------------------------------------------------------------------
 
 
-def response_create(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now: float) -> None:
+def response_create(t: GeminiState, event: dict[str, Any], out: Outbox, now: float) -> None:
     params = event.get("response")
     if isinstance(params, Mapping):
         if params.get("conversation") == "none":
@@ -302,7 +304,7 @@ def response_create(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now
                     event_id=event_id(event),
                 )
             )
-    if t.response is not None and not t.response.closed:
+    if t.open_response() is not None:
         out.client_json(
             error_event(
                 "Conversation already has an active response in progress",
@@ -324,8 +326,8 @@ def response_create(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now
     t.input_since_response = False
 
 
-def response_cancel(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now: float) -> None:
-    if t.response is None or t.response.closed:
+def response_cancel(t: GeminiState, event: dict[str, Any], out: Outbox, now: float) -> None:
+    if t.open_response() is None:
         out.client_json(
             error_event(
                 "Cancellation failed: no active response found",
@@ -348,20 +350,23 @@ def response_cancel(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now
 # -- events Gemini has no equivalent for ------------------------------------------------
 
 
-def truncate(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now: float) -> None:
+def truncate(t: GeminiState, event: dict[str, Any], out: Outbox, now: float) -> None:
     # Gemini keeps no transcript to cut; the client gets OpenAI's acknowledgement.
-    out.client_json(
-        {
-            "type": "conversation.item.truncated",
-            "event_id": new_id("event"),
-            "item_id": event.get("item_id"),
-            "content_index": event.get("content_index", 0),
-            "audio_end_ms": event.get("audio_end_ms", 0),
-        }
-    )
+    acknowledged = truncated_ack(event)
+    if acknowledged is None:
+        out.client_json(
+            error_event(
+                "conversation.item.truncate needs a string item_id and integer "
+                "content_index and audio_end_ms",
+                param="item_id",
+                event_id=event_id(event),
+            )
+        )
+        return
+    out.client_json(acknowledged)
 
 
-def unsupported(t: GeminiTranslator, event: dict[str, Any], out: Outbox, now: float) -> None:
+def unsupported(t: GeminiState, event: dict[str, Any], out: Outbox, now: float) -> None:
     out.client_json(
         error_event(
             f"{event.get('type')} is not available on Gemini Live",

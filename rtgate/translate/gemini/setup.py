@@ -7,7 +7,8 @@ transcription), listing what Gemini cannot honour so the translator can say
 so, and the GA ``session`` object rtgate echoes in ``session.created`` /
 ``session.updated``.
 
-Facts used (protocols.md §5, §9.2): the setup is one-shot (a second one is
+Facts used (https://ai.google.dev/api/live and
+https://ai.google.dev/gemini-api/docs/live-api/capabilities): the setup is one-shot (a second one is
 closed with 1007), ``turn_detection: null`` means client-driven activity
 (``automaticActivityDetection.disabled``), Gemini takes PCM16 at any rate named
 in the MIME type and always answers PCM16 at 24 kHz.
@@ -22,6 +23,7 @@ from typing import Any, Final
 import attrs
 
 from rtgate.translate.base import get_path
+from rtgate.translate.ga.session import session_object
 
 OPENAI_TO_GEMINI_VOICE: Final = {
     "alloy": "Zephyr",
@@ -72,7 +74,8 @@ GEMINI_VOICES: Final = frozenset(
 _GEMINI_BY_LOWER: Final = {v.lower(): v for v in GEMINI_VOICES}
 DEFAULT_VOICE: Final = "Puck"
 OUTPUT_RATE: Final = 24000
-"""Gemini Live always answers 16-bit PCM at 24 kHz (protocols.md §5.4)."""
+"""Gemini Live always answers 16-bit PCM at 24 kHz
+(https://ai.google.dev/gemini-api/docs/live-api/capabilities)."""
 
 # JSON-schema keys Gemini's ``Schema`` understands (google.genai.types.Schema aliases).
 _SCHEMA_KEYS: Final = frozenset(
@@ -187,36 +190,20 @@ class SessionPlan:
 
 def default_session(model_group: str) -> dict[str, Any]:
     """The GA session a Gemini-backed session starts with (what ``session.created`` shows)."""
-    return {
-        "type": "realtime",
-        "object": "realtime.session",
-        "model": model_group,
-        "output_modalities": ["audio"],
-        "instructions": "",
-        "audio": {
-            "input": {
-                "format": PCM24.as_openai(),
-                "transcription": None,
-                "noise_reduction": None,
-                "turn_detection": {
-                    "type": "server_vad",
-                    "threshold": 0.5,
-                    "prefix_padding_ms": 300,
-                    "silence_duration_ms": 500,
-                    "create_response": True,
-                    "interrupt_response": True,
-                },
-            },
-            "output": {"format": PCM24.as_openai(), "voice": DEFAULT_VOICE, "speed": 1.0},
+    return session_object(
+        model=model_group,
+        voice=DEFAULT_VOICE,
+        input_format=PCM24.as_openai(),
+        output_format=PCM24.as_openai(),
+        turn_detection={
+            "type": "server_vad",
+            "threshold": 0.5,
+            "prefix_padding_ms": 300,
+            "silence_duration_ms": 500,
+            "create_response": True,
+            "interrupt_response": True,
         },
-        "tools": [],
-        "tool_choice": "auto",
-        "max_output_tokens": "inf",
-        "tracing": None,
-        "truncation": "auto",
-        "prompt": None,
-        "include": None,
-    }
+    )
 
 
 def merge_session(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -325,7 +312,8 @@ def build_plan(session: Mapping[str, Any], model: str) -> SessionPlan:
     if not text_output:
         # OpenAI always streams a transcript of spoken answers; Gemini does on request.
         setup["outputAudioTranscription"] = {}
-    # Without compression an audio session ends after 15 minutes (protocols.md §5.4).
+    # Without compression an audio session ends after 15 minutes
+    # (https://ai.google.dev/gemini-api/docs/live-session).
     setup["contextWindowCompression"] = {"slidingWindow": {}}
 
     noise = get_path(session, "audio", "input", "noise_reduction")

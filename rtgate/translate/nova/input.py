@@ -1,13 +1,14 @@
 """GA client events turned into Nova Sonic input: the ``on_client`` handlers.
 
-Owns what each client event means for a Nova stream (protocols.md 9.3):
+Owns what each client event means for a Nova stream
+(https://docs.aws.amazon.com/nova/latest/userguide/input-events.html):
 ``session.update`` (applied before the stream opens, reported when a later
 one would need a new stream), audio appends into the one AUDIO content
 container (PCM16 base64 passed through untouched, G.711 decoded to PCM16),
 text and function-output items as Nova content blocks, and the local
 acknowledgements for events Nova has no equivalent of (commit, clear,
-cancel, truncate). Functions take the
-:class:`~rtgate.translate.nova.translator.NovaTranslator` whose state they advance.
+cancel, truncate). Functions take the session's
+:class:`~rtgate.translate.nova.state.NovaState`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from rtgate.protocol.events import appended_audio, is_base64
 from rtgate.translate.audio import g711_b64_to_pcm16_b64
 from rtgate.translate.base import Outbox, error_event, invalid_audio_error, new_id
-from rtgate.translate.nova.response import (
-    announce_item,
-    client_event,
-    finish_response,
-    message_item,
-)
+from rtgate.translate.ga import items as ga_items
+from rtgate.translate.ga.events import emit
+from rtgate.translate.nova.response import finish_response
 from rtgate.translate.nova.setup import (
     audio_content_start,
     merge_update,
@@ -34,12 +32,12 @@ from rtgate.translate.nova.setup import (
     text_content,
     tool_result_content,
 )
+from rtgate.translate.nova.state import NovaState, Phase
 
-if TYPE_CHECKING:
-    from rtgate.translate.nova.translator import NovaTranslator
+_STREAMING: Final = Phase.STREAMING  # read per audio frame: a global is cheaper than Enum.attr
 
 
-def append_audio(t: NovaTranslator, frame: bytes, out: Outbox) -> None:
+def append_audio(t: NovaState, frame: bytes, out: Outbox) -> None:
     """One ``audioInput`` into the AUDIO container (opened on the first append).
 
     The base64 is checked before it is spliced into the event as bytes: a parsed
@@ -49,20 +47,8 @@ def append_audio(t: NovaTranslator, frame: bytes, out: Outbox) -> None:
     if audio_b64 is None or not is_base64(audio_b64):
         out.client_json(invalid_audio_error())
         return
-    if not t.started:
-        t.open_stream(out)
-    if t.closed_upstream:
+    if t.phase is not _STREAMING and not _open_audio(t, out):
         return
-    if t.audio_content is None:
-        content = t.audio_content = str(uuid.uuid4())
-        out.upstream_json(audio_content_start(t.prompt, content, t.input_rate))
-        t.audio_prefix = (
-            b'{"event":{"audioInput":{"promptName":"'
-            + t.prompt.encode()
-            + b'","contentName":"'
-            + content.encode()
-            + b'","content":"'
-        )
     fmt = t.config.input_format["type"]
     if fmt != "audio/pcm":
         audio_b64 = g711_b64_to_pcm16_b64(audio_b64, mu_law=fmt == "audio/pcmu")
@@ -71,9 +57,26 @@ def append_audio(t: NovaTranslator, frame: bytes, out: Outbox) -> None:
     out.to_upstream.append(t.audio_prefix + audio_b64 + b'"}}}')
 
 
-def session_update(
-    t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None
-) -> None:
+def _open_audio(t: NovaState, out: Outbox) -> bool:
+    """Open the stream if needed and its one AUDIO container; False once the stream is ending."""
+    if t.phase is Phase.WAITING:
+        t.open_stream(out)
+    if t.phase is not Phase.OPEN:
+        return False
+    t.phase = Phase.STREAMING
+    content = t.audio_content = str(uuid.uuid4())
+    out.upstream_json(audio_content_start(t.prompt, content, t.input_rate))
+    t.audio_prefix = (
+        b'{"event":{"audioInput":{"promptName":"'
+        + t.prompt.encode()
+        + b'","contentName":"'
+        + content.encode()
+        + b'","content":"'
+    )
+    return True
+
+
+def session_update(t: NovaState, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
     """Merge before the stream opens (then open it); afterwards keep only what Nova allows."""
     session = event.get("session")
     if not isinstance(session, Mapping):
@@ -115,7 +118,7 @@ def _unsupported_item(out: Outbox, message: str, event_id: str | None) -> None:
 
 
 def _function_output(
-    t: NovaTranslator, item: Mapping[str, Any], item_id: str, out: Outbox, event_id: str | None
+    t: NovaState, item: Mapping[str, Any], item_id: str, out: Outbox, event_id: str | None
 ) -> dict[str, Any] | None:
     """Send a ``function_call_output`` as TOOL content; the item to echo, or None if refused."""
     call_id, output = item.get("call_id"), item.get("output")
@@ -125,18 +128,11 @@ def _function_output(
         )
         return None
     send_upstream(out, tool_result_content(t.prompt, str(uuid.uuid4()), call_id, output))
-    return {
-        "id": item_id,
-        "object": "realtime.item",
-        "type": "function_call_output",
-        "call_id": call_id,
-        "output": output,
-        "status": "completed",
-    }
+    return ga_items.function_call_output_item(item_id, call_id, output)
 
 
 def _text_message(
-    t: NovaTranslator, item: Mapping[str, Any], item_id: str, out: Outbox, event_id: str | None
+    t: NovaState, item: Mapping[str, Any], item_id: str, out: Outbox, event_id: str | None
 ) -> dict[str, Any] | None:
     """Send a text ``message`` as TEXT content; the item to echo, or None if refused."""
     role = item.get("role", "user")
@@ -159,7 +155,7 @@ def _text_message(
         return None
     text = "\n".join(texts)
     if t.audio_content is None:
-        # History: allowed once, before audio streaming begins (protocols.md 7.3).
+        # History: allowed once, before audio streaming begins (Nova's input-events.html).
         send_upstream(out, text_content(t.prompt, str(uuid.uuid4()), role.upper(), text))
     elif "nova-2" in t.config.model and role == "user":
         # Nova 2 cross-modal input: typed text during a live audio session.
@@ -171,12 +167,10 @@ def _text_message(
             out, "this Nova Sonic model takes text items only before audio starts", event_id
         )
         return None
-    return message_item(item_id, role, "completed", copy.deepcopy(parts))
+    return ga_items.text_message(item_id, role, texts)
 
 
-def item_create(
-    t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None
-) -> None:
+def item_create(t: NovaState, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
     item = event.get("item")
     if not isinstance(item, Mapping):
         out.client_json(error_event("conversation.item.create needs an item", event_id=event_id))
@@ -195,46 +189,46 @@ def item_create(
         return
     if echoed is None:
         return
-    announce_item(t, out, "conversation.item.added", echoed)
-    announce_item(t, out, "conversation.item.done", echoed)
-    t.last_item = item_id
+    t.chain.added_and_done(out, echoed)
 
 
-def _commit(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+def _commit(t: NovaState, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
     # Nova ends turns itself; acknowledge so manual-turn clients carry on.
     item = t.pending_user_item = t.pending_user_item or new_id("item")
-    client_event(out, "input_audio_buffer.committed", previous_item_id=t.last_item, item_id=item)
+    emit(out, "input_audio_buffer.committed", previous_item_id=t.chain.last, item_id=item)
 
 
-def _clear(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
-    client_event(out, "input_audio_buffer.cleared")
+def _clear(t: NovaState, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+    emit(out, "input_audio_buffer.cleared")
 
 
-def _ignore(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+def _ignore(t: NovaState, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
     """Nothing to do: ``response.create`` (Nova answers on its own once it hears the end
     of a turn) and ``output_audio_buffer.clear`` (WebRTC only; a WebSocket client owns
     its playback buffer)."""
 
 
-def _cancel(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+def _cancel(t: NovaState, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
     if t.response is not None:
         finish_response(t, out, "cancelled", reason="client_cancelled")
         t.suppress = True
 
 
-def _truncate(t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
-    client_event(
-        out,
-        "conversation.item.truncated",
-        item_id=event.get("item_id"),
-        content_index=event.get("content_index", 0),
-        audio_end_ms=event.get("audio_end_ms", 0),
-    )
+def _truncate(t: NovaState, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
+    acknowledged = ga_items.truncated_ack(event)
+    if acknowledged is None:
+        out.client_json(
+            error_event(
+                "conversation.item.truncate needs a string item_id and integer "
+                "content_index and audio_end_ms",
+                event_id=event_id,
+            )
+        )
+        return
+    out.client_json(acknowledged)
 
 
-def unsupported(
-    t: NovaTranslator, event: dict[str, Any], out: Outbox, event_id: str | None
-) -> None:
+def unsupported(t: NovaState, event: dict[str, Any], out: Outbox, event_id: str | None) -> None:
     out.client_json(
         error_event(
             f"{event['type']} is not supported with Amazon Nova Sonic",
@@ -244,7 +238,7 @@ def unsupported(
     )
 
 
-Handler = Callable[["NovaTranslator", dict[str, Any], Outbox, "str | None"], None]
+Handler = Callable[[NovaState, dict[str, Any], Outbox, "str | None"], None]
 HANDLERS: Final[dict[str, Handler]] = {
     "input_audio_buffer.commit": _commit,
     "input_audio_buffer.clear": _clear,

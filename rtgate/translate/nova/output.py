@@ -1,54 +1,37 @@
 """Nova Sonic output events read into the GA stream: the ``on_upstream`` handlers.
 
-Owns the meaning of each Nova output event (protocols.md 9.3): content blocks
+Owns the meaning of each Nova output event
+(https://docs.aws.amazon.com/nova/latest/userguide/output-events.html): content blocks
 tracked by ``contentId`` (:class:`Content`); a USER TEXT block is the user's
 turn (``speech_started`` / ``committed`` / transcription events); only FINAL
 ASSISTANT text becomes the transcript (SPECULATIVE is a preview of the same
 words); ``audioOutput`` passes through (re-encoded for G.711 clients); the
 interrupt marker and INTERRUPTED stops are barge-in; ``toolUse`` becomes a
 function call; ``usageEvent`` deltas (or differenced totals) are summed for
-the response's ``usage``. The GA events themselves are built by
-:mod:`~rtgate.translate.nova.response`.
+the response's ``usage``. Handlers take the session's
+:class:`~rtgate.translate.nova.state.NovaState`; the GA response events are
+written by :mod:`~rtgate.translate.nova.response` and :mod:`rtgate.translate.ga`.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-import attrs
 import orjson
 
 from rtgate.translate.audio import pcm16_to_alaw, pcm16_to_ulaw
 from rtgate.translate.base import Outbox, new_id
+from rtgate.translate.ga import items as ga_items
+from rtgate.translate.ga.events import emit
 from rtgate.translate.nova.response import (
-    Response,
-    announce_item,
     barge_in,
-    client_event,
-    ensure_message,
+    ensure_response,
     finish_response,
     function_call,
-    message_item,
 )
-
-if TYPE_CHECKING:
-    from rtgate.translate.nova.translator import NovaTranslator
-
-
-@attrs.define
-class Content:
-    """A Nova output content block, by ``contentId``."""
-
-    kind: str
-    """TEXT, AUDIO or TOOL."""
-    role: str
-    stage: str
-    """FINAL or SPECULATIVE (FINAL when Nova does not say)."""
-    text: list[str] = attrs.field(factory=list)
-    tool: dict[str, Any] | None = None
-    user_item: str | None = None
+from rtgate.translate.nova.state import Content, NovaState
 
 
 def _int(value: object) -> int:
@@ -71,13 +54,7 @@ def _content_id(body: dict[str, Any]) -> str:
     return str(body.get("contentId", ""))
 
 
-def _user_item(item_id: str, transcript: str | None, status: str) -> dict[str, Any]:
-    return message_item(
-        item_id, "user", status, [{"type": "input_audio", "transcript": transcript}]
-    )
-
-
-def _on_content_start(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> None:
+def _on_content_start(t: NovaState, body: dict[str, Any], out: Outbox) -> None:
     stage = "FINAL"
     fields = body.get("additionalModelFields")
     if isinstance(fields, str) and "SPECULATIVE" in fields:
@@ -92,69 +69,52 @@ def _on_content_start(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> N
         content.user_item = _begin_user_item(t, out)
 
 
-def _begin_user_item(t: NovaTranslator, out: Outbox) -> str:
+def _begin_user_item(t: NovaState, out: Outbox) -> str:
     """The user's turn as GA sees it; skips what a client ``commit`` already announced."""
     announced = t.pending_user_item
     item_id = announced or new_id("item")
     t.pending_user_item = None
     if announced is None:
-        client_event(
+        emit(
             out,
             "input_audio_buffer.speech_started",
             audio_start_ms=int(t.turn_start_ms),
             item_id=item_id,
         )
-    client_event(
-        out,
-        "input_audio_buffer.speech_stopped",
-        audio_end_ms=int(t.input_ms),
-        item_id=item_id,
-    )
+    emit(out, "input_audio_buffer.speech_stopped", audio_end_ms=int(t.input_ms), item_id=item_id)
     if announced is None:
-        client_event(
-            out,
-            "input_audio_buffer.committed",
-            previous_item_id=t.last_item,
-            item_id=item_id,
-        )
+        emit(out, "input_audio_buffer.committed", previous_item_id=t.chain.last, item_id=item_id)
     t.turn_start_ms = t.input_ms
-    announce_item(t, out, "conversation.item.added", _user_item(item_id, None, "in_progress"))
-    t.last_item = item_id
+    t.chain.added(out, ga_items.user_audio_item(item_id, "in_progress", None))
     return item_id
 
 
-def _on_text(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> None:
+def _on_text(t: NovaState, body: dict[str, Any], out: Outbox) -> None:
     content = t.contents.get(_content_id(body))
     text = body.get("content")
     if content is None or not isinstance(text, str):
         return
     if content.user_item is not None:
         content.text.append(text)
-        client_event(
-            out,
-            "conversation.item.input_audio_transcription.delta",
-            item_id=content.user_item,
-            content_index=0,
-            delta=text,
-        )
+        ga_items.transcription_delta(out, content.user_item, text)
         return
     if _is_interrupt_marker(text):
         barge_in(t, out)
         return
     if content.role != "ASSISTANT" or t.suppress:
         return
-    text_mode = t.config.output_modalities == ["text"]
     # One transcript stream: FINAL (what was spoken). In text mode with no audio
     # wanted, SPECULATIVE would arrive earlier but FINAL still carries every sentence.
     if content.stage != "FINAL":
         return
-    delta_type = (
-        "response.output_text.delta" if text_mode else "response.output_audio_transcript.delta"
-    )
-    _message_delta(t, out, delta_type, text).transcript.append(text)
+    response = ensure_response(t, out)
+    if response.modality == "text":
+        response.text(out, text)
+    else:
+        response.transcript(out, text)
 
 
-def _on_audio(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> None:
+def _on_audio(t: NovaState, body: dict[str, Any], out: Outbox) -> None:
     audio = body.get("content")
     if t.suppress or not isinstance(audio, str) or t.config.output_modalities == ["text"]:
         return
@@ -163,25 +123,10 @@ def _on_audio(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> None:
         pcm = base64.b64decode(audio)
         encoded = pcm16_to_ulaw(pcm) if fmt == "audio/pcmu" else pcm16_to_alaw(pcm)
         audio = base64.b64encode(encoded).decode()
-    _message_delta(t, out, "response.output_audio.delta", audio)
+    ensure_response(t, out).audio(out, audio)
 
 
-def _message_delta(t: NovaTranslator, out: Outbox, kind: str, delta: str) -> Response:
-    """A delta of the assistant message's one content part (opening the message if needed)."""
-    response = ensure_message(t, out)
-    client_event(
-        out,
-        kind,
-        response_id=response.id,
-        item_id=response.message_id,
-        output_index=0,
-        content_index=0,
-        delta=delta,
-    )
-    return response
-
-
-def _on_tool_use(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> None:
+def _on_tool_use(t: NovaState, body: dict[str, Any], out: Outbox) -> None:
     content = t.contents.get(_content_id(body))
     if content is None:
         content = t.contents[_content_id(body)] = Content("TOOL", "TOOL", "FINAL")
@@ -192,26 +137,16 @@ def _on_tool_use(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> None:
     }
 
 
-def _on_content_end(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> None:
+def _on_content_end(t: NovaState, body: dict[str, Any], out: Outbox) -> None:
     content = t.contents.pop(_content_id(body), None)
     stop = body.get("stopReason")
     if content is None:
         return
     if content.user_item is not None:
         transcript = "".join(content.text)
-        client_event(
-            out,
-            "conversation.item.input_audio_transcription.completed",
-            item_id=content.user_item,
-            content_index=0,
-            transcript=transcript,
-        )
-        client_event(
-            out,
-            "conversation.item.done",
-            previous_item_id=None,
-            item=_user_item(content.user_item, transcript, "completed"),
-        )
+        # Nova bills the user's speech as input tokens, not transcription time: zero seconds.
+        ga_items.transcription_completed(out, content.user_item, transcript, 0)
+        t.chain.done(out, ga_items.user_audio_item(content.user_item, "completed", transcript))
         return
     if stop == "INTERRUPTED":
         barge_in(t, out)
@@ -223,7 +158,7 @@ def _on_content_end(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> Non
         finish_response(t, out, "completed", defer=True)
 
 
-def _on_usage(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> None:
+def _on_usage(t: NovaState, body: dict[str, Any], out: Outbox) -> None:
     details = body.get("details")
     delta = details.get("delta") if isinstance(details, dict) else None
     if isinstance(delta, dict):
@@ -243,18 +178,18 @@ def _on_usage(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> None:
         t.totals[key] = value
 
 
-def _add_usage(t: NovaTranslator, key: str, value: int) -> None:
+def _add_usage(t: NovaState, key: str, value: int) -> None:
     if value:
         t.usage[key] = t.usage.get(key, 0) + value
 
 
-def _on_completion_end(t: NovaTranslator, body: dict[str, Any], out: Outbox) -> None:
+def _on_completion_end(t: NovaState, body: dict[str, Any], out: Outbox) -> None:
     if t.response is not None:
         finish_response(t, out, "completed")
     t.suppress = False
 
 
-Handler = Callable[["NovaTranslator", dict[str, Any], Outbox], None]
+Handler = Callable[[NovaState, dict[str, Any], Outbox], None]
 HANDLERS: Final[dict[str, Handler]] = {
     "contentStart": _on_content_start,
     "textOutput": _on_text,

@@ -1,7 +1,8 @@
 """Nova Sonic session configuration: GA ``session`` <-> the events that open a Nova stream.
 
 Owns what the client configures and what Nova is told once per stream
-(protocols.md 7.3, 9.3): the per-deployment :class:`NovaDefaults`, the
+(https://docs.aws.amazon.com/nova/latest/userguide/input-events.html): the per-deployment
+:class:`NovaDefaults`, the
 client's :class:`SessionConfig` merged from ``session.update``
 (:func:`merge_update`) and echoed back (:func:`session_object`), the voice and
 audio-format mapping, and the Nova input events built from it:
@@ -12,16 +13,16 @@ JSON-ready dicts out; no session state lives here.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import attrs
 import orjson
 
-from rtgate.translate.base import Outbox, new_id
+from rtgate.translate.base import Outbox
+from rtgate.translate.ga import session as ga_session
 
-# Nova Sonic v1 voices (protocols.md 7.3); other ids pass through for newer models.
+# Nova Sonic v1 voices (input-events.html above); other ids pass through for newer models.
 NOVA_VOICES: Final = frozenset(
     [
         "matthew",
@@ -199,38 +200,25 @@ def merge_update(config: SessionConfig, session: Mapping[str, Any]) -> list[str]
 
 def session_object(config: SessionConfig, session_id: str) -> dict[str, Any]:
     """The GA ``session`` rtgate reports in ``session.created`` / ``session.updated``."""
-    return {
-        "type": "realtime",
-        "object": "realtime.session",
-        "id": session_id,
-        "model": config.model,
-        "output_modalities": list(config.output_modalities),
-        "instructions": config.instructions,
-        "tools": copy.deepcopy(config.tools),
-        "tool_choice": config.tool_choice,
-        "max_output_tokens": config.max_output_tokens,
-        "tracing": None,
-        "prompt": None,
-        "truncation": "auto",
-        "expires_at": 0,
-        "include": None,
-        "audio": {
-            "input": {
-                "format": dict(config.input_format),
-                "transcription": copy.deepcopy(config.transcription),
-                "turn_detection": copy.deepcopy(config.turn_detection),
-                "noise_reduction": None,
-            },
-            "output": {"format": dict(config.output_format), "voice": config.voice, "speed": 1.0},
-        },
-    }
+    return ga_session.session_object(
+        model=config.model,
+        voice=config.voice,
+        session_id=session_id,
+        output_modalities=config.output_modalities,
+        instructions=config.instructions,
+        input_format=config.input_format,
+        output_format=config.output_format,
+        turn_detection=config.turn_detection,
+        transcription=config.transcription,
+        tools=config.tools,
+        tool_choice=config.tool_choice,
+        max_output_tokens=config.max_output_tokens,
+    )
 
 
 def send_session(out: Outbox, kind: str, config: SessionConfig, session_id: str) -> None:
     """Queue ``session.created`` or ``session.updated`` for the client."""
-    out.client_json(
-        {"type": kind, "event_id": new_id("event"), "session": session_object(config, session_id)}
-    )
+    out.client_json(ga_session.session_event(kind, session_object(config, session_id)))
 
 
 # -- Nova input events ----------------------------------------------------------------
@@ -294,7 +282,7 @@ def _tool_spec(tool: Mapping[str, Any]) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "name": str(tool.get("name", "")),
         "description": str(tool.get("description", "")),
-        # Nova wants the JSON schema as a string (protocols.md 7.3).
+        # Nova wants the JSON schema as a string (input-events.html, toolConfiguration).
         "inputSchema": {"json": orjson.dumps(parameters).decode()},
     }
     return {"toolSpec": spec}
