@@ -110,7 +110,7 @@ class Authenticator:
                 bytes.fromhex(k.sha256),
                 Principal(
                     k.alias, k.models, k.max_sessions, key_hash=k.sha256, rpm_limit=k.rpm_limit
-                ),  # fmt: skip
+                ),
             )
             for k in config.server.keys
         ]
