@@ -46,7 +46,8 @@ class Refusal:
 
     scope: str
     cap: str
-    """``concurrent`` or ``per_minute``."""
+    """``concurrent`` or ``per_minute`` (a shared store also says ``cooling``: the
+    deployment is ejected, or its half-open trial runs elsewhere)."""
     retry_after: float
 
 

@@ -93,13 +93,18 @@ class SqliteStore:
                 (active,) = db.execute(
                     "SELECT count(*) FROM held WHERE scope = ?", (claim.scope,)
                 ).fetchone()
-                starts = [
-                    at
-                    for (at,) in db.execute(
-                        "SELECT at FROM starts WHERE scope = ? ORDER BY at", (claim.scope,)
-                    )
-                ]
-                refusal = check(claim, active, starts, now)
+                (started,) = db.execute(
+                    "SELECT count(*) FROM starts WHERE scope = ?", (claim.scope,)
+                ).fetchone()
+                counted: list[float] = []
+                if claim.per_minute is not None and started >= claim.per_minute:
+                    # Only the start that is per_minute-th from the end decides the retry time.
+                    (oldest,) = db.execute(
+                        "SELECT at FROM starts WHERE scope = ? ORDER BY at LIMIT 1 OFFSET ?",
+                        (claim.scope, started - claim.per_minute),
+                    ).fetchone()
+                    counted = [oldest] * claim.per_minute
+                refusal = check(claim, active, counted, now)
                 if refusal is not None:
                     db.rollback()
                     return Grant(refusal)
