@@ -39,8 +39,10 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "providers": frozenset(
         {"net", "aws", "translate", "mockmodel", "protocol", "config", "errors", "wire"}
     ),
+    "shared": frozenset({"pool", "config", "errors", "wire"}),
     "session": frozenset(
         {
+            "shared",
             "governance",
             "spend",
             "providers",
@@ -57,6 +59,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "control": frozenset(
         {
             "session",
+            "shared",
             "governance",
             "spend",
             "telemetry",
@@ -68,7 +71,18 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
         }
     ),
     "edge": frozenset(
-        {"control", "session", "providers", "telemetry", "net", "pool", "config", "errors", "wire"}
+        {
+            "control",
+            "session",
+            "providers",
+            "telemetry",
+            "net",
+            "pool",
+            "config",
+            "errors",
+            "wire",
+            "shared",
+        }
     ),
     "testing": frozenset(
         {
@@ -108,6 +122,7 @@ IO_LIBRARIES = frozenset(
         "sqlite3",
         "psycopg",
         "coredis",
+        "redis",
         "httpx",
         "aiortc",
     }

@@ -51,11 +51,15 @@ def test_weakening_keys_come_first_whatever_their_place_in_the_file() -> None:
         DEPLOYMENT
         + "litellm_settings:\n  drop_params: true\n  callbacks: [langfuse, otel, s3]\n"
         + "general_settings:\n  database_type: dynamo_db\n  some_future_key: 1\n"
-        + "router_settings:\n  timeout: 5\n  redis_host: r\n"
+        + "router_settings:\n  timeout: 5\n  provider_budget_config: {}\n"
         + "guardrails:\n  - guardrail_name: pii\n"
     )
     result = parse_text(text, path="c.yaml", env={})
-    loud = ["c.yaml:9:", "c.yaml:13:", "c.yaml:14:"]  # database_type, redis_host, guardrails
+    loud = [
+        "c.yaml:9:",
+        "c.yaml:13:",
+        "c.yaml:14:",
+    ]  # database_type, provider_budget_config, guardrails
     assert [w.split(" ", 1)[0] for w in result.warnings[:3]] == loud
     assert result.not_enforced == result.warnings[:3]
     rest = " ".join(result.warnings[3:])

@@ -195,12 +195,6 @@ ROWS: tuple[UnhonouredKey, ...] = (
     UnhonouredKey(_LS, "post_call_rules", "checks responses with your own function", _S),
     UnhonouredKey(_LS, "disable_end_user_cost_tracking", "stops per-end-user cost tracking"),
     # --- router_settings (Router.__init__; LiteLLM warns about other keys) ---
-    UnhonouredKey(_RS, "redis_host", "shares rpm/tpm usage, cooldowns and limits of every "
-                  "instance through Redis", _M, "limits are per rtgate process"),
-    UnhonouredKey(_RS, "redis_port", "shares usage and cooldowns through Redis (its port)", _M),
-    UnhonouredKey(_RS, "redis_password", "shares usage and cooldowns through Redis (its "
-                  "password)", _M),
-    UnhonouredKey(_RS, "redis_url", "shares usage and cooldowns through Redis", _M),
     UnhonouredKey(_RS, "provider_budget_config", "stops routing to a provider that has spent "
                   "its budget", _M),
     UnhonouredKey(_RS, "timeout", "bounds each call", instead="rtgate.limits.connect_timeout"),
@@ -256,7 +250,6 @@ ROWS: tuple[UnhonouredKey, ...] = (
     UnhonouredKey(_KEYS, "soft_budget", "alerts when the key has spent this much", _M),
     UnhonouredKey(_KEYS, "model_max_budget", "caps the key's spend per model", _M),
     UnhonouredKey(_KEYS, "tpm_limit", "caps the key's tokens per minute", _M, "a database key (POST /key/generate)"),
-    UnhonouredKey(_KEYS, "rpm_limit", "caps the key's requests (sessions) per minute", _M, "a database key (POST /key/generate)"),
     UnhonouredKey(_KEYS, "max_parallel_requests", "caps the key's concurrent requests", _M,
                   "rtgate.keys[].max_sessions"),
     UnhonouredKey(_KEYS, "expires", "stops accepting the key after this time", _S),

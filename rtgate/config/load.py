@@ -238,6 +238,8 @@ def _typed_value(section: _Section, key: str, hint: Any) -> Any:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return _typed_value(section, key, args[0])
+    if hint is Secret:
+        return section.secret(key)
     if hint is bool:
         return section.get(key, bool)
     if hint is int:
@@ -422,6 +424,7 @@ def _keys(ctx: _Ctx, node: object, line: int | None) -> tuple[VirtualKey, ...]:
                 sha256=digest.lower() if digest else VirtualKey.digest(secret.value),  # type: ignore[union-attr]
                 models=frozenset(str(m) for m in models) if models is not None else None,
                 max_sessions=sec.positive("max_sessions", int),
+                rpm_limit=sec.positive("rpm_limit", int),
             )
         )
         sec.warn_unknown("rtgate.keys")
@@ -504,6 +507,12 @@ def parse_config(
                  f"served as simple-shuffle (LiteLLM {_LITELLM_ONLY_STRATEGIES[strategy]})")  # fmt: skip
         router_values["routing_strategy"] = "simple-shuffle"
     router_settings = RouterSettings(**router_values)
+    if router_settings.shared_state_outage not in ("local", "closed"):
+        raise ctx.error(router.line("shared_state_outage"),
+                        "router_settings.shared_state_outage must be local or closed")  # fmt: skip
+    if router_settings.redis_configured() is False and router_settings.redis_host is not None:
+        ctx.warn(router.line("redis_host"), "router_settings.redis_host without redis_port: "
+                 "Redis is not used (LiteLLM needs both, or redis_url)")  # fmt: skip
     if router_settings.routing_strategy not in (
         "weighted-round-robin",
         "least-busy",

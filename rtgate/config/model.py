@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -143,6 +144,9 @@ class VirtualKey:
     """Model groups this key may use; None = all."""
     max_sessions: int | None = None
     """Concurrent sessions this key may hold."""
+    rpm_limit: int | None = None
+    """New sessions per minute this key may start (LiteLLM's ``rpm_limit`` on a key: one
+    realtime session is one request)."""
 
     @staticmethod
     def digest(key: str) -> str:
@@ -172,6 +176,22 @@ class RouterSettings:
     """Seconds between active health probes (None: off)."""
     early_failure_seconds: float = 5.0
     """A session that ends abnormally within this many seconds counts as a deployment failure."""
+    redis_host: str | None = None
+    """Redis or Valkey host for state shared by every rtgate host (LiteLLM's meaning: with
+    ``redis_port``, or ``redis_url``, every limit and every deployment's health is shared)."""
+    redis_port: int | None = None
+    redis_password: Secret | None = None
+    redis_url: Secret | None = None
+    """``redis://[:PASSWORD@]HOST:PORT[/DB]`` or ``rediss://`` (TLS); wins over host/port/password."""
+    shared_state_outage: str = "local"
+    """While Redis is unreachable: ``local`` (each rtgate process admits on its share of
+    every limit) or ``closed`` (refuse new sessions with 503 until it is back)."""
+
+    def redis_configured(self) -> bool:
+        """LiteLLM's rule: Redis is used when ``redis_url``, or host and port, are set."""
+        return self.redis_url is not None or (
+            self.redis_host is not None and self.redis_port is not None
+        )
 
 
 @attrs.frozen
@@ -259,6 +279,9 @@ class ServerSettings:
     """Require the master key for ``/metrics``."""
     allow_world_readable_secrets: bool = False
     """Serve even if the config file holds literal secrets and other users may read it."""
+    lease_seconds: float = 15.0
+    """Shared state (``--workers``, Redis): a session's slots are a lease of this length that
+    its process renews every third of it, so a killed process's slots come back within it."""
     ops_listen: str | None = None
     """``HOST:PORT`` (``[::1]:4001`` for IPv6) of a separate listener for ``/metrics``, ``/admin/*``
     and detailed readiness; the public port then answers only liveness and a short readiness."""
@@ -347,6 +370,10 @@ class GatewayConfig:
 
     def secret_values(self) -> tuple[str, ...]:
         found: list[str] = [self.master_key.value] if self.master_key else []
+        found += [s.value for s in (self.router.redis_password, self.router.redis_url) if s]
+        if self.router.redis_url is not None:
+            password = urlsplit(self.router.redis_url.value).password
+            found += [password] if password else []
         if self.database_url is not None:
             found.append(self.database_url.value)
         for dep in self.deployments:

@@ -31,9 +31,10 @@ from rtgate import __version__
 from rtgate.control import client_secrets
 from rtgate.control import keys as key_api
 from rtgate.control.ui import StatusPage
-from rtgate.errors import BadRequest
+from rtgate.errors import BadRequest, scrub
 from rtgate.session.auth import check_one_credential, presented_key
 from rtgate.session.gateway import Gateway
+from rtgate.shared.store import StoreUnavailable, deployment_scope
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -116,11 +117,42 @@ class ControlApp:
             if not self._is_master(headers):
                 await _json(send, 401, {"error": "master key required"})
                 return
-            await _json(send, 200, self.gateway.pool.statistics(trio.current_time()))
+            await _json(send, 200, await self._pool_view())
         elif path == "/":
             await _json(send, 200, {"name": "rtgate", "version": __version__})
         else:
             await _json(send, 404, {"error": f"no route {path}"})
+
+    async def _pool_view(self) -> dict[str, dict[str, object]]:
+        """Per deployment: this process's statistics, and with shared state a ``shared``
+        entry (sessions across every process, which process holds how many, ejection)."""
+        gateway = self.gateway
+        stats = gateway.pool.statistics(trio.current_time())
+        shared = gateway.admission.shared
+        if shared is None:
+            return stats
+        try:
+            view = await shared.view()
+        except StoreUnavailable as exc:
+            for entry in stats.values():
+                error = scrub(str(exc), gateway.secrets)
+                entry["shared"] = {"store": shared.kind, "up": False, "error": error}
+            return stats
+        verdicts = {v.deployment: v for v in view.verdicts}
+        for dep_id, entry in stats.items():
+            scope = deployment_scope(dep_id)
+            verdict = verdicts.get(dep_id)
+            entry["shared"] = {
+                "store": shared.kind,
+                "up": True,
+                "active_sessions": view.active.get(scope, 0),
+                "by_member": {m: n[scope] for m, n in view.by_member.items() if scope in n},
+                "ejected": verdict is not None,
+                "cooldown_remaining": None if verdict is None else round(verdict.remaining, 3),
+                "ejection_level": None if verdict is None else verdict.level,
+                "members": view.members,
+            }
+        return stats
 
     @staticmethod
     def _one_credential(scope: Scope) -> bool:
@@ -139,12 +171,15 @@ class ControlApp:
         gateway = self.gateway
         groups = gateway.pool.readiness(trio.current_time())
         ready = bool(groups) and all(groups.values()) and not gateway.draining
+        shared = gateway.admission.shared
+        if shared is not None and not shared.up and shared.outage_closed:
+            ready = False  # shared_state_outage: closed refuses every session now
         if not self.detail:
             await _json(
                 send, 200 if ready else 503, {"status": "ready" if ready else "unavailable"}
             )
             return
-        body = {
+        body: dict[str, object] = {
             "status": "ready" if ready else "unavailable",
             "draining": gateway.draining,
             "groups": groups,
@@ -153,6 +188,8 @@ class ControlApp:
             "db": "connected" if gateway.governance.database_up else "disconnected",
             "database": gateway.governance.readiness(),
         }
+        if shared is not None:
+            body["shared_state"] = shared.describe()
         await _json(send, 200 if ready else 503, body)
 
     async def _metrics(self, send: Send, headers: dict[str, str]) -> None:

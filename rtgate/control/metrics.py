@@ -83,6 +83,7 @@ class GatewayCollector(Collector):
         yield from _readiness(gateway.pool.readiness(now))
         yield from _warm(gateway.warm)
         yield from _event_log(gateway.event_log)
+        yield from _shared_state(gateway)
         yield from _buffers(gateway)
         yield from _spend(gateway.governance)
         yield from _turns_and_closes(counters)
@@ -107,6 +108,25 @@ class GatewayCollector(Collector):
         for result in ("ok", "error"):
             reloads.add_metric([result], gateway.counters.reloads.get(result, 0))
         yield reloads
+
+
+def _shared_state(gateway: Gateway) -> Iterator[Metric]:
+    """Only when a store is configured (``--workers``, Redis)."""
+    shared = gateway.admission.shared
+    if shared is None:
+        return
+    up = GaugeMetricFamily(
+        "rtgate_shared_state_up",
+        "1 while the shared state store (host: SQLite, redis) answers; 0 during an outage",
+        labels=["store"],
+    )
+    up.add_metric([shared.kind], int(shared.up))
+    yield up
+    yield GaugeMetricFamily(
+        "rtgate_shared_state_members",
+        "rtgate processes sharing the store, as it last counted them",
+        value=shared.members,
+    )
 
 
 def _sessions(counters: Any) -> Iterator[Metric]:

@@ -39,6 +39,7 @@ from rtgate.edge.systemd import Notifier
 from rtgate.errors import ConfigError
 from rtgate.session.gateway import Gateway
 from rtgate.session.health_checks import provider_connect, run_health_checks
+from rtgate.session.shared_state import open_store
 from rtgate.telemetry.tap import ServedEventLog
 from rtgate.telemetry.tracing import Tracing
 
@@ -173,6 +174,10 @@ async def serve(
             await nursery.start(
                 partial(run_health_checks, gateway.pool, connect=provider_connect(gateway.pool))
             )
+            # Shared state (--workers, Redis): leases renewed and health shared from here on.
+            shared = gateway.share_state(open_store(config))
+            if shared is not None:
+                await nursery.start(shared.run)
             # Warm pools (deployments with litellm_params.warm_pool) dial from here on.
             await nursery.start(gateway.warm.run)
             # Keys, budgets and spend: connects and migrates the database, retrying if it is down.

@@ -45,6 +45,7 @@ from rtgate.edge.signals import StopRequests
 from rtgate.edge.sockets import bind_listener
 from rtgate.edge.systemd import Notifier, parse_message
 from rtgate.errors import ConfigError
+from rtgate.session.shared_state import SHARED_STATE_FILE_ENV
 
 log = logging.getLogger("rtgate.supervisor")
 
@@ -207,6 +208,8 @@ class Supervisor:
         env["WATCHDOG_USEC"] = str(int(WORKER_WATCHDOG * 1_000_000))
         env["RTGATE_WORKER_ID"] = str(worker.number)
         env["RTGATE_SUPERVISOR_PID"] = str(os.getpid())
+        # The workers' shared limits and health (unless Redis is configured): one SQLite file.
+        env[SHARED_STATE_FILE_ENV] = os.path.join(os.path.dirname(worker.notify_path), "shared.db")
         command = [
             sys.executable, "-m", "rtgate", "serve", "-c", self.config_path,
             "--listen-fd", str(fd), *self.worker_args,

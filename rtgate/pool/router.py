@@ -132,6 +132,33 @@ class Selection:
         if was_trial and state.phase is Phase.HALF_OPEN:
             state.trial_in_flight = False
 
+    def refused(self, dep: Deployment, now: float, retry_after: float, *, cooling: bool) -> None:
+        """Shared state refused ``dep`` (busy elsewhere, or cooling for everyone): free the
+        slot, judge nothing, and count it as not tried."""
+        was_trial = dep.id in self._trials
+        state = self._settle(dep)
+        if state is None:
+            return
+        state.release()
+        if was_trial and state.phase is Phase.HALF_OPEN:
+            state.trial_in_flight = False
+        self._tried -= 1
+        if cooling:
+            self._cooling_wait = _min(self._cooling_wait, retry_after)
+        else:
+            self._busy_wait = _min(self._busy_wait, retry_after)
+
+    def begin_trial(self, dep: Deployment, now: float) -> None:
+        """Shared state handed this reservation the deployment's one half-open trial."""
+        state = self._outstanding.get(dep.id)
+        if state is None:
+            return
+        state.refresh(now)
+        if state.phase is not Phase.HALF_OPEN:
+            state.phase = Phase.HALF_OPEN
+        state.trial_in_flight = True
+        self._trials.add(dep.id)
+
     def is_trial(self, dep: Deployment) -> bool:
         """Is this reservation of ``dep`` its half-open trial? (A trial always dials fresh.)"""
         return dep.id in self._trials
@@ -509,6 +536,41 @@ class Pool:
             return True
         state.refresh(now)
         return len(state.recent_starts) <= dep.rpm
+
+    # -- shared health (rtgate.session.shared_state does the I/O) ---------------------------------
+
+    def deployment_ids(self) -> list[str]:
+        return list(self._states)
+
+    def adopt_verdicts(self, verdicts: dict[str, tuple[float, int]], now: float) -> None:
+        """Apply the shared ejections (deployment id -> (seconds remaining, level)); an
+        adopted ejection whose record is gone was restored elsewhere."""
+        for dep_id, state in self._states.items():
+            found = verdicts.get(dep_id)
+            if found is not None:
+                state.adopt_verdict(now, found[0], found[1])
+            else:
+                state.adopt_restore(now)
+
+    def adopt_refusal(self, dep: Deployment, now: float, retry_after: float) -> None:
+        """Shared state refused ``dep`` as cooling for ``retry_after`` seconds."""
+        state = self._current(dep)
+        if state is not None:
+            state.adopt_verdict(now, retry_after, state.ejection_level)
+
+    def health_changes(self, published: dict[str, int], now: float) -> list[tuple[str, float, int]]:
+        """Verdicts decided here since ``published`` (id -> serial, updated in place):
+        ``(id, cooldown seconds left, level)`` per ejection, ``(id, -1, 0)`` per restoration."""
+        changes: list[tuple[str, float, int]] = []
+        for dep_id, state in self._states.items():
+            if published.get(dep_id, 0) == state.verdict_serial:
+                continue
+            published[dep_id] = state.verdict_serial
+            if state.phase is Phase.CLOSED:
+                changes.append((dep_id, -1.0, 0))
+            elif state.phase is Phase.EJECTED and not state.shared_verdict:
+                changes.append((dep_id, state.cooldown_remaining(now), state.ejection_level))
+        return changes
 
     # -- visibility -----------------------------------------------------------------
 

@@ -98,6 +98,10 @@ class DeploymentState:
     last_error: str | None = None
     last_error_at: float | None = None
     handshake_ewma: float | None = None
+    verdict_serial: int = 0
+    """Bumped by each ejection and restoration decided here (what shared state publishes)."""
+    shared_verdict: bool = False
+    """The current ejection was adopted from another process (shared state), not decided here."""
 
     @property
     def id(self) -> str:
@@ -265,6 +269,8 @@ class DeploymentState:
         return level + 1, seconds, reason
 
     def _eject(self, now: float, level: int, seconds: float, reason: str) -> None:
+        self.verdict_serial += 1
+        self.shared_verdict = False
         self.phase = Phase.EJECTED
         self.ejection_level = level
         self.cooldown_until = now + seconds
@@ -275,6 +281,8 @@ class DeploymentState:
         log.warning("%s: ejected for %gs: %s", self.describe(), seconds, reason)
 
     def _restore(self, now: float, reason: str, probation_seconds: float) -> None:
+        self.verdict_serial += 1
+        self.shared_verdict = False
         self.phase = Phase.CLOSED
         self.trial_in_flight = False
         self.connect_failures = 0
@@ -283,6 +291,37 @@ class DeploymentState:
         # One more failure while on probation ejects again at once (and longer).
         self.probation_until = now + probation_seconds
         log.info("%s: back in rotation: %s", self.describe(), reason)
+
+    def adopt_verdict(self, now: float, remaining: float, level: int) -> None:
+        """Another process ejected this deployment: cool down with it for ``remaining``
+        seconds (0: half-open now). A trial running here decides for itself."""
+        self.refresh(now)
+        self.ejection_level = max(self.ejection_level, level)
+        if self.trial_in_flight:
+            return
+        until = now + max(remaining, 0.0)
+        if self.phase is Phase.EJECTED and self.cooldown_until >= until:
+            return
+        if self.phase is Phase.HALF_OPEN and remaining <= 0:
+            return
+        if self.phase is Phase.CLOSED:
+            log.warning("%s: ejected by another rtgate process (%gs left)", self.describe(),
+                        remaining)  # fmt: skip
+        self.phase = Phase.EJECTED
+        self.cooldown_until = until
+        self.probation_until = -math.inf
+        self.shared_verdict = True
+        self.refresh(now)
+
+    def adopt_restore(self, now: float) -> None:
+        """The shared record of an adopted ejection is gone: another process restored it."""
+        if self.shared_verdict and self.phase is not Phase.CLOSED and not self.trial_in_flight:
+            self.phase = Phase.CLOSED
+            self.shared_verdict = False
+            self.connect_failures = 0
+            self.early_closes = 0
+            self.restored_at = now
+            log.info("%s: back in rotation (restored by another rtgate process)", self.describe())
 
     def reset_health(self) -> None:
         """Forget health history (the deployment's definition changed on reload)."""

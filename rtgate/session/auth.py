@@ -22,11 +22,18 @@ BROWSER_KEY_PREFIX = "openai-insecure-api-key."
 
 @attrs.frozen
 class Principal:
-    """The authenticated client (never the key itself)."""
+    """The authenticated client (never the key itself) and the limits its sessions obey.
+
+    Plain values so any key source (``rtgate.keys``, a key database) can fill them;
+    :mod:`rtgate.session.admission` enforces the limits.
+    """
 
     alias: str | None
+    """Names the key in limits, logs and metrics (None: no auth configured)."""
     models: frozenset[str] | None = None
+    """Model groups the key may use (None: all)."""
     max_sessions: int | None = None
+    """Concurrent sessions the key may hold (the counterpart of LiteLLM's key ``max_parallel_requests``)."""
     is_master: bool = False
     key_hash: str | None = attrs.field(default=None, repr=False)
     """sha256 hex of the key (spend is recorded under it; None: unauthenticated)."""
@@ -101,7 +108,9 @@ class Authenticator:
         self._keys = [
             (
                 bytes.fromhex(k.sha256),
-                Principal(k.alias, k.models, k.max_sessions, key_hash=k.sha256),
+                Principal(
+                    k.alias, k.models, k.max_sessions, key_hash=k.sha256, rpm_limit=k.rpm_limit
+                ),
             )
             for k in config.server.keys
         ]

@@ -47,6 +47,7 @@ from rtgate.pool.router import Pool, Selection
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
+from rtgate.session.admission import Admission, Ticket
 from rtgate.session.auth import Authenticator, Principal, check_one_credential, presented_key
 from rtgate.session.client_secrets import ClientSecrets, is_client_secret
 from rtgate.session.counters import (
@@ -56,7 +57,9 @@ from rtgate.session.counters import (
     RelayCounters,
 )
 from rtgate.session.relay import Outcome, Relay
+from rtgate.session.shared_state import SharedState
 from rtgate.session.warm_pool import WarmPools
+from rtgate.shared.store import SharedStore
 from rtgate.spend.keys import KeyRecord
 from rtgate.telemetry.tap import ServedEventLog, SessionInfo, SessionSummary
 from rtgate.telemetry.tracing import SessionTrace, Tracing, scrubbed
@@ -123,7 +126,8 @@ class Gateway:
         self.auth = Authenticator(config)
         self.event_log = event_log
         self.counters = GatewayCounters()
-        self.sessions_by_key: dict[str, int] = {}
+        self.admission = Admission(config, self.counters.relay)
+        """Gateway and key slots, taken before each dial (:mod:`rtgate.session.admission`)."""
         self.draining = False
         self.shutdown = trio.Event()
         self.secrets = config.secret_values()
@@ -151,6 +155,20 @@ class Gateway:
         self.buffers.limit = config.server.limits.max_buffered_bytes or None
         self.buffers.enforce()
         self.governance.reconfigure(config)
+        self.admission.reconfigure(config)
+
+    def share_state(self, store: SharedStore | None) -> SharedState | None:
+        """Decide admission and health with every process sharing ``store`` (None: alone)."""
+        if store is None:
+            return None
+        shared = SharedState(store, self.config, self.pool, self.admission.ledger)
+        self.admission.shared = shared
+        return shared
+
+    @property
+    def sessions_by_key(self) -> dict[str, int]:
+        """Sessions (live or dialing) per key alias."""
+        return self.admission.sessions_by_key()
 
     # -- handshake ---------------------------------------------------------------
 
@@ -237,7 +255,6 @@ class Gateway:
         if not group:
             raise BadRequest("missing ?model=NAME")
         principal.check_model(group)
-        self._check_caps(principal)
         self.governance.admit(principal.key_hash)  # budget, tpm: refused before any dial
         session_id = new_id("sess")
         ctx = SessionContext(
@@ -253,12 +270,21 @@ class Gateway:
         )
         trace = self._start_trace(headers, ctx, principal, client_addr)
         try:
-            deployment, link = await self._dial(group, ctx, trace)
+            ticket = await self.admission.admit(principal, session_id)
         except BaseException as exc:
             if trace is not None:
                 _trace_refused(trace, exc, self.secrets)
             raise
-        self._admit(principal)
+        try:
+            deployment, link = await self._dial(group, ctx, ticket, trace)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await ticket.release()
+            if trace is not None:
+                _trace_refused(trace, exc, self.secrets)
+            raise
+        ticket.start()
+        self.counters.sessions_active += 1
         started_key = (group, deployment.id)
         started = self.counters.sessions_started
         started[started_key] = started.get(started_key, 0) + 1
@@ -270,6 +296,7 @@ class Gateway:
             beta,
             client_addr,
             trio.current_time(),
+            ticket,
             trace,
             initial_config,
         )
@@ -335,31 +362,26 @@ class Gateway:
             rpm_limit=record.rpm_limit,
         )
 
-    def _check_caps(self, principal: Principal) -> None:
-        limit = self.config.server.limits.max_sessions
-        if limit is not None and self.counters.sessions_active >= limit:
-            self.counters.relay.limit("max_sessions")
-            raise TooManySessions("the gateway is at its session limit", retry_after=1.0)
-        alias = principal.alias
-        if (
-            principal.max_sessions is not None
-            and alias is not None
-            and self.sessions_by_key.get(alias, 0) >= principal.max_sessions
-        ):
-            self.counters.relay.limit("max_sessions_per_key")
-            raise TooManySessions("this key is at its concurrent session limit", retry_after=1.0)
-
-    def _admit(self, principal: Principal) -> None:
-        self.counters.sessions_active += 1
-        if principal.alias is not None:
-            self.sessions_by_key[principal.alias] = self.sessions_by_key.get(principal.alias, 0) + 1
-
     async def _dial(
-        self, group: str, ctx: SessionContext, trace: SessionTrace | None = None
+        self, group: str, ctx: SessionContext, ticket: Ticket, trace: SessionTrace | None = None
     ) -> tuple[Deployment, UpstreamLink]:
         """Walk the pool until a deployment connects; raise when none can."""
         selection = self.pool.select(group, trio.current_time())
         while (deployment := selection.next(reserved_at := trio.current_time())) is not None:
+            try:
+                grant = await ticket.claim_deployment(deployment)
+            except BaseException:
+                selection.release(deployment, trio.current_time())
+                raise
+            if grant.refusal is not None:  # shared state: busy or cooling on another process
+                refusal, now = grant.refusal, trio.current_time()
+                cooling = refusal.cap == "cooling"
+                if cooling:
+                    self.pool.adopt_refusal(deployment, now, refusal.retry_after)
+                selection.refused(deployment, now, refusal.retry_after, cooling=cooling)
+                continue
+            if grant.trial:
+                selection.begin_trial(deployment, trio.current_time())
             if deployment.warm_pool is not None:
                 warm = await self._warm_link(selection, deployment, ctx, reserved_at)
                 if warm is not None:
@@ -368,6 +390,7 @@ class Gateway:
                     return deployment, warm
                 if not self.pool.fresh_dial_allowed(deployment, trio.current_time()):
                     selection.release(deployment, trio.current_time())
+                    await ticket.drop_deployment(deployment)
                     continue
             provider = get_provider(deployment.provider)
             if trace is not None:
@@ -379,9 +402,12 @@ class Gateway:
                 if not isinstance(exc, UpstreamConnectError):
                     # Cancelled (client left, shutdown) or a bug: free the slot, then propagate.
                     selection.release(deployment, trio.current_time())
+                    await ticket.drop_deployment(deployment)
                     raise
                 kind = exc.kind
                 selection.failed(deployment, trio.current_time(), kind, exc.retry_after)
+                await ticket.drop_deployment(deployment)
+                await self.publish_health()
                 self.counters.dial_failures[kind] = self.counters.dial_failures.get(kind, 0) + 1
                 log.warning(
                     "dial failed: deployment=%s kind=%s error=%s",
@@ -395,8 +421,14 @@ class Gateway:
             selection.succeeded(deployment, now, now - started)
             if trace is not None:
                 trace.dial_succeeded(deployment.id, deployment.provider, warm=False)
+            await self.publish_health()
             return deployment, link
         raise selection.exhausted()
+
+    async def publish_health(self) -> None:
+        """Shared state: tell every process the ejections and restorations decided here."""
+        if self.admission.shared is not None:
+            await self.admission.shared.publish()
 
     async def _warm_link(
         self, selection: Selection, deployment: Deployment, ctx: SessionContext, reserved_at: float
@@ -435,9 +467,11 @@ class _Session:
     beta: bool
     client_addr: str
     started: float
+    ticket: Ticket
     trace: SessionTrace | None = None
     initial_config: Frame | None = None
     """A client secret's bound configuration, fed to the translator as the first ``session.update``."""
+    released: bool = False
 
     async def run(self, gateway: Gateway, client: WsConnection) -> None:
         provider = get_provider(self.deployment.provider)
@@ -553,6 +587,11 @@ class _Session:
         )
 
     async def release(self, gateway: Gateway, outcome: Outcome) -> None:
+        """The session is over: its slots go back and it is counted (once)."""
+        if self.released:
+            return
+        self.released = True
+        await self.ticket.release()
         now = trio.current_time()
         counters = gateway.counters
         counters.sessions_active -= 1
@@ -563,12 +602,10 @@ class _Session:
         counters.sessions_ended[ended_key] = counters.sessions_ended.get(ended_key, 0) + 1
         close_key = (self.ctx.model_group, outcome.client_code, outcome.closed_by)
         counters.session_closes[close_key] = counters.session_closes.get(close_key, 0) + 1
-        alias = self.principal.alias
-        if alias is not None and alias in gateway.sessions_by_key:
-            gateway.sessions_by_key[alias] -= 1
         gateway.pool.session_ended(
             self.deployment, now, abnormal=outcome.abnormal, duration=now - self.started
         )
+        await gateway.publish_health()
 
 
 def _trace_refused(trace: SessionTrace, exc: BaseException, secrets: tuple[str, ...]) -> None:
