@@ -353,3 +353,16 @@ async def _worker_pids(child: Child, tries: int) -> set[str]:
             if name == "rtgate_info":
                 pids.add(dict(labels)["pid"])
     return pids
+
+
+async def test_with_workers_a_stop_during_start_up_exits_at_once(tmp_path: Path) -> None:
+    # A worker told to stop before it installed its handlers dies of the signal and never
+    # reports READY; the supervisor must not wait the start-up timeout (60 s) for it.
+    port = free_port()
+    with trio.fail_after(30):
+        async with rtgate_process(
+            tmp_path, mock_config(port), port, "--workers", "2", wait_ready=False
+        ) as child:
+            await _wait_for(lambda: "worker 1 started" in child.log(), timeout=15)
+            child.process.send_signal(signal.SIGTERM)
+            assert await child.wait(20) == 0, child.log()

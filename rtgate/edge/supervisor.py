@@ -135,6 +135,7 @@ class Supervisor:
         self.listen_socks: list[socket.socket] = []
         self.bound_port = 0
         self._all_ready = trio.Event()
+        self._stop_requested = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> int:
         """Serve until told to stop; return the exit status (0 after a clean drain)."""
@@ -159,7 +160,7 @@ class Supervisor:
                         nursery.start_soon(self.notifier.run_watchdog)
                         nursery.start_soon(self._watch_workers)
                         with trio.move_on_after(STARTUP_TIMEOUT):
-                            await self._all_ready.wait()
+                            await self._ready_or_stopped()
                         if self._all_ready.is_set():
                             log.info(
                                 "%d workers listening on %s:%d",
@@ -175,6 +176,22 @@ class Supervisor:
             shutil.rmtree(runtime, ignore_errors=True)
             self.notifier.close()
         return 0
+
+    async def _ready_or_stopped(self) -> None:
+        """The start-up wait: every worker listening, or a stop asked for meanwhile.
+
+        A worker told to stop before it installed its signal handlers dies of the
+        signal and never reports READY; waiting for it would hold the drain up to
+        ``STARTUP_TIMEOUT``.
+        """
+        async with trio.open_nursery() as waiters:
+
+            async def wait_for(event: trio.Event) -> None:
+                await event.wait()
+                waiters.cancel_scope.cancel()
+
+            waiters.start_soon(wait_for, self._all_ready)
+            waiters.start_soon(wait_for, self._stop_requested)
 
     # -- workers ----------------------------------------------------------------
 
@@ -226,6 +243,9 @@ class Supervisor:
         )
         worker.process = process
         log.info("worker %d started (pid %d)", worker.number, process.pid)
+        if self.stopping:
+            # The stop was forwarded while this worker was being spawned: it missed it.
+            process.send_signal(signal.SIGTERM)
         try:
             await process.wait()
         finally:
@@ -234,6 +254,8 @@ class Supervisor:
                     process.kill()
                     await process.wait()
         worker.ready = False
+        if self.stopping:
+            log.info("worker %d exited (status %s)", worker.number, process.returncode)
 
     async def _notify_socket(self, path: str) -> trio.socket.SocketType:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -296,6 +318,7 @@ class Supervisor:
     def _begin_stop(self) -> None:
         log.info("draining %d workers", self.count)
         self.stopping = True
+        self._stop_requested.set()
         self.notifier.stopping()
         self._close_listener()  # the kernel stops queueing connections nobody will accept
         self._signal_workers(signal.SIGTERM)
