@@ -182,6 +182,8 @@ async def serve(
             await nursery.start(gateway.warm.run)
             # Keys, budgets and spend: connects and migrates the database, retrying if it is down.
             await nursery.start(gateway.governance.run)
+            # WebRTC calls outlive the request that answered their offer: this nursery owns them.
+            await nursery.start(gateway.calls.run)
             if listeners is None:
                 listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
             front = Front(gateway, control_socket, server_tls_context(config))

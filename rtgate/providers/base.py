@@ -41,6 +41,9 @@ class SessionContext:
     """Allow-listed client headers (for example ``OpenAI-Safety-Identifier``)."""
     connect_timeout: float = 10.0
     max_message_bytes: int = 16 * 1024 * 1024
+    call_offer: str | None = None
+    """A WebRTC call's SDP offer: the provider terminates the call (OpenAI, Azure) and the
+    link is the call's sideband socket. None for a WebSocket session."""
 
 
 class UpstreamLink(Protocol):

@@ -49,6 +49,7 @@ from rtgate.providers import connect_bounded, get_provider
 from rtgate.providers.base import SessionContext, UpstreamLink
 from rtgate.session.admission import Admission, Ticket
 from rtgate.session.auth import Authenticator, Principal, check_one_credential, presented_key
+from rtgate.session.calls import CallRegistry
 from rtgate.session.client_secrets import ClientSecrets, is_client_secret
 from rtgate.session.counters import (
     FIRST_AUDIO_BUCKETS,
@@ -143,6 +144,8 @@ class Gateway:
         """OpenTelemetry spans per session, dial and turn (None: traces off)."""
         self.recent_closes: deque[dict[str, object]] = deque(maxlen=RECENT_CLOSES)
         """The last ended sessions, newest last (for the status page)."""
+        self.calls = CallRegistry()
+        """WebRTC calls in progress (``POST /v1/realtime/calls``); the server runs it."""
 
     def reload(self, config: GatewayConfig) -> None:
         """Apply a new config to new sessions; running sessions keep theirs."""
@@ -220,6 +223,7 @@ class Gateway:
         await session.run(self, client)
 
     async def _open_session(self, request: Request, client_addr: str) -> _Session:
+        """Check a WebSocket upgrade's path, origin and credential, then :meth:`open_session`."""
         config = self.config
         if self.draining:
             raise GatewayShuttingDown("the gateway is restarting; retry shortly")
@@ -234,8 +238,36 @@ class Gateway:
         subprotocols = _offered_subprotocols(request.headers)
         check_one_credential(request.headers.raw_items(), subprotocols, parse_qsl(url.query))
         key = presented_key(headers, subprotocols, query)
-        intent = query.get("intent")
-        group = query.get("model") or query.get("deployment")
+        beta = headers.get("openai-beta", "").replace(" ", "") == "realtime=v1" or (
+            "openai-beta.realtime-v1" in subprotocols
+        )
+        start = await self.session_start(
+            key,
+            query.get("model") or query.get("deployment"),
+            query.get("intent"),
+            headers=headers,
+            client_addr=client_addr,
+            beta=beta,
+        )
+        return await self.open_session(start)
+
+    async def session_start(
+        self,
+        key: str | None,
+        group: str | None,
+        intent: str | None,
+        *,
+        headers: Mapping[str, str],
+        client_addr: str,
+        beta: bool = False,
+    ) -> SessionStart:
+        """Authenticate a presented key or ``ek_`` client secret and resolve the model group.
+
+        The one place a credential becomes a session's principal, for WebSocket upgrades
+        and WebRTC calls alike. Raises an :class:`RtgateError` to refuse.
+        """
+        if self.draining:
+            raise GatewayShuttingDown("the gateway is restarting; retry shortly")
         initial_config: Frame | None = None
         if is_client_secret(key):
             # The secret names the group and the session's first configuration.
@@ -247,7 +279,7 @@ class Gateway:
         else:
             principal = await self._authenticate(key)
         if not group and intent == "transcription":
-            group = config.server.transcription_model
+            group = self.config.server.transcription_model
             if not group:
                 raise BadRequest(
                     "no rtgate.transcription_model configured for intent=transcription"
@@ -255,20 +287,38 @@ class Gateway:
         if not group:
             raise BadRequest("missing ?model=NAME")
         principal.check_model(group)
+        return SessionStart(
+            principal=principal,
+            group=group,
+            intent=intent,
+            headers=headers,
+            client_addr=client_addr,
+            beta=beta,
+            initial_config=initial_config,
+        )
+
+    async def open_session(self, start: SessionStart) -> _Session:
+        """Admit, walk the pool and dial; the session is then ready to :meth:`_Session.run`.
+
+        ``start.call_offer`` set: a WebRTC call the provider terminates (OpenAI, Azure);
+        the provider's ``connect`` posts the offer and opens the call's sideband socket.
+        """
+        config = self.config
+        if self.draining:
+            raise GatewayShuttingDown("the gateway is restarting; retry shortly")
+        principal, group, headers = start.principal, start.group, start.headers
         self.governance.admit(principal.key_hash)  # budget, tpm: refused before any dial
         session_id = new_id("sess")
         ctx = SessionContext(
             session_id=session_id,
             model_group=group,
-            intent=intent,
+            intent=start.intent,
             forwarded_headers={k: v for k, v in headers.items() if k in FORWARDED_HEADERS},
             connect_timeout=config.server.limits.connect_timeout,
             max_message_bytes=config.server.limits.max_message_bytes,
+            call_offer=start.call_offer,
         )
-        beta = headers.get("openai-beta", "").replace(" ", "") == "realtime=v1" or (
-            "openai-beta.realtime-v1" in subprotocols
-        )
-        trace = self._start_trace(headers, ctx, principal, client_addr)
+        trace = self._start_trace(headers, ctx, principal, start.client_addr)
         try:
             ticket = await self.admission.admit(principal, session_id)
         except BaseException as exc:
@@ -293,12 +343,12 @@ class Gateway:
             principal,
             deployment,
             link,
-            beta,
-            client_addr,
+            start.beta,
+            start.client_addr,
             trio.current_time(),
             ticket,
             trace,
-            initial_config,
+            start.initial_config,
         )
 
     def _start_trace(
@@ -456,6 +506,23 @@ class Gateway:
     def _count_reject(self, status: int) -> None:
         rejected = self.counters.handshakes_rejected
         rejected[status] = rejected.get(status, 0) + 1
+
+
+@attrs.frozen
+class SessionStart:
+    """An authenticated request for a session: who, which model group, and how it arrived."""
+
+    principal: Principal
+    group: str
+    intent: str | None
+    headers: Mapping[str, str]
+    """The client's request headers, lower-cased (``traceparent``, forwarded headers)."""
+    client_addr: str
+    beta: bool = False
+    initial_config: Frame | None = None
+    """A client secret's bound configuration (its first ``session.update``)."""
+    call_offer: str | None = None
+    """A WebRTC call's SDP offer, for a provider that terminates the call itself."""
 
 
 @attrs.define

@@ -1,0 +1,70 @@
+"""WebRTC calls in progress: each call is a task that outlives the HTTP request that began it.
+
+``POST /v1/realtime/calls`` answers with an SDP answer at once, but the call's session runs
+on: the control plane hands it to :class:`CallRegistry`, whose nursery the server owns (so
+every call has an owner, and a drain or a shutdown reaches it). ``DELETE`` and hang-up end
+a call by id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from rtgate.errors import GatewayShuttingDown
+
+
+@attrs.define
+class Call:
+    """One running call: its id, the model group, and the scope that ends it."""
+
+    call_id: str
+    model_group: str
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+
+class CallRegistry:
+    """Runs calls in its own nursery (:meth:`run`, started by the server) and finds them by id."""
+
+    def __init__(self) -> None:
+        self._nursery: trio.Nursery | None = None
+        self.calls: dict[str, Call] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                for call in self.calls.values():
+                    call.scope.cancel()
+
+    def start(self, call: Call, run_call: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run_call`` as ``call``'s task until it returns or the call is hung up."""
+        if self._nursery is None:
+            raise GatewayShuttingDown("the gateway is not taking calls")
+        self.calls[call.call_id] = call
+
+        async def owned() -> None:
+            try:
+                with call.scope:
+                    await run_call()
+            finally:
+                self.calls.pop(call.call_id, None)
+
+        self._nursery.start_soon(owned)
+
+    def hang_up(self, call_id: str) -> bool:
+        """End a call now (its session closes as a client close); False when there is none."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        call.scope.cancel()
+        return True
+
+    def __len__(self) -> int:
+        return len(self.calls)
