@@ -10,6 +10,7 @@ on a realtime frame's path. Routes::
     /key/*, /spend/logs, /global/spend/report   LiteLLM's key and spend API (master key;
                              rtgate.control.keys)
     POST /v1/realtime/client_secrets  (and /realtime/..., /openai/v1/realtime/...)  mint an ek_ secret
+    POST /v1/realtime/calls, DELETE /v1/realtime/calls/{id}  WebRTC calls (rtgate.control.calls)
     /ui ...                  the status page (``rtgate.control.ui``; master key)
 
 With ``rtgate.ops_listen`` set, the public port's app is made with
@@ -28,7 +29,7 @@ import orjson
 import trio
 
 from rtgate import __version__
-from rtgate.control import client_secrets
+from rtgate.control import calls, client_secrets
 from rtgate.control import keys as key_api
 from rtgate.control.ui import StatusPage
 from rtgate.errors import BadRequest, scrub
@@ -89,6 +90,10 @@ class ControlApp:
             status, body = await client_secrets.mint(self.gateway, headers, receive)
             await _json(send, status, body)
             return
+        route = calls.calls_route(path)
+        if route is not None:  # WebRTC calls (rtgate/control/calls.py)
+            await self._calls(scope, receive, send, method, headers, route[1], route[2])
+            return
         ui = path == "/ui" or path.startswith("/ui/")
         if method not in ("GET", "HEAD") and not ui:  # the status page's sign-in is a POST
             await _json(send, 405, {"error": "method not allowed"})
@@ -122,6 +127,39 @@ class ControlApp:
             await _json(send, 200, {"name": "rtgate", "version": __version__})
         else:
             await _json(send, 404, {"error": f"no route {path}"})
+
+    async def _calls(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        method: str,
+        headers: dict[str, str],
+        call_id: str | None,
+        action: str | None,
+    ) -> None:
+        if not self._one_credential(scope):
+            await _json(send, 400, {"error": "more than one credential"})
+            return
+        if call_id is None and method == "POST":
+            status, body, extra = await calls.offer(self.gateway, scope, headers, receive)
+            if status == 201:
+                extra = [(b"content-type", b"application/sdp"), *extra]
+        elif call_id is not None and (
+            (method == "DELETE" and action is None) or (method == "POST" and action == "hangup")
+        ):
+            status, body, extra = await calls.hang_up(self.gateway, call_id, headers)
+        else:
+            await _json(send, 405, {"error": "method not allowed"})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*extra, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def _pool_view(self) -> dict[str, dict[str, object]]:
         """Per deployment: this process's statistics, and with shared state a ``shared``

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from rtgate.errors import ClientError, InvalidParameter, Unauthenticated, scrub
+from rtgate.errors import ClientError, InvalidParameter, RtgateError, Unauthenticated, scrub
 from rtgate.session.auth import presented_key
 from rtgate.session.client_secrets import MAX_REQUEST_BYTES, is_client_secret
 from rtgate.session.gateway import Gateway
@@ -70,7 +70,7 @@ async def mint(
     return 200, minted.answer
 
 
-def error_body(exc: ClientError, secrets: tuple[str, ...]) -> dict[str, object]:
+def error_body(exc: RtgateError, secrets: tuple[str, ...]) -> dict[str, object]:
     return {
         "error": {
             "message": scrub(exc.message, secrets),

@@ -8,21 +8,40 @@ a call by id.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from rtgate.errors import GatewayShuttingDown
 
+if TYPE_CHECKING:
+    from rtgate.session.gateway import SessionStart
+
 
 @attrs.define
 class Call:
-    """One running call: its id, the model group, and the scope that ends it."""
+    """One running call: its id, the model group, who started it, and the scope that ends it."""
 
     call_id: str
     model_group: str
+    key_hash: str | None
+    """The issuing key's hash (None: the master key); only it or the master key hangs up."""
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+
+@attrs.frozen
+class CallAnswer:
+    """What ``POST /v1/realtime/calls`` answers: the SDP answer and the call's id."""
+
+    call_id: str
+    sdp: str
+
+
+CallHandler = Callable[["SessionStart", str, "Mapping[str, Any] | None"], Awaitable[CallAnswer]]
+"""Starts a call from an authenticated request, the SDP offer and the request's ``session``
+object; returns once the answer is ready (the call then runs in the registry)."""
 
 
 class CallRegistry:
@@ -31,6 +50,10 @@ class CallRegistry:
     def __init__(self) -> None:
         self._nursery: trio.Nursery | None = None
         self.calls: dict[str, Call] = {}
+        self.forward: CallHandler | None = None
+        """Calls the provider terminates (OpenAI, Azure): the offer goes to its calls endpoint."""
+        self.terminate: CallHandler | None = None
+        """Calls rtgate terminates itself (WebRTC media here, any provider behind it)."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
