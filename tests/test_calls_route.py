@@ -15,7 +15,7 @@ import trio
 from rtgate.control.calls import calls_route, parse_offer
 from rtgate.errors import InvalidParameter
 from rtgate.session.calls import Call, CallAnswer
-from rtgate.session.gateway import SessionStart
+from rtgate.session.start import SessionStart
 from rtgate.testing.gateway import open_gateway
 from tests.test_client_secrets import OTHER_KEY, TEAM_KEY, config_yaml, mint
 

@@ -9,15 +9,13 @@ a call by id.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
 from rtgate.errors import GatewayShuttingDown
-
-if TYPE_CHECKING:
-    from rtgate.session.gateway import SessionStart
+from rtgate.session.start import SessionStart
 
 
 @attrs.define
@@ -39,7 +37,7 @@ class CallAnswer:
     sdp: str
 
 
-CallHandler = Callable[["SessionStart", str, "Mapping[str, Any] | None"], Awaitable[CallAnswer]]
+CallHandler = Callable[[SessionStart, str, Mapping[str, Any] | None], Awaitable[CallAnswer]]
 """Starts a call from an authenticated request, the SDP offer and the request's ``session``
 object; returns once the answer is ready (the call then runs in the registry)."""
 

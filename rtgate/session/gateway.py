@@ -59,6 +59,7 @@ from rtgate.session.counters import (
 )
 from rtgate.session.relay import Outcome, Relay
 from rtgate.session.shared_state import SharedState
+from rtgate.session.start import SessionStart
 from rtgate.session.warm_pool import WarmPools
 from rtgate.shared.store import SharedStore
 from rtgate.spend.keys import KeyRecord
@@ -506,23 +507,6 @@ class Gateway:
     def _count_reject(self, status: int) -> None:
         rejected = self.counters.handshakes_rejected
         rejected[status] = rejected.get(status, 0) + 1
-
-
-@attrs.frozen
-class SessionStart:
-    """An authenticated request for a session: who, which model group, and how it arrived."""
-
-    principal: Principal
-    group: str
-    intent: str | None
-    headers: Mapping[str, str]
-    """The client's request headers, lower-cased (``traceparent``, forwarded headers)."""
-    client_addr: str
-    beta: bool = False
-    initial_config: Frame | None = None
-    """A client secret's bound configuration (its first ``session.update``)."""
-    call_offer: str | None = None
-    """A WebRTC call's SDP offer, for a provider that terminates the call itself."""
 
 
 @attrs.define
