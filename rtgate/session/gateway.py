@@ -42,6 +42,7 @@ from rtgate.errors import (
 )
 from rtgate.governance.service import Governance
 from rtgate.net.budget import BufferBudget
+from rtgate.net.client_connection import ClientConnection
 from rtgate.net.wsconn import _QUIET, WsConnection
 from rtgate.pool.router import Pool, Selection
 from rtgate.protocol.beta import BetaBridge
@@ -524,7 +525,7 @@ class _Session:
     """A client secret's bound configuration, fed to the translator as the first ``session.update``."""
     released: bool = False
 
-    async def run(self, gateway: Gateway, client: WsConnection) -> None:
+    async def run(self, gateway: Gateway, client: ClientConnection) -> None:
         provider = get_provider(self.deployment.provider)
         info = SessionInfo(
             session_id=self.ctx.session_id,

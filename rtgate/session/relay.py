@@ -37,7 +37,8 @@ from rtgate.errors import (
     scrub,
 )
 from rtgate.net.budget import BufferBudget
-from rtgate.net.wsconn import ConnectionClosed, WsConnection
+from rtgate.net.client_connection import ClientConnection
+from rtgate.net.wsconn import ConnectionClosed
 from rtgate.protocol.beta import BetaBridge
 from rtgate.providers.base import UpstreamLink
 from rtgate.session.counters import RELAY_SAMPLE_MASK, RelayCounters
@@ -113,7 +114,7 @@ class Relay:
 
     def __init__(
         self,
-        client: WsConnection,
+        client: ClientConnection,
         upstream: UpstreamLink,
         translator: Translator,
         *,
