@@ -9,6 +9,8 @@ endpoint and Basic auth header.
 from __future__ import annotations
 
 import base64
+import math
+from functools import partial
 
 import pytest
 import trio
@@ -17,6 +19,7 @@ from rtgate.testing.fake_gemini import FakeGeminiServer
 from rtgate.testing.gateway import open_gateway
 from rtgate.testing.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.conftest import CLIENT_KEY, gateway_yaml
+from tests.governance_support import PRICES, api, sdk_session, wait_for
 from tests.test_gemini_e2e import _sdk_session
 from tests.test_ops_support import free_port
 from tests.wsclient import connect, recv_json, recv_until, send_json
@@ -94,6 +97,11 @@ async def test_gemini_session_with_tool_call_and_failover(
         ("rtgate.dial.attempt", "gem-ok", None),
     ]
 
+    # gemini-live-2.5-flash is in the shipped price table: each turn and the session are priced.
+    assert attrs["rtgate.cost_usd"] == attrs["gen_ai.usage.cost"] > 0
+    assert math.isclose(
+        attrs["rtgate.cost_usd"], sum(t.attributes["rtgate.cost_usd"] for t in turns)
+    )
     for turn in turns:
         assert (turn.trace_id, turn.parent_span_id) == (session.trace_id, session.span_id)
         assert session.start_ns <= turn.start_ns <= turn.end_ns <= session.end_ns
@@ -144,6 +152,70 @@ rtgate:
     assert turn.trace_id == TRACE_ID and turn.parent_span_id == session.span_id
     assert turn.attributes["rtgate.turn.started_by"] == "response.created"
     assert turn.attributes["rtgate.time_to_first_audio_seconds"] >= 0
+
+
+async def test_cost_on_session_and_turn_spans_equals_the_spend_records(
+    receiver: OtlpReceiver,
+) -> None:
+    """A priced mock deployment: each turn span carries its response's spend record cost, the
+    session span their sum; an unpriced deployment's spans carry no cost at all."""
+    prices = "".join(f"\n      {k}: {v!r}" for k, v in PRICES.items())
+    config = f"""
+model_list:
+  - model_name: gpt-realtime
+    litellm_params: {{model: mock/gpt-realtime}}
+    model_info:
+      mode: realtime{prices}
+  - model_name: unpriced
+    litellm_params: {{model: mock/gpt-realtime}}
+general_settings: {{master_key: {CLIENT_KEY}}}
+rtgate:
+  telemetry: {{otel: true}}
+  governance: {{spend_flush_interval: 0.01}}
+  keys:
+    - {{alias: team-voice, key: sk-team-voice-key-0000000000}}
+"""
+    with trio.fail_after(40):
+        async with open_gateway(config) as gw:
+            result = await trio.to_thread.run_sync(
+                partial(sdk_session, gw.ws_url + "/v1", "sk-team-voice-key-0000000000", responses=2)
+            )
+            assert len(result["usages"]) == 2
+            await receiver.wait_for(lambda r: r.named("realtime.session"))
+
+            async def logged() -> bool:
+                status, rows = await api(gw.http_url, "GET", "/spend/logs?key_alias=team-voice")
+                return status == 200 and len(rows) == 2
+
+            await wait_for(logged)
+            _, rows = await api(gw.http_url, "GET", "/spend/logs?key_alias=team-voice")
+            headers = {"Authorization": "Bearer sk-team-voice-key-0000000000"}
+            async with connect(gw.ws_url + "/v1/realtime?model=unpriced", headers) as ws:
+                assert (await recv_json(ws))["type"] == "session.created"
+                await send_json(ws, {"type": "response.create"})
+                await recv_until(ws, "response.done")
+            await receiver.wait_for(lambda r: len(r.named("realtime.session")) == 2)
+            await receiver.wait_for(lambda r: len(r.named("realtime.response")) == 3)
+
+    record_cost = {row["response_id"]: row["spend"] for row in rows}
+    assert all(cost > 0 for cost in record_cost.values())
+    priced, unpriced = sorted(
+        receiver.named("realtime.session"), key=lambda s: s.attributes["rtgate.model_group"]
+    )
+    assert priced.attributes["rtgate.model_group"] == "gpt-realtime"
+    turns = [t for t in receiver.named("realtime.response") if t.trace_id == priced.trace_id]
+    assert {t.attributes["rtgate.response_id"]: t.attributes["rtgate.cost_usd"] for t in turns} == (
+        record_cost
+    )
+    assert all(t.attributes["gen_ai.usage.cost"] == t.attributes["rtgate.cost_usd"] for t in turns)
+    assert math.isclose(priced.attributes["rtgate.cost_usd"], sum(record_cost.values()))
+    assert priced.attributes["gen_ai.usage.cost"] == priced.attributes["rtgate.cost_usd"]
+    assert "rtgate.cost_usd" not in unpriced.attributes
+    assert not any(
+        "rtgate.cost_usd" in t.attributes
+        for t in receiver.named("realtime.response")
+        if t.trace_id == unpriced.trace_id
+    )
 
 
 async def test_unsampled_parent_exports_nothing(receiver: OtlpReceiver) -> None:

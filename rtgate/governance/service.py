@@ -49,6 +49,8 @@ _NEGATIVE_CACHE_MAX = 10_000
 """Unknown keys remembered (so a key flood does not become a database flood)."""
 _BATCH = 500
 _RETRY_MAX = 5.0
+_RECENT_COSTS = 16
+"""Response costs a session keeps for its turn spans (each is taken within the same batch)."""
 
 
 @attrs.define
@@ -440,6 +442,16 @@ class SessionAccount:
         self.cost = 0.0
         self._seen: set[str] = set()
         self._fallback_ids = 0
+        self._recent: dict[str, float] = {}
+
+    @property
+    def priced(self) -> bool:
+        """Whether the deployment has prices (else :attr:`cost` is 0 because it is unknown)."""
+        return self.prices is not None
+
+    def response_cost(self, response_id: str) -> float | None:
+        """The cost of a response priced by :meth:`on_response`, once (for its turn span)."""
+        return self._recent.pop(response_id, None)
 
     def on_response(self, response_id: str | None, usage: Mapping[str, int]) -> Ending | None:
         """A response ended with ``usage``; the ending if the key is now over a limit."""
@@ -450,6 +462,10 @@ class SessionAccount:
             return None  # the same response reported twice (a replay after a reconnect)
         self._seen.add(response_id)
         record = price_response(self.who, response_id, usage, self.prices, time.time())
+        if self.prices is not None:
+            if len(self._recent) >= _RECENT_COSTS:  # turns not traced: keep the newest only
+                del self._recent[next(iter(self._recent))]
+            self._recent[response_id] = record.spend
         return self._add(record)
 
     def on_transcription(self, item_id: str, usage: Mapping[str, Any]) -> Ending | None:

@@ -40,7 +40,7 @@ from rtgate.errors import (
     UpstreamConnectError,
     scrub,
 )
-from rtgate.governance.service import Governance
+from rtgate.governance.service import Governance, SessionAccount
 from rtgate.net.budget import BufferBudget
 from rtgate.net.client_connection import ClientConnection
 from rtgate.net.wsconn import _QUIET, WsConnection
@@ -555,7 +555,7 @@ class _Session:
             counters=gateway.counters.relay,
             budget=gateway.buffers,
             accounting=account,
-            turns=TurnWatch(partial(self._turn_ended, gateway)),
+            turns=TurnWatch(partial(self._turn_ended, gateway, account)),
             initial_config=self.initial_config,
         )
         if self.trace is not None:
@@ -574,9 +574,11 @@ class _Session:
         finally:
             outcome = outcome or relay.outcome or Outcome(1011, "internal error", 1011, "", "error")
             await self.release(gateway, outcome)
-            self.finish_trace(gateway, outcome, relay.stats.usage, relay.stats.responses)
             stats = relay.stats
             cost = account.close(time.time() - info.started_at)
+            self.finish_trace(
+                gateway, outcome, stats.usage, stats.responses, cost if account.priced else None
+            )
             if gateway.event_log is not None:
                 now = time.time()
                 gateway.event_log.close_session(
@@ -597,18 +599,26 @@ class _Session:
                     )
                 )
 
-    def _turn_ended(self, gateway: Gateway, turn: Turn) -> None:
-        """A response finished (once per response, never per frame)."""
+    def _turn_ended(self, gateway: Gateway, account: SessionAccount, turn: Turn) -> None:
+        """A response finished (once per response, never per frame); the accounting priced it
+        earlier in the same batch."""
         ttfa = turn.time_to_first_audio
         if ttfa is not None:
             gateway.counters.observe_first_audio(self.ctx.model_group, ttfa)
         if self.trace is not None:
-            self.trace.turn(turn, trio.current_time())
+            cost = account.response_cost(turn.response_id) if turn.response_id else None
+            self.trace.turn(turn, trio.current_time(), cost)
 
     def finish_trace(
-        self, gateway: Gateway, outcome: Outcome, usage: Mapping[str, int], responses: int = 0
+        self,
+        gateway: Gateway,
+        outcome: Outcome,
+        usage: Mapping[str, int],
+        responses: int = 0,
+        cost_usd: float | None = None,
     ) -> None:
-        """End the session span and list the close for the status page."""
+        """End the session span (with its cost, when priced) and list the close for the
+        status page."""
         reason = scrubbed(outcome.client_reason, gateway.secrets)
         gateway.recent_closes.append(
             {
@@ -636,6 +646,7 @@ class _Session:
             },
             usage,
             f"closed {outcome.client_code} by {outcome.closed_by}" if failed else None,
+            cost_usd,
         )
 
     async def release(self, gateway: Gateway, outcome: Outcome) -> None:

@@ -4,7 +4,8 @@ Owns the process's tracer provider (the OpenTelemetry SDK; never the global
 one, so tests may run several gateways), the OTLP exporter, the bounded export
 queue and its counters. Spans are made at setup (session, dial), at each
 response's end (a turn span, built after the fact with its real start and end
-times) and at teardown; never per frame.
+times, with the response's cost) and at teardown (with the session's cost); never
+per frame.
 
 Export runs on the SDK's batch thread. In front of it sits :class:`_BoundedQueue`,
 which refuses (and counts) a span when ``max_queue_size`` finished spans are
@@ -429,8 +430,9 @@ class SessionTrace:
         if self.recording:
             self.span.set_attributes(attributes)
 
-    def turn(self, turn: Turn, now: float) -> None:
-        """A finished response: a child span from its anchor to ``response.done``."""
+    def turn(self, turn: Turn, now: float, cost_usd: float | None = None) -> None:
+        """A finished response: a child span from its anchor to ``response.done``, with its
+        cost when the deployment is priced."""
         if not self.recording:
             return
         wall = time.time_ns()
@@ -450,6 +452,7 @@ class SessionTrace:
         if turn.function_calls:
             attributes["rtgate.function_calls"] = list(turn.function_calls)
         attributes.update(_usage_attributes(turn.usage))
+        attributes.update(_cost_attributes(cost_usd))
         span = self.tracer.start_span(
             "realtime.response", context=self._context, start_time=start, attributes=attributes
         )
@@ -458,12 +461,18 @@ class SessionTrace:
         span.end(end_time=wall)
 
     def ended(
-        self, attributes: Mapping[str, Any], usage: Mapping[str, int], error: str | None
+        self,
+        attributes: Mapping[str, Any],
+        usage: Mapping[str, int],
+        error: str | None,
+        cost_usd: float | None = None,
     ) -> None:
-        """Teardown: close code, who closed, usage; ``error`` marks the span failed."""
+        """Teardown: close code, who closed, usage, the session's cost (None: not priced);
+        ``error`` marks the span failed."""
         if self.recording:
             self.span.set_attributes(attributes)
             self.span.set_attributes(_usage_attributes(usage))
+            self.span.set_attributes(_cost_attributes(cost_usd))
             for key, value in usage.items():
                 self.span.set_attribute(f"rtgate.usage.{key}", value)
             if error is not None:
@@ -479,6 +488,15 @@ def _usage_attributes(usage: Mapping[str, int]) -> dict[str, int]:
     if "output_tokens" in usage:
         out["gen_ai.usage.output_tokens"] = usage["output_tokens"]
     return out
+
+
+def _cost_attributes(cost_usd: float | None) -> dict[str, float]:
+    """The cost in US dollars: rtgate's name, and ``gen_ai.usage.cost``, which Langfuse reads
+    as the observation's total cost (https://langfuse.com/docs/opentelemetry/get-started);
+    the GenAI semantic conventions name no cost attribute yet."""
+    if cost_usd is None:
+        return {}
+    return {"rtgate.cost_usd": cost_usd, "gen_ai.usage.cost": cost_usd}
 
 
 def scrubbed(text: str, secrets: tuple[str, ...]) -> str:
