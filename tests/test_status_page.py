@@ -2,22 +2,31 @@
 
 The browser test runs headless Chromium against a gateway with a deployment that
 refuses connections and a healthy one: after the pool ejects the broken one, the
-page (rendered by the server, then refreshed by its script) must show it ejected.
+page (rendered by the server, then refreshed by its script) must show it ejected,
+and a key that ran a priced session must show its spend today.
 """
 
 from __future__ import annotations
 
 import base64
+import time
+from functools import partial
 from pathlib import Path
 
+import attrs
 import orjson
 import pytest
 import trio
 
+from rtgate.config.load import parse_text
+from rtgate.governance.db import Database
+from rtgate.governance.service import Governance, utc_midnight
+from rtgate.spend.records import price_response
 from rtgate.testing.fake_upstream import FakeRealtimeServer
 from rtgate.testing.gateway import open_gateway
 from tests.cdp import open_browser, require_chromium
 from tests.conftest import CLIENT_KEY, gateway_yaml, openai_deployment
+from tests.governance_support import priced_config, sdk_session
 from tests.test_ops_support import free_port, http_get
 from tests.wsclient import connect, recv_json
 
@@ -50,10 +59,14 @@ async def http_post(
     return int(status_line.split()[1]), answer, rest
 
 
+TEAM_KEY = "sk-team-voice-key-0000000000"
+
+
 def _config(*deployments: str) -> str:
     return gateway_yaml(
         *deployments,
-        extra="router_settings:\n  allowed_fails: 1\n  cooldown_time: 300\n"
+        extra=f"  keys:\n    - {{alias: team-voice, key: {TEAM_KEY}}}\n"
+        "router_settings:\n  allowed_fails: 1\n  cooldown_time: 300\n"
         "  max_ejection_percent: 100\n",
     )
 
@@ -82,6 +95,8 @@ async def test_sign_in_with_the_form_sets_an_httponly_cookie(
             status, body = await http_get(gw.port, "/ui/data.json", {"Cookie": token})
             assert status == 200
             data = orjson.loads(body)
+            assert data["spend_today"]["keys"] == [] and data["spend_today"]["from_database"]
+            assert data["spend_today"]["since"] == time.time() // 86400 * 86400
             assert [d["deployment"] for d in data["pool"]] == [
                 d.id for d in gw.gateway.config.deployments
             ]
@@ -125,6 +140,11 @@ async def test_browser_shows_the_failing_deployment_ejected(
                 if pool.statistics(trio.current_time())["openai-broken"]["state"] == "ejected":
                     break
             assert pool.statistics(trio.current_time())["openai-broken"]["state"] == "ejected"
+            # A priced session (openai/gpt-realtime is in the shipped price table) of a key.
+            usages = (
+                await trio.to_thread.run_sync(partial(sdk_session, gw.ws_url + "/v1", TEAM_KEY))
+            )["usages"]
+            assert usages and usages[0]["total_tokens"] > 0
             async with connect(gw.ws_url + "/v1/realtime?model=gpt-realtime", AUTH) as live:
                 await recv_json(live)
                 async with open_browser(tmp_path) as page:
@@ -142,6 +162,18 @@ async def test_browser_shows_the_failing_deployment_ejected(
                         "Object.fromEntries([...document.querySelectorAll('#pool tbody tr')]"
                         ".map(tr => [tr.dataset.deployment, [...tr.cells].map(c => c.textContent)]))"
                     )
+                    spend_js = (
+                        "[...document.querySelectorAll('#spend tbody tr[data-key]')]"
+                        ".map(tr => [tr.dataset.key, ...[...tr.cells].map(c => c.textContent)])"
+                    )
+                    spend = await page.evaluate(spend_js)
+                    with trio.fail_after(15):  # the writer may not have flushed at the first poll
+                        while not spend:
+                            await trio.sleep(0.2)
+                            spend = await page.evaluate(spend_js)
+                    spend_note = await page.evaluate(
+                        "document.getElementById('spend-note').textContent"
+                    )
                     live_by_group = await page.evaluate(
                         "[...document.querySelectorAll('#groups tbody tr')].map(tr => tr.textContent)"
                     )
@@ -153,6 +185,12 @@ async def test_browser_shows_the_failing_deployment_ejected(
     assert rows["openai-broken"][6] == "1" and rows["openai-broken"][7].endswith(" s")
     assert rows["openai-healthy"][3] == "closed"
     assert live_by_group == ["gpt-realtime1"]
+    [(key, alias, amount, tokens_in, tokens_out, responses)] = spend
+    assert (key, alias, responses) == ("team-voice", "team-voice", "1")
+    assert amount.startswith("$") and float(amount[1:].replace(",", "")) > 0
+    assert int(tokens_in) + int(tokens_out) == usages[0]["total_tokens"]
+    assert spend_note.startswith("since 00:00 UTC (")
+    assert TEAM_KEY not in dom
     assert 'class="state state-ejected"' in dom
     assert CLIENT_KEY not in dom
     [ui_cookie] = [c for c in cookies if c["name"] == "rtgate_ui"]
@@ -169,3 +207,45 @@ async def test_without_a_master_key_the_page_stays_shut(path: str) -> None:
     assert (status, path) in ((200, "/ui"), (401, "/ui/data.json"))
     if path == "/ui":
         assert b'action="/ui/login"' in body
+
+
+async def test_spend_today_sums_the_database_and_unwritten_records_since_utc_midnight(
+    tmp_path: Path,
+) -> None:
+    """While the database is away the page shows this process's unwritten records; once it is
+    back, the database's sum. A record from before UTC midnight counts in neither."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    text = priced_config("ws://127.0.0.1:9/v1", database=f"sqlite:///{blocker}/x.db")
+    config = parse_text(text, path="<t>").config
+    governance = Governance(config)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(governance.run)
+            account = governance.open_account(
+                key_hash="a" * 64, key_alias="team-a", deployment=config.deployments[0],
+                model_group="gpt-realtime", session_id="sess_1",
+            )  # fmt: skip
+            for i in range(3):
+                account.on_response(f"resp_{i}", {"input_tokens": 10, "output_tokens": 2})
+            yesterday = attrs.evolve(
+                price_response(account.who, "old", {"input_tokens": 99}, account.prices, 0.0),
+                start_time=utc_midnight(time.time()) - 60,
+            )
+            governance.record(yesterday)
+            away = await governance.spend_today()
+            assert not away.from_database
+            [row] = away.keys
+            assert (row.key_alias, row.responses, row.input_tokens, row.output_tokens) == (
+                "team-a", 3, 30, 6,
+            )  # fmt: skip
+            assert row.spend_usd == account.cost > 0 and yesterday.spend > 0
+
+            governance.db = Database(f"sqlite:///{tmp_path}/back.db")  # the database returns
+            while governance.counters.records_written < 4:  # today's three and yesterday's
+                await trio.sleep(0.02)
+            back = await governance.spend_today()
+            assert back.from_database and back.keys == away.keys
+            assert back.since == utc_midnight(time.time())
+            nursery.cancel_scope.cancel()
+    await governance.aclose()

@@ -1,4 +1,6 @@
-"""The status page at ``/ui``: pool health, live sessions, recent closes, for the master key.
+"""The status page at ``/ui``: pool health, live sessions, recent closes, spend per key today.
+
+For the master key only.
 
 Server-rendered HTML (it reads well without JavaScript), refreshed by a small
 script that polls ``/ui/data.json``; the script and the stylesheet ship in the
@@ -29,6 +31,7 @@ from importlib import resources
 from typing import Any, Final
 from urllib.parse import parse_qs
 
+import attrs
 import orjson
 import trio
 
@@ -83,14 +86,14 @@ class StatusPage:
             await _redirect(send, "/ui", _cookie("", 0, _secure(scope)))
         elif path == "/ui" and method in ("GET", "HEAD"):
             if self._signed_in(headers):
-                await _respond(send, 200, self._page(), "text/html; charset=utf-8")
+                await _respond(send, 200, await self._page(), "text/html; charset=utf-8")
             else:
                 await _respond(send, 200, _login_page(""), "text/html; charset=utf-8")
         elif path == "/ui/data.json" and method in ("GET", "HEAD"):
             if not self._signed_in(headers):
                 await _respond(send, 401, b'{"error":"sign in at /ui"}', "application/json")
                 return
-            await _respond(send, 200, orjson.dumps(self.data()), "application/json")
+            await _respond(send, 200, orjson.dumps(await self.data()), "application/json")
         else:
             await _respond(send, 404 if method in ("GET", "HEAD") else 405, b"", "text/plain")
 
@@ -141,8 +144,9 @@ class StatusPage:
 
     # -- what the page shows -------------------------------------------------------
 
-    def data(self) -> dict[str, Any]:
+    async def data(self) -> dict[str, Any]:
         gateway = self.gateway
+        today = await gateway.governance.spend_today()
         now = trio.current_time()
         pool = [
             {"deployment": dep_id, **stats}
@@ -167,6 +171,11 @@ class StatusPage:
             "sessions_by_group": {g: n for g, n in live_groups.items() if n > 0},
             "sessions_by_key": {k: n for k, n in sorted(gateway.sessions_by_key.items()) if n > 0},
             "recent_closes": list(reversed(gateway.recent_closes)),
+            "spend_today": {
+                "since": today.since,
+                "from_database": today.from_database,
+                "keys": [attrs.asdict(k) for k in today.keys],
+            },
             "first_audio": {
                 group: {"count": hist.count, "mean_seconds": hist.sum / hist.count}
                 for group, hist in sorted(gateway.counters.first_audio_seconds.items())
@@ -174,8 +183,8 @@ class StatusPage:
             },
         }
 
-    def _page(self) -> bytes:
-        data = self.data()
+    async def _page(self) -> bytes:
+        data = await self.data()
         template = _static("ui.html").decode()
         return (
             template.replace("{{version}}", html.escape(__version__))
@@ -183,6 +192,8 @@ class StatusPage:
             .replace("{{group_rows}}", _count_rows(data["sessions_by_group"]))
             .replace("{{key_rows}}", _count_rows(data["sessions_by_key"]))
             .replace("{{close_rows}}", "".join(_close_row(c) for c in data["recent_closes"]))
+            .replace("{{spend_rows}}", _spend_rows(data["spend_today"]["keys"]))
+            .replace("{{spend_note}}", html.escape(_spend_note(data["spend_today"])))
             .replace("{{sessions_active}}", str(data["sessions_active"]))
             .encode()
         )
@@ -228,6 +239,37 @@ def _count_rows(counts: Mapping[str, int]) -> str:
     if not counts:
         return '<tr class="empty"><td colspan="2">none</td></tr>'
     return "".join(f"<tr>{_cell(name)}{_cell(n)}</tr>" for name, n in counts.items())
+
+
+def usd(value: float) -> str:
+    """Dollars as the page shows them: cents, or six decimals below one cent (a test session
+    costs a fraction of a cent and must not read as zero)."""
+    if value == 0:
+        return "$0.00"
+    return f"${value:.6f}" if value < 0.01 else f"${value:,.2f}"
+
+
+def _spend_rows(keys: list[Mapping[str, Any]]) -> str:
+    if not keys:
+        return '<tr class="empty"><td colspan="5">no spend today</td></tr>'
+    return "".join(
+        f'<tr data-key="{html.escape(str(k["key_alias"]))}">'
+        + _cell(k["key_alias"] or "(no key)")
+        + _cell(usd(float(k["spend_usd"])), "num")
+        + _cell(k["input_tokens"], "num")
+        + _cell(k["output_tokens"], "num")
+        + _cell(k["responses"], "num")
+        + "</tr>"
+        for k in keys
+    )
+
+
+def _spend_note(today: Mapping[str, Any]) -> str:
+    day = time.strftime("%Y-%m-%d", time.gmtime(float(today["since"])))
+    note = f"since 00:00 UTC ({day}), all workers and hosts sharing the spend database"
+    if not today["from_database"]:
+        note += " (database unreachable: its last answer and this process's unwritten records)"
+    return note
 
 
 def _close_row(c: Mapping[str, Any]) -> str:

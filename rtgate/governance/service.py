@@ -51,6 +51,10 @@ _BATCH = 500
 _RETRY_MAX = 5.0
 _RECENT_COSTS = 16
 """Response costs a session keeps for its turn spans (each is taken within the same batch)."""
+TODAY_REFRESH_SECONDS = 5.0
+"""How long the status page's spend-per-key-today sum is reused before the database is asked
+again (a page polls every 2 s; several open pages share one query)."""
+_DAY = 86400.0
 
 
 @attrs.define
@@ -63,6 +67,49 @@ class SpendCounters:
     records_written: int = 0
     records_duplicate: int = 0
     records_spilled: int = 0
+
+
+@attrs.define
+class KeySpend:
+    """One key's spend since UTC midnight (the status page's row)."""
+
+    key_alias: str
+    """The key's label: its alias, ``key-`` + 8 hex of its hash, or ``""`` for no key."""
+    spend_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    responses: int = 0
+
+    def add(self, spend: float, input_tokens: int, output_tokens: int, responses: int) -> None:
+        self.spend_usd += spend
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.responses += responses
+
+
+@attrs.frozen
+class SpendToday:
+    """Spend per key since ``since`` (UTC midnight), highest first."""
+
+    since: float
+    keys: list[KeySpend]
+    from_database: bool
+    """False when the database could not be asked (then: its last answer today, if any, plus
+    this process's unwritten records)."""
+
+
+def utc_midnight(now: float) -> float:
+    """The UNIX time of the UTC midnight that began the day of ``now``."""
+    return now - now % _DAY
+
+
+def _spend_since(conn: Conn, since: float) -> list[dict[str, Any]]:
+    return conn.rows(
+        "SELECT key_alias, SUM(spend) AS spend, SUM(prompt_tokens) AS input_tokens, "
+        "SUM(completion_tokens) AS output_tokens, COUNT(*) AS responses "
+        "FROM rtgate_spend_logs WHERE start_time >= ? GROUP BY key_alias",
+        (since,),
+    )
 
 
 @attrs.frozen
@@ -114,6 +161,10 @@ class Governance:
         self._spill = Path(self.settings.spill_path or state_dir() / "spend-spill.jsonl")
         self._started = False
         self._tried = False
+        self._writing: list[SpendRecord] = []
+        """The batch the writer is writing (out of the buffer until it is written or back)."""
+        self._today: tuple[float, float, list[dict[str, Any]]] | None = None
+        """(UTC midnight, when asked, rows) of the last spend-today query."""
 
     def reconfigure(self, config: GatewayConfig) -> None:
         """A reload: new prices, settings and policy (the database URL needs a restart)."""
@@ -218,6 +269,7 @@ class Governance:
         batch = [self._buffer.popleft() for _ in range(min(_BATCH, len(self._buffer)))]
         if not batch:
             return True
+        self._writing = batch
         try:
             await self._ensure_ready()
             new = await self.db.run(partial(store.write_spend, records=batch), write=True)
@@ -225,6 +277,8 @@ class Governance:
             self._buffer.extendleft(reversed(batch))
             self._down(exc)
             return False
+        finally:
+            self._writing = []
         self._up()
         self._written(batch, new)
         return True
@@ -319,6 +373,45 @@ class Governance:
             "buffered_spend_records": len(self._buffer),
             "spill_file": str(self._spill) if self._spill.exists() else None,
         }
+
+    # -- the status page -----------------------------------------------------------------
+
+    async def spend_today(self) -> SpendToday:
+        """Spend, tokens and responses per key label since UTC midnight: every host's records
+        in the database (asked at most once per :data:`TODAY_REFRESH_SECONDS`) plus this
+        process's records not yet written. Never touched by a session."""
+        since = utc_midnight(time.time())
+        asked = trio.current_time()
+        cached = self._today
+        from_database = True
+        if cached is None or cached[0] != since or asked - cached[1] >= TODAY_REFRESH_SECONDS:
+            try:
+                rows = await self.query(partial(_spend_since, since=since))
+            except Exception as exc:
+                self._down(exc)
+                from_database = False
+            else:
+                self._today = (since, asked, rows)
+        cached = self._today
+        by_label: dict[str, KeySpend] = {}
+        if cached is not None and cached[0] == since:
+            for row in cached[2]:
+                label = row["key_alias"] or ""
+                by_label.setdefault(label, KeySpend(label)).add(
+                    float(row["spend"] or 0.0), int(row["input_tokens"] or 0),
+                    int(row["output_tokens"] or 0), int(row["responses"] or 0),
+                )  # fmt: skip
+        # While the database answers, the batch being written is left out (it is in the next
+        # answer; counting it could count it twice); while it does not, that batch fails back.
+        unwritten = self._buffer if from_database else [*self._buffer, *self._writing]
+        for record in unwritten:
+            if record.start_time >= since:
+                label = record.key_alias or ""
+                by_label.setdefault(label, KeySpend(label)).add(
+                    record.spend, record.prompt_tokens, record.completion_tokens, 1
+                )
+        keys = sorted(by_label.values(), key=lambda k: (-k.spend_usd, k.key_alias))
+        return SpendToday(since=since, keys=keys, from_database=from_database)
 
     # -- at session setup --------------------------------------------------------------
 

@@ -61,6 +61,41 @@ function closeRow(c) {
   return tr;
 }
 
+// Dollars as the server renders them (ui.py usd): cents, or six decimals below one cent.
+function usd(v) {
+  if (v === 0) return "$0.00";
+  return v < 0.01 ? "$" + v.toFixed(6) : "$" + v.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+}
+
+function spendRows(keys) {
+  if (keys.length === 0) {
+    const tr = document.createElement("tr");
+    tr.className = "empty";
+    const td = cell("no spend today");
+    td.colSpan = 5;
+    tr.append(td);
+    return [tr];
+  }
+  return keys.map((k) => {
+    const tr = document.createElement("tr");
+    tr.dataset.key = k.key_alias;
+    tr.append(
+      cell(k.key_alias || "(no key)"), cell(usd(k.spend_usd), "num"), cell(k.input_tokens, "num"),
+      cell(k.output_tokens, "num"), cell(k.responses, "num"),
+    );
+    return tr;
+  });
+}
+
+function spendNote(today) {
+  const day = new Date(today.since * 1000).toISOString().slice(0, 10);
+  let note = "since 00:00 UTC (" + day + "), all workers and hosts sharing the spend database";
+  if (!today.from_database) {
+    note += " (database unreachable: its last answer and this process's unwritten records)";
+  }
+  return note;
+}
+
 async function refresh() {
   const status = document.getElementById("updated");
   try {
@@ -71,6 +106,8 @@ async function refresh() {
     fill("groups", countRows(data.sessions_by_group));
     fill("keys", countRows(data.sessions_by_key));
     fill("closes", data.recent_closes.map(closeRow));
+    fill("spend", spendRows(data.spend_today.keys));
+    document.getElementById("spend-note").textContent = spendNote(data.spend_today);
     document.getElementById("sessions-active").textContent = String(data.sessions_active);
     status.textContent = "updated " + new Date().toLocaleTimeString([], { hour12: false }) +
       (data.draining ? " (draining)" : "");
