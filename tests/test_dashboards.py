@@ -20,6 +20,8 @@ from rtgate.config.load import parse_text
 from rtgate.telemetry.eventlog import EventLogger
 from rtgate.testing.gateway import open_gateway
 from rtgate.testing.otlp_receiver import OtlpReceiver
+from tests.conftest import CLIENT_KEY
+from tests.governance_support import api
 from tests.test_ops_support import free_port, http_get
 from tests.wsclient import connect, raw_handshake, recv_json, recv_until, send_json
 
@@ -47,6 +49,13 @@ def test_files_are_well_formed() -> None:
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}" and panel["targets"]
+    titles = {p["title"] for p in dashboard["panels"]}
+    assert {
+        "Tokens per second by model group", "USD per hour by model group",
+        "Tokens per second by deployment", "USD per hour by deployment",
+        "Tokens per second by key alias", "USD per hour by key alias",
+        "Top keys by spend today",
+    } <= titles  # fmt: skip
     rules = alert_rules()
     names = {r["alert"] for r in rules}
     assert {
@@ -54,6 +63,7 @@ def test_files_are_well_formed() -> None:
         "RtgateErrorCloseRate",
         "RtgateSlowFirstAudio",
         "RtgateEventLogDrops",
+        "RtgateKeyNearBudget",
     } <= names
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning", "info")
@@ -70,9 +80,12 @@ async def _served_series(
 model_list:
   - model_name: mock
     litellm_params: {{model: mock/gpt-realtime, reply_audio_ms: 100}}
+    model_info: {{input_cost_per_token: 1.0e-6, output_cost_per_token: 2.0e-6,
+                 input_cost_per_audio_token: 1.0e-5, output_cost_per_audio_token: 2.0e-5}}
   - model_name: broken
     litellm_params: {{model: openai/gpt-realtime, api_key: sk-x, api_base: "ws://127.0.0.1:{free_port()}/v1"}}
 litellm_settings: {{callbacks: [otel]}}
+general_settings: {{master_key: {CLIENT_KEY}}}
 rtgate:
   event_log:
     sinks: [{{type: file, path: {tmp_path / "events.jsonl"}}}]
@@ -81,17 +94,26 @@ rtgate:
     series: dict[str, set[str]] = {}
     with trio.fail_after(20):
         async with open_gateway(config, event_log=EventLogger.for_config(config)) as gw:
-            async with connect(gw.ws_url + "/v1/realtime?model=mock") as ws:
+            # A budgeted database key runs the priced session (spend, tokens, budget series).
+            status, created = await api(
+                gw.http_url, "POST", "/key/generate", {"key_alias": "team-a", "max_budget": 5}
+            )
+            assert status == 200, created
+            headers = {"Authorization": f"Bearer {created['key']}"}
+            async with connect(gw.ws_url + "/v1/realtime?model=mock", headers) as ws:
                 await recv_json(ws)
                 await send_json(ws, {"type": "response.create"})
                 await recv_until(ws, "response.done")
             # A dial that fails (connect failure, 503) and a handshake for no model (404).
-            assert (await raw_handshake(gw.ws_url + "/v1/realtime?model=broken"))[0] == 503
-            assert (await raw_handshake(gw.ws_url + "/v1/realtime?model=nope"))[0] == 404
+            assert (await raw_handshake(gw.ws_url + "/v1/realtime?model=broken", headers))[0] == 503
+            assert (await raw_handshake(gw.ws_url + "/v1/realtime?model=nope", headers))[0] == 404
             while gw.gateway.counters.sessions_active:
                 await trio.sleep(0.01)
             status, body = await http_get(gw.port, "/metrics")
             assert status == 200
+            text = body.decode()
+            assert created["key"] not in text and created["token_id"] not in text
+            assert 'rtgate_key_max_budget_usd{key_alias="team-a"} 5.0' in text
     from prometheus_client.parser import text_string_to_metric_families
 
     for family in text_string_to_metric_families(body.decode()):
@@ -120,4 +142,4 @@ async def test_every_series_the_dashboard_and_alerts_use_is_served(
             checked += 1
         for label in grouped - {"le"}:
             assert any(label in served[name] for name, _ in metrics), (label, expr)
-    assert checked >= 20
+    assert checked >= 30

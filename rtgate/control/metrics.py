@@ -418,6 +418,37 @@ def _spend(governance: Any) -> Iterator[Metric]:
     for labels, count in sorted(counters.tokens.items()):
         tokens.add_metric(list(labels), count)
     yield tokens
+    by_deployment = CounterMetricFamily(
+        "rtgate_deployment_spend_usd", "Cost of finished responses per deployment, US dollars",
+        labels=["model_group", "deployment"],
+    )  # fmt: skip
+    for (group, deployment), value in sorted(counters.deployment_spend_usd.items()):
+        by_deployment.add_metric([group, deployment], value)
+    yield by_deployment
+    deployment_tokens = CounterMetricFamily(
+        "rtgate_deployment_tokens", "Tokens of finished responses per deployment",
+        labels=["model_group", "deployment", "direction", "modality"],
+    )  # fmt: skip
+    for labels, count in sorted(counters.deployment_tokens.items()):
+        deployment_tokens.add_metric(list(labels), count)
+    yield deployment_tokens
+    # Budgeted database keys only (one series each): what a "close to its budget" alert needs.
+    key_spend = GaugeMetricFamily(
+        "rtgate_key_spend_usd",
+        "Spend of a budgeted key in its current budget period, US dollars (every host's, as of "
+        "this process's last key refresh, plus its unwritten spend)",
+        labels=["key_alias"],
+    )
+    key_budget = GaugeMetricFamily(
+        "rtgate_key_max_budget_usd",
+        "max_budget of a budgeted key, US dollars",
+        labels=["key_alias"],
+    )
+    for label, spent, budget in sorted(governance.budgets()):
+        key_spend.add_metric([label], spent)
+        key_budget.add_metric([label], budget)
+    yield key_spend
+    yield key_budget
     up = GaugeMetricFamily("rtgate_database_up", "1 while the spend database answers")
     up.add_metric([], 1.0 if governance.database_up else 0.0)
     yield up

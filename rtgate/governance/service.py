@@ -64,6 +64,11 @@ class SpendCounters:
     spend_usd: dict[tuple[str, str], float] = attrs.field(factory=dict)
     tokens: dict[tuple[str, str, str, str], int] = attrs.field(factory=dict)
     """By (key alias, model group, direction, modality)."""
+    deployment_spend_usd: dict[tuple[str, str], float] = attrs.field(factory=dict)
+    """By (model group, deployment): kept apart from the key series, so their label sets do
+    not multiply (keys x deployments)."""
+    deployment_tokens: dict[tuple[str, str, str, str], int] = attrs.field(factory=dict)
+    """By (model group, deployment, direction, modality)."""
     records_written: int = 0
     records_duplicate: int = 0
     records_spilled: int = 0
@@ -491,9 +496,13 @@ class Governance:
 
     def _count(self, spend: SpendRecord) -> None:
         alias = spend.key_alias or ""
-        label = (alias, spend.model_group)
+        group, deployment = spend.model_group, spend.deployment or ""
+        label = (alias, group)
         counters = self.counters
         counters.spend_usd[label] = counters.spend_usd.get(label, 0.0) + spend.spend
+        where = (group, deployment)
+        by_deployment = counters.deployment_spend_usd
+        by_deployment[where] = by_deployment.get(where, 0.0) + spend.spend
         c = spend.counts
         for direction, modality, n in (
             ("input", "text", c.text_in), ("input", "audio", c.audio_in),
@@ -501,8 +510,19 @@ class Governance:
             ("output", "audio", c.audio_out),
         ):  # fmt: skip
             if n:
-                series = (alias, spend.model_group, direction, modality)
+                series = (alias, group, direction, modality)
                 counters.tokens[series] = counters.tokens.get(series, 0) + n
+                placed = (group, deployment, direction, modality)
+                counters.deployment_tokens[placed] = counters.deployment_tokens.get(placed, 0) + n
+
+    def budgets(self) -> list[tuple[str, float, float]]:
+        """``(label, spend, max_budget)`` of each database key with a budget, as this process
+        knows it: the period's spend at the last write or refresh plus its unwritten spend."""
+        return [
+            (r.label, r.spend + self._pending.get(r.token, 0.0), float(r.max_budget))
+            for r in self.keys.values()
+            if r.max_budget is not None
+        ]
 
     def over_limit(self, token: str) -> Ending | None:
         """Whether a key's running sessions must end now (budget spent, tpm reached)."""
