@@ -170,6 +170,7 @@ class Governance:
         """The batch the writer is writing (out of the buffer until it is written or back)."""
         self._today: tuple[float, float, list[dict[str, Any]]] | None = None
         """(UTC midnight, when asked, rows) of the last spend-today query."""
+        self._today_lock = trio.Lock()
 
     def reconfigure(self, config: GatewayConfig) -> None:
         """A reload: new prices, settings and policy (the database URL needs a restart)."""
@@ -386,17 +387,24 @@ class Governance:
         in the database (asked at most once per :data:`TODAY_REFRESH_SECONDS`) plus this
         process's records not yet written. Never touched by a session."""
         since = utc_midnight(time.time())
-        asked = trio.current_time()
-        cached = self._today
-        from_database = True
-        if cached is None or cached[0] != since or asked - cached[1] >= TODAY_REFRESH_SECONDS:
-            try:
-                rows = await self.query(partial(_spend_since, since=since))
-            except Exception as exc:
-                self._down(exc)
-                from_database = False
-            else:
-                self._today = (since, asked, rows)
+        # Known down: the writer and the refresher notice its return; a page does not wait on it.
+        from_database = self.database_up or not self._tried
+        async with self._today_lock:  # pages polling at once share one query
+            asked = trio.current_time()
+            cached = self._today
+            fresh = (
+                cached is not None
+                and cached[0] == since
+                and asked - cached[1] < TODAY_REFRESH_SECONDS
+            )
+            if from_database and not fresh:
+                try:
+                    rows = await self.query(partial(_spend_since, since=since))
+                except Exception as exc:
+                    self._down(exc)
+                    from_database = False
+                else:
+                    self._today = (since, asked, rows)
         cached = self._today
         by_label: dict[str, KeySpend] = {}
         if cached is not None and cached[0] == since:
