@@ -81,7 +81,9 @@ def families(text: str) -> list[Metric]:
     return list(text_string_to_metric_families(text))
 
 
-def merged_samples(snapshots: list[Snapshot]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def merged_samples(
+    snapshots: list[Snapshot],
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """The merge, rendered as text and parsed back as a scrape would see it."""
     return parse_metrics(render_families(merge(snapshots, HOST_RULES)))
 
@@ -128,7 +130,7 @@ def test_the_merge_is_the_same_whichever_worker_answers() -> None:
 def test_a_family_missing_from_the_table_sums_counters_and_labels_gauges() -> None:
     text = (
         "# TYPE x_new_total counter\nx_new_total 2\n# TYPE y_new gauge\ny_new 5\n"
-        "# TYPE z_new histogram\nz_new_bucket{le=\"+Inf\"} 1\nz_new_sum 1\nz_new_count 1\n"
+        '# TYPE z_new histogram\nz_new_bucket{le="+Inf"} 1\nz_new_sum 1\nz_new_count 1\n'
     )
     m = merged_samples([Snapshot("0", True, families(text)), Snapshot("1", True, families(text))])
     assert m[("x_new_total", frozenset())] == 4
@@ -194,8 +196,8 @@ def test_peers_are_live_while_fresh_and_running_and_corrupt_files_are_logged_onc
     now = [1000.0]
     dead: set[int] = set()
     w0, w1, w2 = (_dir(tmp_path, str(i), now, dead) for i in range(3))
-    w1.publish(families(worker_text("1", started=2, active=1)))
-    w2.publish(families(worker_text("2", started=3, active=1)))
+    w1.publish(families(worker_text("1", started=2, active=1)), 1)
+    w2.publish(families(worker_text("2", started=3, active=1)), 1)
     (tmp_path / "worker-9.prom").write_bytes(b"garbage")
     (tmp_path / "worker-8.prom.77.tmp").write_bytes(b"half written")  # not a snapshot name
     caplog.set_level(logging.WARNING, "rtgate.metrics")
@@ -212,11 +214,11 @@ def test_peers_are_live_while_fresh_and_running_and_corrupt_files_are_logged_onc
 def test_a_restarted_worker_carries_on_its_predecessors_counters(tmp_path: Path) -> None:
     now = [1000.0]
     old = _dir(tmp_path, "1", now, pid=201)
-    old.publish(families(worker_text("1", started=6, active=2)))
+    old.publish(families(worker_text("1", started=6, active=2)), 1)
     new = _dir(tmp_path, "1", now, pid=202)
     new.adopt_predecessor()
     own = new.own_view(families(worker_text("1", started=1, active=1)))
-    new.publish(own)
+    new.publish(own, 1)
     _, published = parse_snapshot((tmp_path / "worker-1.prom").read_bytes())
     m = parse_metrics(render_families(published))
     assert value(m, "rtgate_sessions_started_total") == 7  # 6 before the restart, 1 since
@@ -225,6 +227,17 @@ def test_a_restarted_worker_carries_on_its_predecessors_counters(tmp_path: Path)
     again = _dir(tmp_path, "1", now, pid=202)  # the same process reading its own file
     again.adopt_predecessor()
     assert again.inherited == []
+
+
+def test_an_older_collection_never_replaces_a_newer_snapshot(tmp_path: Path) -> None:
+    # The server's thread and a scrape on the loop both publish: the later collection wins.
+    now = [1000.0]
+    w = _dir(tmp_path, "0", now)
+    assert w.publish(families(worker_text("0", started=9, active=0)), 2)
+    assert not w.publish(families(worker_text("0", started=8, active=0)), 1)
+    _, got = parse_snapshot((tmp_path / "worker-0.prom").read_bytes())
+    assert value(parse_metrics(render_families(got)), "rtgate_sessions_started_total") == 9
+    assert [p.name for p in tmp_path.iterdir()] == ["worker-0.prom"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -248,15 +261,19 @@ def test_host_counters_never_decrease_while_worker_counters_only_grow(
     steps: list[list[tuple[int, float, bool, bool]]],
 ) -> None:
     """Each worker's published counter only grows (a restart adopts its file): so does the sum."""
-    published = {w: 0.0 for w in range(3)}
-    live = {w: True for w in range(3)}
+    published = dict.fromkeys(range(3), 0.0)
+    live = dict.fromkeys(range(3), True)
     previous = -1.0
     for step in steps:
         for worker, growth, is_live, restarted in step:
-            text = f"# TYPE rtgate_tokens_total counter\nrtgate_tokens_total {published[worker]!r}\n"
+            text = (
+                f"# TYPE rtgate_tokens_total counter\nrtgate_tokens_total {published[worker]!r}\n"
+            )
             if restarted:  # the new worker's own count starts at 0 on top of its inheritance
                 inherited = merge([Snapshot(str(worker), False, families(text))], HOST_RULES)
-                mine = families(f"# TYPE rtgate_tokens_total counter\nrtgate_tokens_total {growth!r}\n")
+                mine = families(
+                    f"# TYPE rtgate_tokens_total counter\nrtgate_tokens_total {growth!r}\n"
+                )
                 folded = merge(
                     [Snapshot(str(worker), True, mine), Snapshot(str(worker), False, inherited)],
                     HOST_RULES,
@@ -270,7 +287,9 @@ def test_host_counters_never_decrease_while_worker_counters_only_grow(
             Snapshot(
                 str(w),
                 live[w],
-                families(f"# TYPE rtgate_tokens_total counter\nrtgate_tokens_total {published[w]!r}\n"),
+                families(
+                    f"# TYPE rtgate_tokens_total counter\nrtgate_tokens_total {published[w]!r}\n"
+                ),
             )
             for w in range(3)
         ]
@@ -308,7 +327,10 @@ async def test_either_gateway_answers_for_both(tmp_path: Path) -> None:
     with trio.fail_after(30):
         zero = PrometheusMetrics(worker="0", host_dir=str(tmp_path))
         one = PrometheusMetrics(worker="1", host_dir=str(tmp_path))
-        async with open_gateway(_yaml(), metrics=zero) as gw0, open_gateway(_yaml(), metrics=one) as gw1:
+        async with (
+            open_gateway(_yaml(), metrics=zero) as gw0,
+            open_gateway(_yaml(), metrics=one) as gw1,
+        ):
             await _sessions(gw0.port, 2)
             await _sessions(gw1.port, 3)
             await sessions_idle(gw0)
@@ -320,9 +342,16 @@ async def test_either_gateway_answers_for_both(tmp_path: Path) -> None:
                 m = parse_metrics(body)
                 assert value(m, "rtgate_sessions_started_total", model_group="m") == 5
                 assert value(m, "rtgate_sessions_active") == 0
-                assert sorted(dict(k[1])["worker"] for k in m if k[0] == "rtgate_info") == ["0", "1"]
+                assert sorted(dict(k[1])["worker"] for k in m if k[0] == "rtgate_info") == [
+                    "0",
+                    "1",
+                ]
     assert value(parse_metrics(alone), "rtgate_sessions_started_total") >= 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["worker-0.prom", "worker-1.prom"]
+    assert _names(tmp_path) == ["worker-0.prom", "worker-1.prom"]  # no temporary file left
+
+
+def _names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
 
 
 async def test_without_a_snapshot_directory_a_scrape_is_the_process_alone(tmp_path: Path) -> None:

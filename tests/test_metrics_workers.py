@@ -15,8 +15,7 @@ from pathlib import Path
 
 import trio
 
-from rtgate.control.host_metrics import HOST_METRICS_DIR_ENV, parse_snapshot
-from rtgate.control.host_metrics import render_families
+from rtgate.control.host_metrics import HOST_METRICS_DIR_ENV, parse_snapshot, render_families
 from tests.test_ops_support import (
     MASTER,
     Child,
@@ -85,7 +84,7 @@ class Scrapes:
     async def once(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         samples = await scrape(self.child.port)
         total = value(samples, STARTED, model_group="m")
-        assert total >= self.last, f"the host's sessions went down: {self.seen + [total]}"
+        assert total >= self.last, f"the host's sessions went down: {[*self.seen, total]}"
         self.last = total
         self.seen.append(total)
         return samples
@@ -120,15 +119,14 @@ async def test_every_scrape_answers_for_both_workers_and_survives_a_sigkill(
                 workers = _children(child.process.pid)
                 seen_pids |= workers
                 directory = _snapshot_dir(min(workers))
-                # Both workers listening and published: every scrape names both.
-                with trio.fail_after(15):
-                    while _workers_in(await scrapes.once()) != {str(p) for p in workers}:
-                        await trio.sleep(0.1)
+                await _wait_for(lambda: "2 workers listening" in child.log(), 15)
 
                 opened = 24
                 await _open_sessions(port, opened)
                 await scrapes.until(opened)
                 await scrapes.steady(opened, 30)
+                # Every scrape names both workers (one rtgate_info series each).
+                assert _workers_in(await scrapes.once()) == {str(p) for p in workers}
                 per_worker = _started_per_worker(directory)
                 assert sorted(per_worker) == ["0", "1"]
                 assert all(n > 0 for n in per_worker.values()), per_worker  # both served some

@@ -14,9 +14,9 @@ its predecessor left (:meth:`WorkerSnapshots.adopt_predecessor`) and publishes
 them added to its own, so the host's totals never go down when a worker dies.
 
 The merge (:func:`merge`, :func:`parse_snapshot`, :func:`render_families`) is
-pure; :class:`WorkerSnapshots` does the file I/O, synchronously: a snapshot is
-a few kilobytes on a local runtime directory, cheaper to write than a thread
-hop, and it is never written on a session's path.
+pure; :class:`WorkerSnapshots` does the file I/O. The families are collected on
+the event loop (they read the gateway's live counters) and turned into text and
+written on a thread, where most of the cost is; never on a session's path.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -227,6 +228,9 @@ class WorkerSnapshots:
         self.inherited: list[Metric] = []
         """Counters and histograms of the workers that ran in this slot before this one."""
         self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._published = 0
+        """The sequence number of the collection in this worker's file."""
 
     def adopt_predecessor(self) -> None:
         """At start: take over the counters the slot's previous worker left in its file."""
@@ -253,14 +257,25 @@ class WorkerSnapshots:
         ]
         return merge(snaps, self.rules, label_workers=False)
 
-    def publish(self, own: Iterable[Metric]) -> None:
-        """Write ``own`` (already :meth:`own_view`) as this worker's file, atomically."""
+    def publish(self, own: Iterable[Metric], sequence: int) -> bool:
+        """Write ``own`` (already :meth:`own_view`) as this worker's file, atomically.
+
+        ``sequence`` numbers the collections: the server writes its snapshots from a
+        thread while a scrape writes its own from the event loop, and a collection
+        older than the file's must not replace it (peers would see counters go back).
+        Safe to call from any thread; False when a newer snapshot was already written.
+        """
         header = SnapshotHeader(self.worker, self.pid, self.clock())
         data = snapshot_text(header, own)
-        tmp = f"{self.path}.{self.pid}.tmp"
-        with open(tmp, "wb") as out:
-            out.write(data)
-        os.replace(tmp, self.path)
+        with self._lock:
+            if sequence <= self._published:
+                return False
+            tmp = f"{self.path}.{self.pid}.{sequence}.tmp"
+            with open(tmp, "wb") as out:
+                out.write(data)
+            os.replace(tmp, self.path)
+            self._published = sequence
+        return True
 
     def peers(self) -> list[Snapshot]:
         """Every other slot's last snapshot; live if fresh and its process runs."""

@@ -113,6 +113,7 @@ class PrometheusMetrics:
         self._registries: dict[int, tuple[Gateway, GatewayCollector, CollectorRegistry]] = {}
         host_dir = host_dir if host_dir is not None else os.environ.get(HOST_METRICS_DIR_ENV)
         self.host: WorkerSnapshots | None = None
+        self._collections = 0
         if host_dir:
             self.host = WorkerSnapshots(host_dir, self.worker, HOST_RULES)
             self.host.adopt_predecessor()  # before any scrape can be answered
@@ -135,12 +136,21 @@ class PrometheusMetrics:
         families = list(self._entry(gateway)[1].collect())
         return families if self.host is None else self.host.own_view(families)
 
-    def publish(self, gateway: Gateway) -> Sequence[Metric]:
-        """Write this worker's snapshot for its peers; the families written."""
-        own = self.own(gateway)
-        if self.host is not None:
-            self.host.publish(own)
+    def collect_for_publishing(self, gateway: Gateway) -> tuple[list[Metric], int]:
+        """On the event loop: this worker's families now, and their sequence number."""
+        self._collections += 1
+        return list(self._entry(gateway)[1].collect()), self._collections
+
+    def write_snapshot(self, families: Sequence[Metric], sequence: int) -> Sequence[Metric]:
+        """Any thread: add the predecessors' counters and write the snapshot; what was written."""
+        assert self.host is not None
+        own = self.host.own_view(families)
+        self.host.publish(own, sequence)
         return own
+
+    def publish(self, gateway: Gateway) -> Sequence[Metric]:
+        """Collect and write this worker's snapshot for its peers at once (tests, scrapes)."""
+        return self.write_snapshot(*self.collect_for_publishing(gateway))
 
     def __call__(self, gateway: Gateway) -> tuple[bytes, str]:
         if self.host is None:

@@ -271,11 +271,16 @@ HOST_METRICS_PUBLISH_SECONDS = 1.0
 
 
 async def _publish_metrics(metrics: PrometheusMetrics, gateway: Gateway) -> None:
-    """Write this worker's metric snapshot for its peers every second, drain included."""
+    """Write this worker's metric snapshot for its peers every second, drain included.
+
+    The families are collected here, on the loop (they read live counters); the text
+    and the write, most of the cost, run on a thread.
+    """
     failed = False
     while True:
         try:
-            metrics.publish(gateway)
+            families, sequence = metrics.collect_for_publishing(gateway)
+            await trio.to_thread.run_sync(metrics.write_snapshot, families, sequence)
             failed = False
         except Exception as exc:  # a full or removed runtime directory: retried, logged once
             if not failed:
