@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import trio
@@ -30,6 +31,7 @@ from tests.wsclient import connect, recv_json
 
 AUTH = {"Authorization": f"Bearer {MASTER}"}
 STARTED = "rtgate_sessions_started_total"
+URL = "ws://127.0.0.1:PORT/v1/realtime?model=m"
 
 
 def _children(pid: int) -> set[int]:
@@ -63,7 +65,7 @@ def _started_per_worker(directory: Path) -> dict[str, float]:
 
 async def _open_sessions(port: int, count: int) -> None:
     for _ in range(count):
-        async with connect(f"ws://127.0.0.1:{port}/v1/realtime?model=m", AUTH) as ws:
+        async with connect(URL.replace("PORT", str(port)), AUTH) as ws:
             assert (await recv_json(ws))["type"] == "session.created"
 
 
@@ -92,7 +94,12 @@ class Scrapes:
     async def until(self, expected: float, timeout: float = 10) -> None:
         """Scrape until the total is ``expected`` (peers' files lag by up to a second)."""
         with trio.fail_after(timeout):
-            while value(await self.once(), STARTED, model_group="m") != expected:
+            while True:
+                samples = await self.once()
+                if value(samples, STARTED, model_group="m") == expected and not value(
+                    samples, "rtgate_sessions_active"
+                ):
+                    return
                 await trio.sleep(0.1)
 
     async def steady(self, expected: float, times: int) -> None:
@@ -131,6 +138,21 @@ async def test_every_scrape_answers_for_both_workers_and_survives_a_sigkill(
                 assert sorted(per_worker) == ["0", "1"]
                 assert all(n > 0 for n in per_worker.values()), per_worker  # both served some
                 assert sum(per_worker.values()) == opened
+
+                # Sessions held open on both workers: the active gauge is the host's sum.
+                held = 6
+                async with AsyncExitStack() as stack:
+                    for _ in range(held):
+                        url = URL.replace("PORT", str(port))
+                        ws = await stack.enter_async_context(connect(url, AUTH))
+                        assert (await recv_json(ws))["type"] == "session.created"
+                    with trio.fail_after(10):
+                        while value(await scrapes.once(), "rtgate_sessions_active") != held:
+                            await trio.sleep(0.1)
+                    for _ in range(10):
+                        assert value(await scrapes.once(), "rtgate_sessions_active") == held
+                opened += held
+                await scrapes.until(opened)
 
                 # SIGKILL one worker: its sessions stay in every scrape while it is gone and
                 # after the supervisor restarted its slot.
