@@ -361,3 +361,32 @@ async def test_without_a_snapshot_directory_a_scrape_is_the_process_alone(tmp_pa
             _, body = await http_get(gw.port, "/metrics")
     assert b"rtgate worker snapshot" not in body
     assert value(parse_metrics(body), "rtgate_sessions_started_total") == 1
+
+
+def test_operations_doc_lists_every_gauge_under_its_rule() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    rows = {
+        Rule.SUM_LIVE: "| summed over live workers |",
+        Rule.MAX: "| highest value of the live workers |",
+        Rule.MIN: "| lowest value of the live workers |",
+        Rule.PER_WORKER: "| one series per live worker, labelled `worker` |",
+    }
+    for rule, start in rows.items():
+        row = next(line for line in doc.splitlines() if line.startswith(start))
+        named = set(re.findall(r"`(rtgate_[a-z0-9_]+)", row))
+        assert named == {name for name, r in HOST_RULES.items() if r is rule}, rule
+
+
+async def test_a_scrape_is_answered_when_the_snapshot_directory_is_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    with trio.fail_after(15):
+        renderer = PrometheusMetrics(worker="0", host_dir=str(tmp_path / "removed"))
+        async with open_gateway(_yaml(), metrics=renderer) as gw:
+            await _sessions(gw.port, 1)
+            for _ in range(2):
+                status, body = await http_get(gw.port, "/metrics")
+                assert status == 200
+                assert value(parse_metrics(body), "rtgate_sessions_started_total") == 1
+    assert caplog.text.count("cannot write this worker's metrics snapshot") == 1

@@ -298,6 +298,8 @@ class WorkerSnapshots:
             except (OSError, SnapshotError) as exc:
                 self._warn(name, exc)
                 continue
+            if header.worker == self.worker:
+                continue  # a copy of this slot's file under another name: never counted twice
             live = now - header.published_at <= LIVE_SECONDS and self.alive(header.pid)
             out.append(Snapshot(header.worker, live, families))
         return out

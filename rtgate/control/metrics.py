@@ -18,6 +18,7 @@ Alone (no supervisor) a process renders only its own families, as before.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from rtgate.session.gateway import Gateway
     from rtgate.telemetry.tap import ServedEventLog
 
+
+log = logging.getLogger("rtgate.metrics")
 
 HOST_RULES: Mapping[str, Rule] = {
     # How each family of every worker becomes the host's (``--workers``). Counters and
@@ -114,6 +117,7 @@ class PrometheusMetrics:
         host_dir = host_dir if host_dir is not None else os.environ.get(HOST_METRICS_DIR_ENV)
         self.host: WorkerSnapshots | None = None
         self._collections = 0
+        self._publish_failed = False
         if host_dir:
             self.host = WorkerSnapshots(host_dir, self.worker, HOST_RULES)
             self.host.adopt_predecessor()  # before any scrape can be answered
@@ -157,7 +161,14 @@ class PrometheusMetrics:
             return generate_latest(self.registry(gateway)), CONTENT_TYPE_LATEST
         # Published first: whatever this scrape reports is on disk, so a worker killed
         # right after answering cannot take counts back from the next scrape.
-        own = self.publish(gateway)
+        try:
+            own = self.publish(gateway)
+            self._publish_failed = False
+        except OSError as exc:  # the runtime directory is gone or full: answer anyway
+            if not self._publish_failed:
+                log.warning("cannot write this worker's metrics snapshot: %s", exc)
+            self._publish_failed = True
+            own = self.own(gateway)
         snapshots = [Snapshot(self.worker, True, own), *self.host.peers()]
         return render_families(merge_workers(snapshots, HOST_RULES)), CONTENT_TYPE_LATEST
 
