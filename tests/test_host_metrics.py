@@ -346,7 +346,11 @@ async def test_either_gateway_answers_for_both(tmp_path: Path) -> None:
                     "0",
                     "1",
                 ]
+            _, own = await http_get(gw1.port, "/metrics?worker=self")
     assert value(parse_metrics(alone), "rtgate_sessions_started_total") >= 3
+    mine = parse_metrics(own)  # ?worker=self: the answering worker only
+    assert value(mine, "rtgate_sessions_started_total") == 3
+    assert [dict(k[1])["worker"] for k in mine if k[0] == "rtgate_info"] == ["1"]
     assert _names(tmp_path) == ["worker-0.prom", "worker-1.prom"]  # no temporary file left
 
 

@@ -5,7 +5,8 @@ on a realtime frame's path. Routes::
 
     GET /health/liveliness   (alias /health/liveness)  200 while the process runs
     GET /health/readiness    200 when every model group has a usable deployment, else 503
-    GET /metrics             Prometheus text (optionally master-key protected)
+    GET /metrics             Prometheus text (optionally master-key protected); with
+                             --workers for the whole host, ?worker=self for this worker only
     GET /admin/pool          pool statistics per deployment (master key)
     /key/*, /spend/logs, /global/spend/report   LiteLLM's key and spend API (master key;
                              rtgate.control.keys)
@@ -117,7 +118,7 @@ class ControlApp:
         elif not self.detail and (path == "/metrics" or path.startswith("/admin")):
             await _json(send, 404, {"error": f"{path} is served on the ops listener"})
         elif path == "/metrics":
-            await self._metrics(send, headers)
+            await self._metrics(send, headers, ("worker", "self") in query)
         elif path == "/admin/pool":
             if not self._is_master(headers):
                 await _json(send, 401, {"error": "master key required"})
@@ -230,14 +231,16 @@ class ControlApp:
             body["shared_state"] = shared.describe()
         await _json(send, 200 if ready else 503, body)
 
-    async def _metrics(self, send: Send, headers: dict[str, str]) -> None:
+    async def _metrics(self, send: Send, headers: dict[str, str], own_only: bool) -> None:
         if self.gateway.config.server.metrics_auth and not self._is_master(headers):
             await _json(send, 401, {"error": "master key required"})
             return
         if self.metrics is None:
             await _json(send, 404, {"error": "metrics disabled"})
             return
-        body, content_type = self.metrics(self.gateway)
+        # ?worker=self: this worker's own families, not the host's (``--workers``).
+        render = getattr(self.metrics, "render_self", None) if own_only else None
+        body, content_type = (render or self.metrics)(self.gateway)
         await _respond(send, 200, body, content_type)
 
 

@@ -156,6 +156,10 @@ class PrometheusMetrics:
         """Collect and write this worker's snapshot for its peers at once (tests, scrapes)."""
         return self.write_snapshot(*self.collect_for_publishing(gateway))
 
+    def render_self(self, gateway: Gateway) -> tuple[bytes, str]:
+        """``/metrics?worker=self``: this process's own families, as a process alone renders them."""
+        return generate_latest(self.registry(gateway)), CONTENT_TYPE_LATEST
+
     def __call__(self, gateway: Gateway) -> tuple[bytes, str]:
         if self.host is None:
             return generate_latest(self.registry(gateway)), CONTENT_TYPE_LATEST
