@@ -32,6 +32,7 @@ import trio
 from rtgate import __version__
 from rtgate.control import calls, client_secrets
 from rtgate.control import keys as key_api
+from rtgate.control.metrics import PrometheusMetrics
 from rtgate.control.ui import StatusPage
 from rtgate.errors import BadRequest, scrub
 from rtgate.session.auth import check_one_credential, presented_key
@@ -238,9 +239,11 @@ class ControlApp:
         if self.metrics is None:
             await _json(send, 404, {"error": "metrics disabled"})
             return
-        # ?worker=self: this worker's own families, not the host's (``--workers``).
-        render = getattr(self.metrics, "render_self", None) if own_only else None
-        body, content_type = (render or self.metrics)(self.gateway)
+        # PrometheusMetrics answers off the event loop, and ?worker=self for one worker.
+        if isinstance(self.metrics, PrometheusMetrics):
+            body, content_type = await self.metrics.answer(self.gateway, own_only=own_only)
+        else:
+            body, content_type = self.metrics(self.gateway)
         await _respond(send, 200, body, content_type)
 
 

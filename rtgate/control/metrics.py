@@ -107,8 +107,8 @@ class PrometheusMetrics:
     """The ``MetricsRenderer`` of the control plane: ``renderer(gateway) -> (body, content type)``.
 
     With ``host_dir`` (default: ``$RTGATE_HOST_METRICS_DIR``, which the supervisor sets)
-    it answers for every worker of the host; :meth:`publish` writes this worker's
-    snapshot there (the server calls it about once a second).
+    it answers for every worker of the host; the server writes this worker's snapshot
+    there about once a second (:meth:`collect_for_publishing`, :meth:`write_snapshot`).
     """
 
     def __init__(self, worker: str | None = None, host_dir: str | None = None) -> None:
@@ -135,11 +135,6 @@ class PrometheusMetrics:
     def registry(self, gateway: Gateway) -> CollectorRegistry:
         return self._entry(gateway)[2]
 
-    def own(self, gateway: Gateway) -> Sequence[Metric]:
-        """This worker's families (with its slot's exited predecessors' counters)."""
-        families = list(self._entry(gateway)[1].collect())
-        return families if self.host is None else self.host.own_view(families)
-
     def collect_for_publishing(self, gateway: Gateway) -> tuple[list[Metric], int]:
         """On the event loop: this worker's families now, and their sequence number."""
         self._collections += 1
@@ -152,27 +147,37 @@ class PrometheusMetrics:
         self.host.publish(own, sequence)
         return own
 
-    def publish(self, gateway: Gateway) -> Sequence[Metric]:
-        """Collect and write this worker's snapshot for its peers at once (tests, scrapes)."""
-        return self.write_snapshot(*self.collect_for_publishing(gateway))
-
-    def render_self(self, gateway: Gateway) -> tuple[bytes, str]:
-        """``/metrics?worker=self``: this process's own families, as a process alone renders them."""
-        return generate_latest(self.registry(gateway)), CONTENT_TYPE_LATEST
-
     def __call__(self, gateway: Gateway) -> tuple[bytes, str]:
         if self.host is None:
             return generate_latest(self.registry(gateway)), CONTENT_TYPE_LATEST
+        return self._host_answer(*self.collect_for_publishing(gateway))
+
+    async def answer(self, gateway: Gateway, *, own_only: bool = False) -> tuple[bytes, str]:
+        """What the control app serves: ``own_only`` is ``/metrics?worker=self``.
+
+        For the host, only the collection runs on the event loop (it reads live
+        counters); the snapshot, the peers' files, the merge and the text run on a
+        thread, so a scrape does not hold up this worker's sessions.
+        """
+        if self.host is None or own_only:
+            return generate_latest(self.registry(gateway)), CONTENT_TYPE_LATEST
+        import trio
+
+        families, sequence = self.collect_for_publishing(gateway)
+        return await trio.to_thread.run_sync(self._host_answer, families, sequence)
+
+    def _host_answer(self, families: Sequence[Metric], sequence: int) -> tuple[bytes, str]:
+        assert self.host is not None
         # Published first: whatever this scrape reports is on disk, so a worker killed
         # right after answering cannot take counts back from the next scrape.
         try:
-            own = self.publish(gateway)
+            own = self.write_snapshot(families, sequence)
             self._publish_failed = False
         except OSError as exc:  # the runtime directory is gone or full: answer anyway
             if not self._publish_failed:
                 log.warning("cannot write this worker's metrics snapshot: %s", exc)
             self._publish_failed = True
-            own = self.own(gateway)
+            own = self.host.own_view(families)
         snapshots = [Snapshot(self.worker, True, own), *self.host.peers()]
         return render_families(merge_workers(snapshots, HOST_RULES)), CONTENT_TYPE_LATEST
 
