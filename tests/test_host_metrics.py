@@ -182,6 +182,28 @@ def test_a_snapshot_file_round_trips_and_bad_ones_are_refused() -> None:
             parse_snapshot(bad)
 
 
+SNAPSHOT_HEAD = b"# rtgate worker snapshot worker=1 pid=1 published_at=1.0\n"
+VALID_BODY = (
+    b'# TYPE a_total counter\na_total{l="v"} 1.0\n'
+    b'# TYPE h histogram\nh_bucket{le="+Inf"} 1\nh_sum 1\nh_count 1\n'
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=200)
+    | st.text(alphabet='#a_{}="\\ \n0123456789.+-eInfNa,TYPEHLPcountergauge', max_size=200).map(
+        str.encode
+    ),
+    st.integers(0, len(VALID_BODY)),
+)
+def test_a_damaged_snapshot_is_a_snapshot_error_never_another_one(junk: bytes, cut: int) -> None:
+    try:
+        parse_snapshot(SNAPSHOT_HEAD + VALID_BODY[:cut] + junk)
+    except SnapshotError:
+        pass
+
+
 def _dir(tmp_path: Path, worker: str, now: list[float], dead: set[int] | None = None,
          pid: int | None = None) -> WorkerSnapshots:  # fmt: skip
     return WorkerSnapshots(
@@ -224,9 +246,11 @@ def test_a_restarted_worker_carries_on_its_predecessors_counters(tmp_path: Path)
     assert value(m, "rtgate_sessions_started_total") == 7  # 6 before the restart, 1 since
     assert value(m, "rtgate_sessions_active") == 1  # only the running worker's sessions
     assert value(m, "rtgate_handshake_seconds_count") == 4
+    (tmp_path / "worker-1.prom.202.9.tmp").write_bytes(b"cut short by a SIGKILL")
     again = _dir(tmp_path, "1", now, pid=202)  # the same process reading its own file
     again.adopt_predecessor()
     assert again.inherited == []
+    assert _names(tmp_path) == ["worker-1.prom"]  # the unfinished write is cleared
 
 
 def test_an_older_collection_never_replaces_a_newer_snapshot(tmp_path: Path) -> None:

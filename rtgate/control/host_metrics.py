@@ -21,6 +21,7 @@ written on a thread, where most of the cost is; never on a session's path.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -234,6 +235,10 @@ class WorkerSnapshots:
 
     def adopt_predecessor(self) -> None:
         """At start: take over the counters the slot's previous worker left in its file."""
+        with contextlib.suppress(OSError):  # a missing directory is logged at the first write
+            for name in os.listdir(self.directory):
+                if name.startswith(self.name + ".") and name.endswith(".tmp"):
+                    os.remove(os.path.join(self.directory, name))  # a write never finished
         try:
             header, families = self._read(self.path)
         except FileNotFoundError:
@@ -260,10 +265,10 @@ class WorkerSnapshots:
     def publish(self, own: Iterable[Metric], sequence: int) -> bool:
         """Write ``own`` (already :meth:`own_view`) as this worker's file, atomically.
 
-        ``sequence`` numbers the collections: the server writes its snapshots from a
-        thread while a scrape writes its own from the event loop, and a collection
-        older than the file's must not replace it (peers would see counters go back).
-        Safe to call from any thread; False when a newer snapshot was already written.
+        ``sequence`` numbers the collections: the server's publishing task and each
+        scrape write from threads of their own, and a collection older than the file's
+        must not replace it (peers would see counters go back). Safe to call from any
+        thread; False when a newer snapshot was already written.
         """
         header = SnapshotHeader(self.worker, self.pid, self.clock())
         data = snapshot_text(header, own)
