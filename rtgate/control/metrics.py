@@ -75,7 +75,7 @@ HOST_RULES: Mapping[str, Rule] = {
     "rtgate_deployment_state": Rule.MAX,
     "rtgate_deployment_cooldown_remaining_seconds": Rule.MAX,
     "rtgate_deployment_consecutive_failures": Rule.MAX,
-    "rtgate_deployment_ejections": Rule.SUM,  # ejections each worker's pool made or adopted
+    "rtgate_deployment_ejections": Rule.SUM,  # each decided by one worker (adopting is not one)
     "rtgate_deployment_handshake_ewma_seconds": Rule.PER_WORKER,  # each worker's own dials
     "rtgate_model_group_ready": Rule.MIN,  # ready for the host when every worker can serve it
     "rtgate_warm_idle_connections": Rule.SUM_LIVE,  # warm pools are per worker
