@@ -5,7 +5,8 @@ on a realtime frame's path. Routes::
 
     GET /health/liveliness   (alias /health/liveness)  200 while the process runs
     GET /health/readiness    200 when every model group has a usable deployment, else 503
-    GET /metrics             Prometheus text (optionally master-key protected)
+    GET /metrics             Prometheus text (optionally master-key protected); with
+                             --workers for the whole host, ?worker=self for this worker only
     GET /admin/pool          pool statistics per deployment (master key)
     /key/*, /spend/logs, /global/spend/report   LiteLLM's key and spend API (master key;
                              rtgate.control.keys)
@@ -31,6 +32,7 @@ import trio
 from rtgate import __version__
 from rtgate.control import calls, client_secrets
 from rtgate.control import keys as key_api
+from rtgate.control.metrics import PrometheusMetrics
 from rtgate.control.ui import StatusPage
 from rtgate.errors import BadRequest, scrub
 from rtgate.session.auth import check_one_credential, presented_key
@@ -117,7 +119,7 @@ class ControlApp:
         elif not self.detail and (path == "/metrics" or path.startswith("/admin")):
             await _json(send, 404, {"error": f"{path} is served on the ops listener"})
         elif path == "/metrics":
-            await self._metrics(send, headers)
+            await self._metrics(send, headers, ("worker", "self") in query)
         elif path == "/admin/pool":
             if not self._is_master(headers):
                 await _json(send, 401, {"error": "master key required"})
@@ -230,14 +232,18 @@ class ControlApp:
             body["shared_state"] = shared.describe()
         await _json(send, 200 if ready else 503, body)
 
-    async def _metrics(self, send: Send, headers: dict[str, str]) -> None:
+    async def _metrics(self, send: Send, headers: dict[str, str], own_only: bool) -> None:
         if self.gateway.config.server.metrics_auth and not self._is_master(headers):
             await _json(send, 401, {"error": "master key required"})
             return
         if self.metrics is None:
             await _json(send, 404, {"error": "metrics disabled"})
             return
-        body, content_type = self.metrics(self.gateway)
+        # PrometheusMetrics answers off the event loop, and ?worker=self for one worker.
+        if isinstance(self.metrics, PrometheusMetrics):
+            body, content_type = await self.metrics.answer(self.gateway, own_only=own_only)
+        else:
+            body, content_type = self.metrics(self.gateway)
         await _respond(send, 200, body, content_type)
 
 

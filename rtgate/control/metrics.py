@@ -9,12 +9,18 @@ when ``/metrics`` is scraped. Each renderer has its own ``CollectorRegistry``
 
 No label ever carries a key: labels are model groups, deployment ids, provider
 names, fixed reason words, close codes and the worker number.
+
+Under ``rtgate serve --workers N`` a scrape answers for the whole host: the
+answering worker merges its own families with its peers' snapshots
+(:mod:`rtgate.control.host_metrics`) by the rules of :data:`HOST_RULES`.
+Alone (no supervisor) a process renders only its own families, as before.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,6 +33,14 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from rtgate.control.host_metrics import (
+    HOST_METRICS_DIR_ENV,
+    Rule,
+    Snapshot,
+    WorkerSnapshots,
+    render_families,
+)
+from rtgate.control.host_metrics import merge as merge_workers
 from rtgate.session.counters import RELAY_SAMPLE_MASK, LatencyHistogram, RelayCounters
 
 if TYPE_CHECKING:
@@ -34,24 +48,138 @@ if TYPE_CHECKING:
     from rtgate.telemetry.tap import ServedEventLog
 
 
+log = logging.getLogger("rtgate.metrics")
+
+HOST_RULES: Mapping[str, Rule] = {
+    # How each family of every worker becomes the host's (``--workers``). Counters and
+    # histograms are summed over every worker that ran, so they stay monotonic when one
+    # dies; gauges come from live workers only.
+    "rtgate_info": Rule.PER_WORKER,  # one series per live worker (it has worker and pid)
+    "rtgate_draining": Rule.MAX,  # 1 while any worker drains
+    "rtgate_config_reloads": Rule.SUM,  # each worker counts its own reload of one SIGHUP
+    "rtgate_sessions_active": Rule.SUM_LIVE,
+    "rtgate_sessions_started": Rule.SUM,
+    "rtgate_sessions": Rule.SUM,
+    "rtgate_close_codes": Rule.SUM,
+    "rtgate_handshake_seconds": Rule.SUM,
+    "rtgate_upstream_dial_seconds": Rule.SUM,
+    "rtgate_handshakes_rejected": Rule.SUM,
+    "rtgate_upstream_connect_failures": Rule.SUM,
+    "rtgate_relayed_messages": Rule.SUM,
+    "rtgate_relayed_bytes": Rule.SUM,
+    "rtgate_limit_closes": Rule.SUM,
+    "rtgate_relay_latency_seconds": Rule.SUM,
+    "rtgate_deployment_active_sessions": Rule.SUM_LIVE,  # each worker's pool holds its own
+    # Health is shared through the host's store, so workers agree within one lease renewal;
+    # until then a deployment shows in every state some worker sees it in.
+    "rtgate_deployment_state": Rule.MAX,
+    "rtgate_deployment_cooldown_remaining_seconds": Rule.MAX,
+    "rtgate_deployment_consecutive_failures": Rule.MAX,
+    "rtgate_deployment_ejections": Rule.SUM,  # each decided by one worker (adopting is not one)
+    "rtgate_deployment_handshake_ewma_seconds": Rule.PER_WORKER,  # each worker's own dials
+    "rtgate_model_group_ready": Rule.MIN,  # ready for the host when every worker can serve it
+    "rtgate_warm_idle_connections": Rule.SUM_LIVE,  # warm pools are per worker
+    "rtgate_warm_handouts": Rule.SUM,
+    "rtgate_warm_misses": Rule.SUM,
+    "rtgate_warm_discards": Rule.SUM,
+    "rtgate_warm_dials": Rule.SUM,
+    "rtgate_eventlog_records": Rule.SUM,
+    "rtgate_eventlog_dropped": Rule.SUM,
+    "rtgate_eventlog_queued": Rule.SUM_LIVE,
+    "rtgate_eventlog_sink_records": Rule.SUM,
+    "rtgate_eventlog_sink_down": Rule.MAX,  # 1 while the sink is down for any worker
+    "rtgate_shared_state_up": Rule.MIN,  # 0 while any worker cannot reach the store
+    "rtgate_shared_state_members": Rule.MAX,  # the store's count; the freshest is the highest
+    "rtgate_buffered_bytes": Rule.SUM_LIVE,
+    "rtgate_buffered_messages_unfinished": Rule.SUM_LIVE,
+    "rtgate_spend_usd": Rule.SUM,
+    "rtgate_tokens": Rule.SUM,
+    "rtgate_database_up": Rule.MIN,
+    "rtgate_spend_buffered_records": Rule.SUM_LIVE,
+    "rtgate_time_to_first_audio_seconds": Rule.SUM,
+    "rtgate_session_closes": Rule.SUM,
+    "rtgate_trace_spans": Rule.SUM,
+    "rtgate_trace_queue_spans": Rule.SUM_LIVE,
+}
+
+
 class PrometheusMetrics:
-    """The ``MetricsRenderer`` of the control plane: ``renderer(gateway) -> (body, content type)``."""
+    """The ``MetricsRenderer`` of the control plane: ``renderer(gateway) -> (body, content type)``.
 
-    def __init__(self, worker: str | None = None) -> None:
+    With ``host_dir`` (default: ``$RTGATE_HOST_METRICS_DIR``, which the supervisor sets)
+    it answers for every worker of the host; the server writes this worker's snapshot
+    there about once a second (:meth:`collect_for_publishing`, :meth:`write_snapshot`).
+    """
+
+    def __init__(self, worker: str | None = None, host_dir: str | None = None) -> None:
         self.worker = worker if worker is not None else os.environ.get("RTGATE_WORKER_ID", "0")
-        self._registries: dict[int, tuple[Gateway, CollectorRegistry]] = {}
+        self._registries: dict[int, tuple[Gateway, GatewayCollector, CollectorRegistry]] = {}
+        host_dir = host_dir if host_dir is not None else os.environ.get(HOST_METRICS_DIR_ENV)
+        self.host: WorkerSnapshots | None = None
+        self._collections = 0
+        self._publish_failed = False
+        if host_dir:
+            self.host = WorkerSnapshots(host_dir, self.worker, HOST_RULES)
+            self.host.adopt_predecessor()  # before any scrape can be answered
 
-    def registry(self, gateway: Gateway) -> CollectorRegistry:
+    def _entry(self, gateway: Gateway) -> tuple[Gateway, GatewayCollector, CollectorRegistry]:
         entry = self._registries.get(id(gateway))
         if entry is None or entry[0] is not gateway:
+            collector = GatewayCollector(gateway, self.worker)
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(GatewayCollector(gateway, self.worker))
-            entry = (gateway, registry)
+            registry.register(collector)
+            entry = (gateway, collector, registry)
             self._registries[id(gateway)] = entry
-        return entry[1]
+        return entry
+
+    def registry(self, gateway: Gateway) -> CollectorRegistry:
+        return self._entry(gateway)[2]
+
+    def collect_for_publishing(self, gateway: Gateway) -> tuple[list[Metric], int]:
+        """On the event loop: this worker's families now, and their sequence number."""
+        self._collections += 1
+        return list(self._entry(gateway)[1].collect()), self._collections
+
+    def write_snapshot(self, families: Sequence[Metric], sequence: int) -> Sequence[Metric]:
+        """Any thread: add the predecessors' counters and write the snapshot; what was written."""
+        assert self.host is not None
+        own = self.host.own_view(families)
+        self.host.publish(own, sequence)
+        return own
 
     def __call__(self, gateway: Gateway) -> tuple[bytes, str]:
-        return generate_latest(self.registry(gateway)), CONTENT_TYPE_LATEST
+        if self.host is None:
+            return generate_latest(self.registry(gateway)), CONTENT_TYPE_LATEST
+        return self._host_answer(*self.collect_for_publishing(gateway))
+
+    async def answer(self, gateway: Gateway, *, own_only: bool = False) -> tuple[bytes, str]:
+        """What the control app serves: ``own_only`` is ``/metrics?worker=self``.
+
+        For the host, only the collection runs on the event loop (it reads live
+        counters); the snapshot, the peers' files, the merge and the text run on a
+        thread, so a scrape does not hold up this worker's sessions.
+        """
+        if self.host is None or own_only:
+            return generate_latest(self.registry(gateway)), CONTENT_TYPE_LATEST
+        import trio
+
+        families, sequence = self.collect_for_publishing(gateway)
+        return await trio.to_thread.run_sync(self._host_answer, families, sequence)
+
+    def _host_answer(self, families: Sequence[Metric], sequence: int) -> tuple[bytes, str]:
+        assert self.host is not None
+        # Published first: whatever this scrape reports is on disk, so a worker killed
+        # right after answering cannot take counts back from the next scrape.
+        try:
+            own = self.write_snapshot(families, sequence)
+            self._publish_failed = False
+        except OSError as exc:  # the runtime directory is gone or full: answer anyway
+            if not self._publish_failed:
+                log.warning("cannot write this worker's metrics snapshot: %s", exc)
+            self._publish_failed = True
+            own = self.host.own_view(families)
+        snapshots = [Snapshot(self.worker, True, own), *self.host.peers()]
+        return render_families(merge_workers(snapshots, HOST_RULES)), CONTENT_TYPE_LATEST
 
 
 def render(gateway: Gateway) -> tuple[bytes, str]:

@@ -22,7 +22,7 @@ import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import trio
@@ -42,6 +42,9 @@ from rtgate.session.health_checks import provider_connect, run_health_checks
 from rtgate.session.shared_state import open_store
 from rtgate.telemetry.tap import ServedEventLog
 from rtgate.telemetry.tracing import Tracing
+
+if TYPE_CHECKING:
+    from rtgate.control.metrics import PrometheusMetrics
 
 log = logging.getLogger("rtgate.server")
 
@@ -128,9 +131,9 @@ async def serve(
     check_exposure(config, host)
     stop = trio.Event() if stop is None else stop
     hurry = trio.Event() if hurry is None else hurry
-    if metrics is None:
-        from rtgate.control.metrics import PrometheusMetrics
+    from rtgate.control.metrics import PrometheusMetrics
 
+    if metrics is None:
         metrics = PrometheusMetrics()
     tracing = Tracing.for_config(config.telemetry, os.environ.get("RTGATE_WORKER_ID", "0"))
     gateway = Gateway(config, event_log=event_log, tracing=tracing)
@@ -184,6 +187,9 @@ async def serve(
             await nursery.start(gateway.governance.run)
             # WebRTC calls outlive the request that answered their offer: this nursery owns them.
             await nursery.start(gateway.calls.run)
+            if isinstance(metrics, PrometheusMetrics) and metrics.host is not None:
+                # --workers: this worker's snapshot, so that any worker answers for the host.
+                nursery.start_soon(_publish_metrics, metrics, gateway)
             if listeners is None:
                 listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
             front = Front(gateway, control_socket, server_tls_context(config))
@@ -259,6 +265,28 @@ async def _drain(
         while gateway.counters.sessions_active > 0:
             await trio.sleep(0.02)
     listen_scope.cancel()
+
+
+HOST_METRICS_PUBLISH_SECONDS = 1.0
+
+
+async def _publish_metrics(metrics: PrometheusMetrics, gateway: Gateway) -> None:
+    """Write this worker's metric snapshot for its peers every second, drain included.
+
+    The families are collected here, on the loop (they read live counters); the text
+    and the write, most of the cost, run on a thread.
+    """
+    failed = False
+    while True:
+        try:
+            families, sequence = metrics.collect_for_publishing(gateway)
+            await trio.to_thread.run_sync(metrics.write_snapshot, families, sequence)
+            failed = False
+        except Exception as exc:  # a full or removed runtime directory: retried, logged once
+            if not failed:
+                log.warning("cannot publish this worker's metrics for the host: %r", exc)
+            failed = True
+        await trio.sleep(HOST_METRICS_PUBLISH_SECONDS)
 
 
 def _hypercorn_config(control_socket: str, handshake_timeout: float) -> HypercornConfig:

@@ -21,8 +21,15 @@ its own, or stops pinging its watchdog, is restarted with exponential backoff.
 The supervisor tells systemd ``READY=1`` once every worker is listening and
 pings systemd's watchdog from its own loop.
 
-Metrics and health are per worker: a request on the shared port reaches one
-worker, and ``/metrics`` carries that worker's number (``rtgate_info{worker}``).
+The supervisor's runtime directory holds what the workers share on the host:
+the notify sockets, the SQLite file of shared limits and health
+(``RTGATE_SHARED_STATE_FILE``) and the directory of metric snapshots
+(``RTGATE_HOST_METRICS_DIR``, :mod:`rtgate.control.host_metrics`). Health is
+per worker (a probe on the shared port reaches one); ``/metrics`` answers for
+the host: the answering worker merges every worker's snapshot, exited workers'
+counters included, and ``rtgate_info{worker,pid}`` has one series per live worker.
+The directory lives as long as the supervisor, so the host's counters start
+again from zero only when the supervisor does.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import attrs
 import trio
 
 from rtgate.config.model import GatewayConfig
+from rtgate.control.host_metrics import HOST_METRICS_DIR_ENV
 from rtgate.edge.signals import StopRequests
 from rtgate.edge.sockets import bind_listener
 from rtgate.edge.systemd import Notifier, parse_message
@@ -143,6 +151,7 @@ class Supervisor:
 
         check_exposure(self.config, self.host)
         runtime = tempfile.mkdtemp(prefix="rtgate-sup-")
+        os.mkdir(os.path.join(runtime, "metrics"), mode=0o700)
         self.listen_socks = bind_listeners(self.host, self.port, self.count)
         self.bound_port = self.listen_socks[0].getsockname()[1]
         try:
@@ -226,7 +235,10 @@ class Supervisor:
         env["RTGATE_WORKER_ID"] = str(worker.number)
         env["RTGATE_SUPERVISOR_PID"] = str(os.getpid())
         # The workers' shared limits and health (unless Redis is configured): one SQLite file.
-        env[SHARED_STATE_FILE_ENV] = os.path.join(os.path.dirname(worker.notify_path), "shared.db")
+        runtime = os.path.dirname(worker.notify_path)
+        env[SHARED_STATE_FILE_ENV] = os.path.join(runtime, "shared.db")
+        # Every worker's metric snapshot, so that any of them answers /metrics for the host.
+        env[HOST_METRICS_DIR_ENV] = os.path.join(runtime, "metrics")
         command = [
             sys.executable, "-m", "rtgate", "serve", "-c", self.config_path,
             "--listen-fd", str(fd), *self.worker_args,
