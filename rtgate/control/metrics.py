@@ -94,6 +94,12 @@ HOST_RULES: Mapping[str, Rule] = {
     "rtgate_buffered_messages_unfinished": Rule.SUM_LIVE,
     "rtgate_spend_usd": Rule.SUM,
     "rtgate_tokens": Rule.SUM,
+    "rtgate_deployment_spend_usd": Rule.SUM,
+    "rtgate_deployment_tokens": Rule.SUM,
+    # Read from the spend database (every host's spend): each worker knows it alike, so the
+    # freshest is the highest (its own unwritten spend makes each worker's a little higher).
+    "rtgate_key_spend_usd": Rule.MAX,
+    "rtgate_key_max_budget_usd": Rule.MAX,
     "rtgate_database_up": Rule.MIN,
     "rtgate_spend_buffered_records": Rule.SUM_LIVE,
     "rtgate_time_to_first_audio_seconds": Rule.SUM,
