@@ -62,9 +62,19 @@ class InputBatcher:
 
 
 def pcm_frame(pcm: bytes, pts: int) -> av.AudioFrame:
-    """One 20 ms ``AudioFrame`` (PCM16 mono 24 kHz) at sample ``pts``."""
-    frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-    frame.planes[0].update(pcm)
+    """One 20 ms ``AudioFrame`` at sample ``pts`` from PCM16 mono 24 kHz, as stereo.
+
+    Stereo because FFmpeg's mono-to-stereo upmix (in aiortc's encoder) lowers the level
+    by 3 dB; copying the channel here keeps the model's loudness. Slice assignment
+    interleaves in C.
+    """
+    stereo = bytearray(len(pcm) * 2)
+    stereo[0::4] = pcm[0::2]
+    stereo[1::4] = pcm[1::2]
+    stereo[2::4] = pcm[0::2]
+    stereo[3::4] = pcm[1::2]
+    frame = av.AudioFrame(format="s16", layout="stereo", samples=FRAME_SAMPLES)
+    frame.planes[0].update(bytes(stereo))
     frame.sample_rate = RATE
     frame.pts = pts
     frame.time_base = TIME_BASE
