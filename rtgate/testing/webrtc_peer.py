@@ -35,6 +35,18 @@ def tone(samples: int, start: int, frequency: float = 440.0, amplitude: float = 
     return array("h", (int(scale * math.sin(step * (start + i))) for i in range(samples))).tobytes()
 
 
+TONE_LOOP_SAMPLES = RATE // 10
+"""100 ms: a whole number of 440 Hz periods and of 20 ms frames, so the loop is seamless."""
+_TONE: list[bytes] = []
+
+
+def _tone_loop() -> bytes:
+    """Two loops of the tone (a frame may start near the end of the first), computed once."""
+    if not _TONE:
+        _TONE.append(tone(2 * TONE_LOOP_SAMPLES, 0))
+    return _TONE[0]
+
+
 def rms(pcm: bytes) -> float:
     """Root mean square of PCM16 samples, 0..1."""
     samples = array("h", pcm[: len(pcm) // 2 * 2])
@@ -70,7 +82,8 @@ class ToneTrack(MediaStreamTrack):
             if wait > 0:
                 await asyncio.sleep(wait)
         if self._pts < self._tone_until:
-            pcm = tone(FRAME_SAMPLES, self._pts)
+            start = self._pts % TONE_LOOP_SAMPLES * 2
+            pcm = _tone_loop()[start : start + FRAME_SAMPLES * 2]
         else:
             pcm = bytes(FRAME_SAMPLES * 2)
         frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
@@ -86,9 +99,15 @@ class ClientPeer:
     """One call's client side. Methods marked *loop* run on the asyncio thread."""
 
     def __init__(
-        self, thread: AsyncioThread, on_event: Callable[[dict[str, object]], None] | None = None
+        self,
+        thread: AsyncioThread | None = None,
+        on_event: Callable[[dict[str, object]], None] | None = None,
+        *,
+        measure_level: bool = True,
     ) -> None:
         self.thread = thread
+        self.measure_level = measure_level
+        """Off (a benchmark's many peers): frames are counted, not measured."""
         self.events: list[dict[str, object]] = []
         self.loud_frames = 0
         """Frames received on rtgate's track whose level was above 0.01 (the model's audio)."""
@@ -146,6 +165,8 @@ class ClientPeer:
             except MediaStreamError:
                 return
             self.frames_received += 1
+            if not self.measure_level:
+                continue
             assert isinstance(frame, av.AudioFrame)
             for out in resampler.resample(frame):
                 if rms(bytes(out.planes[0])[: out.samples * 2]) > 0.01:
