@@ -138,7 +138,10 @@ async def one_round(port: int, pid: int, calls: int, seconds: float) -> dict[str
                 peer.send_event({"type": "session.update", "session": {"type": "realtime"}})
             await asyncio.sleep(PROBE_INTERVAL)
 
-    tasks = [asyncio.create_task(converse(i, *pair)) for i, pair in enumerate(zip(peers, probes))]
+    tasks = [
+        asyncio.create_task(converse(i, *pair))
+        for i, pair in enumerate(zip(peers, probes, strict=True))
+    ]
     await asyncio.sleep(3)  # every call has had a turn before measuring
     for probe in probes:
         probe.recording = True
