@@ -228,3 +228,47 @@ async def test_bad_offers_and_the_call_cap_are_refused_and_hold_no_slot(
             await client_thread.run(other.close())
             await client_thread.run(peer.close())
             await wait_for(lambda: gateway.counters.sessions_active == 0)
+
+
+async def test_a_page_on_another_origin_may_call(client_thread: AsyncioThread) -> None:
+    """Browsers preflight the offer (it carries Authorization): rtgate answers as OpenAI does."""
+    with trio.fail_after(20):
+        yaml = config().replace("rtgate:\n", "rtgate:\n  allowed_origins: [http://app.test]\n")
+        async with open_gateway(yaml) as server:
+            preflight = {
+                "Origin": "http://app.test",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            }
+            status, headers, _ = await http_request(
+                server.port, "OPTIONS", "/v1/realtime/calls", b"", preflight
+            )
+            assert status == 204
+            assert headers["access-control-allow-origin"] == "http://app.test"
+            assert "authorization" in headers["access-control-allow-headers"]
+            assert "location" in headers["access-control-expose-headers"]
+            status, headers, _ = await http_request(
+                server.port, "OPTIONS", "/v1/realtime/calls", b"",
+                {**preflight, "Origin": "http://elsewhere.test"},
+            )  # fmt: skip
+            assert "access-control-allow-origin" not in headers
+
+            peer = ClientPeer(client_thread)
+            offer = await client_thread.run(peer.offer())
+            status, headers, body = await http_request(
+                server.port,
+                "POST",
+                "/v1/realtime/calls?model=rt-mock",
+                offer.encode(),
+                {
+                    "Content-Type": "application/sdp",
+                    "Authorization": f"Bearer {TEAM_KEY}",
+                    "Origin": "http://app.test",
+                },
+            )
+            assert status == 201, body
+            assert headers["access-control-allow-origin"] == "http://app.test"
+            await client_thread.run(peer.accept(body.decode()))
+            await wait_for(lambda: peer.channel_open)
+            await client_thread.run(peer.close())
+            await wait_for(lambda: server.gateway.counters.sessions_active == 0)
