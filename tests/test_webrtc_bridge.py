@@ -223,3 +223,19 @@ async def test_send_routes_audio_to_the_track_and_waits_only_while_it_is_full(
             await trio.sleep(0.1)
             conn.end(1001, "gone")
     assert len(peer.delivered) == 2
+
+
+def test_a_call_keeps_its_own_audio_formats() -> None:
+    from rtgate.webrtc.peer import call_session, client_event
+
+    session = {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"},
+               "turn_detection": None}, "output": {"voice": "marin", "format": {}}}}  # fmt: skip
+    assert call_session(session) == {
+        "type": "realtime",
+        "audio": {"input": {"turn_detection": None}, "output": {"voice": "marin"}},
+    }
+    event = orjson.dumps({"type": "session.update", "session": session})
+    assert orjson.loads(client_event(event))["session"] == call_session(session)
+    other = b'{"type":"response.create","response":{"audio":{"output":{"format":{}}}}}'
+    assert client_event(other) is other  # only session.update is looked into
+    assert client_event(b'{"type":"session.update", nope') == b'{"type":"session.update", nope'

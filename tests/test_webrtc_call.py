@@ -119,7 +119,13 @@ async def test_a_client_secret_and_the_multipart_session_configure_the_call(
             peer = ClientPeer(client_thread)
             offer = await client_thread.run(peer.offer())
             boundary = "rtgateCall"
-            session = orjson.dumps({"type": "realtime", "output_modalities": ["text"]})
+            # A format copied from a WebSocket client must not reach the translator.
+            session = orjson.dumps(
+                {
+                    "output_modalities": ["text"],
+                    "audio": {"input": {"format": {"type": "audio/pcmu"}}},
+                }
+            )
             form = (
                 (
                     f'--{boundary}\r\nContent-Disposition: form-data; name="sdp"\r\n\r\n{offer}\r\n'
@@ -144,6 +150,7 @@ async def test_a_client_secret_and_the_multipart_session_configure_the_call(
             updated = [e for e in peer.events if e["type"] == "session.updated"][-1]
             assert updated["session"]["output_modalities"] == ["text"]  # type: ignore[index]
             assert updated["session"]["instructions"] == "be brief"  # type: ignore[index]
+            assert updated["session"]["audio"]["input"]["format"]["type"] == "audio/pcm"  # type: ignore[index]
             await client_thread.run(peer.close())
             await wait_for(lambda: server.gateway.counters.sessions_active == 0)
 
@@ -272,3 +279,19 @@ async def test_a_page_on_another_origin_may_call(client_thread: AsyncioThread) -
             await wait_for(lambda: peer.channel_open)
             await client_thread.run(peer.close())
             await wait_for(lambda: server.gateway.counters.sessions_active == 0)
+
+
+async def test_a_stopping_gateway_ends_its_calls(client_thread: AsyncioThread) -> None:
+    with trio.fail_after(20):
+        yaml = config().replace("  limits:\n", "  limits:\n    drain_seconds: 0.5\n")
+        async with open_gateway(yaml) as server:
+            gateway = server.gateway
+            peer, _ = await place_call(server.port, client_thread)
+            await wait_for(lambda: "session.created" in peer.types())
+            terminated = gateway.calls.terminate
+        # The drain's deadline passed: the session was told (an error event), then closed.
+        assert gateway.counters.sessions_active == 0 and not gateway.calls
+        assert not terminated.thread.started  # type: ignore[union-attr]
+        await wait_for(lambda: peer.connection_state == "closed")
+        assert peer.types()[-1] == "error"
+        await client_thread.run(peer.close())

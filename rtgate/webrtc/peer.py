@@ -16,6 +16,7 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import av
 import orjson
@@ -38,6 +39,7 @@ PENDING_EVENTS = 512
 """Server events held until the peer's data channel opens (the oldest go beyond it)."""
 CLEAR_EVENT = b'"output_audio_buffer.clear"'
 SPEECH_STARTED = b'"input_audio_buffer.speech_started"'
+SESSION_UPDATE = b'"session.update"'
 TYPE_SEARCH = 96
 CLOSE_FLUSH_SECONDS = 0.5
 """How long a closing call waits for the data channel to send its last events."""
@@ -54,6 +56,39 @@ def ice_configuration(settings: WebRtcSettings) -> RTCConfiguration:
         for s in settings.ice_servers
     ]
     return RTCConfiguration(iceServers=servers)
+
+
+def call_session(session: dict[str, Any]) -> dict[str, Any]:
+    """A client's session configuration as a call applies it: the audio formats go.
+
+    A call's audio is Opus on the tracks, bridged to PCM16 24 kHz whatever the client
+    asks (OpenAI ignores ``audio.*.format`` on WebRTC too); a format copied from a
+    WebSocket client (``audio/pcmu``) must not make the translator misread the bridge.
+    """
+    audio = session.get("audio")
+    if not isinstance(audio, dict):
+        return session
+    cleaned = {
+        side: {k: v for k, v in value.items() if k != "format"}
+        if isinstance(value, dict)
+        else value
+        for side, value in audio.items()
+    }
+    return {**session, "audio": cleaned}
+
+
+def client_event(data: bytes) -> bytes:
+    """A data-channel event as the translator gets it (a ``session.update`` loses its formats)."""
+    if data.find(SESSION_UPDATE, 0, TYPE_SEARCH) < 0 or data.find(b'"format"') < 0:
+        return data
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data  # the translator answers a malformed event with its own error
+    session = event.get("session") if isinstance(event, dict) else None
+    if not isinstance(session, dict):
+        return data
+    return orjson.dumps({**event, "session": call_session(session)})
 
 
 def _event(kind: str, response_id: str | None) -> bytes:
@@ -156,7 +191,7 @@ class CallPeer:
         if data.find(CLEAR_EVENT, 0, TYPE_SEARCH) >= 0:
             self._clear_output()
             return  # a WebRTC-only client event: the translator never sees it
-        self._to_trio([data])
+        self._to_trio([client_event(data)])
 
     # -- from the session (trio), via call_soon_threadsafe -------------------------------
 

@@ -66,7 +66,7 @@ class TerminatedCalls:
     async def _answer(
         self, start: SessionStart, sdp: str, session: Mapping[str, Any] | None
     ) -> CallAnswer:
-        from rtgate.webrtc.peer import CallPeer  # aiortc loads with the first call
+        from rtgate.webrtc.peer import CallPeer, call_session  # aiortc loads with the first call
 
         gateway = self.gateway
         settings = gateway.config.webrtc
@@ -92,7 +92,8 @@ class TerminatedCalls:
         )
         if session:
             # OpenAI's multipart ``session`` configures the call: the first client event.
-            conn.deliver([orjson.dumps({"type": "session.update", "session": dict(session)})])
+            configured = call_session({"type": "realtime", **session})
+            conn.deliver([orjson.dumps({"type": "session.update", "session": configured})])
         call = Call(new_id("rtc"), start.group, start.principal.key_hash)
         try:
             with trio.fail_after(settings.answer_timeout):
