@@ -11,7 +11,7 @@ import itertools
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -94,11 +94,11 @@ class Page:
 
 
 @asynccontextmanager
-async def open_browser(tmp: Path) -> AsyncIterator[Page]:
+async def open_browser(tmp: Path, extra_flags: Sequence[str] = ()) -> AsyncIterator[Page]:
     profile = tmp / "chromium-profile"
     profile.mkdir()
     process = await trio.lowlevel.open_process(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        [CHROMIUM, *FLAGS, *extra_flags, f"--user-data-dir={profile}", "about:blank"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

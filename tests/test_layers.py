@@ -70,8 +70,10 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
             "__init__",
         }
     ),
+    "webrtc": frozenset({"session", "net", "translate", "config", "errors", "wire"}),
     "edge": frozenset(
         {
+            "webrtc",
             "control",
             "session",
             "providers",
@@ -87,6 +89,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "testing": frozenset(
         {
             "edge",
+            "webrtc",
             "telemetry",
             "providers",
             "aws",

@@ -27,6 +27,7 @@ from rtgate.config.model import (
     EventLogSettings,
     GatewayConfig,
     GovernanceSettings,
+    IceServer,
     Limits,
     RouterSettings,
     Secret,
@@ -35,6 +36,7 @@ from rtgate.config.model import (
     TlsSettings,
     VirtualKey,
     WarmPoolSettings,
+    WebRtcSettings,
 )
 from rtgate.errors import ConfigError
 
@@ -400,6 +402,48 @@ def _warm_pool(ctx: _Ctx, params: _Section, index: int) -> WarmPoolSettings | No
     return WarmPoolSettings(**values)
 
 
+_ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+def _webrtc(ctx: _Ctx, section: _Section) -> WebRtcSettings:
+    """``rtgate.webrtc``: the numbers, and each ICE server's urls checked by scheme."""
+    values = _fill_attrs(section, WebRtcSettings, skip=frozenset({"ice_servers"}))
+    servers: list[IceServer] = []
+    node = section.raw("ice_servers")
+    if node is not None and not isinstance(node, list):
+        raise ctx.error(section.line("ice_servers"), "rtgate.webrtc.ice_servers must be a list")
+    for i, raw in enumerate(node or ()):
+        sec = _Section(ctx, raw, f"rtgate.webrtc.ice_servers[{i}]", section.line("ice_servers"))
+        urls = sec.get("urls", (list, str))
+        if urls is None:
+            raise ctx.error(sec.line(), f"rtgate.webrtc.ice_servers[{i}] needs urls")
+        names = (urls,) if isinstance(urls, str) else tuple(str(u) for u in urls)
+        for url in names:
+            if not url.startswith(_ICE_SCHEMES):
+                raise ctx.error(
+                    sec.line("urls"),
+                    f"rtgate.webrtc.ice_servers[{i}].urls: {url!r} is not a stun:, stuns:,"
+                    " turn: or turns: URL",
+                )
+        username = sec.get("username", str)
+        credential = sec.secret("credential")
+        if any(u.startswith(("turn:", "turns:")) for u in names) and (
+            username is None or credential is None
+        ):
+            raise ctx.error(
+                sec.line(),
+                f"rtgate.webrtc.ice_servers[{i}]: a TURN server needs username and credential",
+            )
+        servers.append(IceServer(urls=names, username=username, credential=credential))
+        sec.warn_unknown()
+    section.warn_unknown()
+    settings = WebRtcSettings(**values, ice_servers=tuple(servers))
+    for key in ("idle_timeout", "answer_timeout", "output_buffer_seconds"):
+        if getattr(settings, key) <= 0:
+            raise ctx.error(section.line(key), f"rtgate.webrtc.{key} must be > 0")
+    return settings
+
+
 def _keys(ctx: _Ctx, node: object, line: int | None) -> tuple[VirtualKey, ...]:
     if node is None:
         return ()
@@ -555,7 +599,8 @@ def parse_config(
     governance = GovernanceSettings(**_fill_attrs(gov_sec, GovernanceSettings))
     gov_sec.warn_unknown()
     telemetry = _telemetry(own.section("telemetry"), trace_callbacks)
-    own.used.update({"keys", "limits", "event_log"})
+    webrtc = _webrtc(ctx, own.section("webrtc"))
+    own.used.update({"keys", "limits", "event_log", "webrtc"})
     own.warn_unknown()
 
     for key in top.node:
@@ -577,6 +622,7 @@ def parse_config(
         allow_requests_on_db_unavailable=allow_db_down,
         governance=governance,
         telemetry=telemetry,
+        webrtc=webrtc,
     )
     return LoadResult(config, ctx.all_warnings(), ctx.plaintext, ctx.not_enforced)
 

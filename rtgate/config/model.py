@@ -339,6 +339,37 @@ class TelemetrySettings:
 
 
 @attrs.frozen
+class IceServer:
+    """One STUN or TURN server a terminated WebRTC call offers the peer (and gathers through)."""
+
+    urls: tuple[str, ...]
+    """``stun:HOST:PORT``, ``turn:HOST:PORT?transport=udp|tcp`` or ``turns:...``."""
+    username: str | None = None
+    credential: Secret | None = None
+    """A TURN password (never logged; scrubbed like every other secret)."""
+
+
+@attrs.frozen
+class WebRtcSettings:
+    """``rtgate.webrtc``: calls rtgate terminates itself (``POST /v1/realtime/calls`` to a
+    Gemini, Vertex, Nova Sonic or mock deployment)."""
+
+    ice_servers: tuple[IceServer, ...] = ()
+    """STUN/TURN servers used besides rtgate's host candidates."""
+    idle_timeout: float = 20.0
+    """A call with no audio and no data-channel message from its peer for this long ends
+    (a peer that vanished without a DTLS close; a peer whose ICE never connected)."""
+    max_calls: int = 200
+    """Terminated calls at once in this process (each holds its UDP sockets and codecs);
+    beyond it an offer is answered 429. 0: no cap besides the session limits."""
+    answer_timeout: float = 5.0
+    """Bound on building the SDP answer, ICE candidate gathering included."""
+    output_buffer_seconds: float = 60.0
+    """Provider audio waiting to be played on the call's track (models answer faster than
+    real time); beyond it the relay waits for the track, which backpressures the provider."""
+
+
+@attrs.frozen
 class GatewayConfig:
     """Everything rtgate serves, as loaded from one file."""
 
@@ -357,6 +388,7 @@ class GatewayConfig:
     (on the spend this host knows)."""
     governance: GovernanceSettings = attrs.field(factory=GovernanceSettings)
     telemetry: TelemetrySettings = attrs.field(factory=TelemetrySettings)
+    webrtc: WebRtcSettings = attrs.field(factory=WebRtcSettings)
 
     def groups(self) -> dict[str, tuple[Deployment, ...]]:
         """Deployments by model group, in file order."""
@@ -378,4 +410,5 @@ class GatewayConfig:
             found.append(self.database_url.value)
         for dep in self.deployments:
             found.extend(dep.secret_values())
+        found += [s.credential.value for s in self.webrtc.ice_servers if s.credential]
         return tuple(found)

@@ -140,6 +140,11 @@ class ControlApp:
         call_id: str | None,
         action: str | None,
     ) -> None:
+        cors = calls.cors_headers(self.gateway, headers)
+        if method == "OPTIONS":  # a browser's preflight: pages call rtgate directly, as OpenAI
+            await send({"type": "http.response.start", "status": 204, "headers": cors})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if not self._one_credential(scope):
             await _json(send, 400, {"error": "more than one credential"})
             return
@@ -158,7 +163,7 @@ class ControlApp:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*extra, (b"content-length", str(len(body)).encode())],
+                "headers": [*extra, *cors, (b"content-length", str(len(body)).encode())],
             }
         )
         await send({"type": "http.response.body", "body": body})

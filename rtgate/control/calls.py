@@ -173,6 +173,22 @@ async def hang_up(
     return 200, b"", []
 
 
+def cors_headers(gateway: Gateway, headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """CORS for a browser page on another origin (``rtgate.allowed_origins`` applies)."""
+    origin = headers.get("origin")
+    allowed = gateway.config.server.allowed_origins
+    if origin is None or (allowed is not None and origin not in allowed):
+        return []
+    return [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-allow-methods", b"POST, DELETE, OPTIONS"),
+        (b"access-control-allow-headers", b"authorization, content-type"),
+        (b"access-control-expose-headers", b"location"),
+        (b"access-control-max-age", b"600"),
+        (b"vary", b"origin"),
+    ]
+
+
 def _error(
     status: int, exc: RtgateError, gateway: Gateway
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

@@ -42,6 +42,7 @@ from rtgate.session.health_checks import provider_connect, run_health_checks
 from rtgate.session.shared_state import open_store
 from rtgate.telemetry.tap import ServedEventLog
 from rtgate.telemetry.tracing import Tracing
+from rtgate.webrtc.terminate import TerminatedCalls
 
 if TYPE_CHECKING:
     from rtgate.control.metrics import PrometheusMetrics
@@ -137,6 +138,9 @@ async def serve(
         metrics = PrometheusMetrics()
     tracing = Tracing.for_config(config.telemetry, os.environ.get("RTGATE_WORKER_ID", "0"))
     gateway = Gateway(config, event_log=event_log, tracing=tracing)
+    # Calls to Gemini, Vertex, Nova Sonic and mock deployments: WebRTC terminated here.
+    terminated_calls = TerminatedCalls(gateway)
+    gateway.calls.terminate = terminated_calls
     runtime_dir = tempfile.mkdtemp(prefix="rtgate-")
     control_socket = os.path.join(runtime_dir, "control.sock")
     try:
@@ -245,6 +249,8 @@ async def serve(
                 await tracing.aclose()
             nursery.cancel_scope.cancel()
     finally:
+        with trio.CancelScope(shield=True):
+            await terminated_calls.aclose()
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
