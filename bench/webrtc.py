@@ -18,7 +18,7 @@ Measured per round of ``N`` calls:
   back), the translator and both SCTP stacks. "Added" is the round's p99 minus the 1-call
   p50: what load adds to every event and, by the same hops, to every audio batch.
 
-    /work/main/.venv/bin/python bench/webrtc.py --calls 1,5,10,20,30 --seconds 10
+    .venv/bin/python bench/webrtc.py --calls 1,5,10,20,30 --seconds 10
 """
 
 from __future__ import annotations

@@ -70,6 +70,10 @@ def test_a_turn_credential_is_scrubbed_like_every_secret() -> None:
         ("    idle_timeout: 0\n", 6, "idle_timeout must be > 0"),
         ("    max_calls: -1\n", 6, "max_calls must be >= 0"),
         ("    idle_timeout: soon\n", 6, "must be a number"),
+        ("    udp_ports: 40999-40000\n", 6, "udp_ports must be FIRST-LAST"),
+        ("    udp_ports: 80-90\n", 6, "udp_ports must be FIRST-LAST"),
+        ("    udp_ports: lots\n", 6, "udp_ports must be FIRST-LAST"),
+        ("    udp_ports: [1, 2, 3]\n", 6, "udp_ports must be FIRST-LAST"),
     ],
 )
 def test_errors_name_the_line(webrtc: str, line: int, message: str) -> None:
@@ -77,3 +81,51 @@ def test_errors_name_the_line(webrtc: str, line: int, message: str) -> None:
         load(webrtc)
     text = str(caught.value)
     assert f"cfg.yaml:{line}" in text and message in text, text
+
+
+@pytest.mark.parametrize("written", ["40000-40009", "[40000, 40009]", "' 40000 - 40009 '"])
+def test_a_udp_port_range_in_either_form(written: str) -> None:
+    settings, _ = load(f"    udp_ports: {written}\n")
+    assert settings.udp_ports == (40000, 40009)
+
+
+def test_the_call_loop_binds_any_port_requests_inside_the_range() -> None:
+    """aioice asks for port 0; the loop answers from the range, skipping ports in use, and
+    says so when the range is exhausted."""
+    import asyncio
+    import errno
+    import socket
+
+    from rtgate.webrtc.loop import PortRangeLoop
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    first = taken.getsockname()[1]
+    # A three-port range whose first port is in use: two binds succeed, the third fails.
+    loop = PortRangeLoop((first, first + 2))
+
+    async def bind_all() -> tuple[list[int], OSError | None]:
+        ports: list[int] = []
+        transports = []
+        failure: OSError | None = None
+        try:
+            for _ in range(3):
+                transport, _protocol = await loop.create_datagram_endpoint(
+                    asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+                )
+                transports.append(transport)
+                ports.append(transport.get_extra_info("sockname")[1])
+        except OSError as exc:
+            failure = exc
+        for transport in transports:
+            transport.close()
+        return ports, failure
+
+    try:
+        ports, failure = loop.run_until_complete(bind_all())
+    finally:
+        loop.close()
+        taken.close()
+    assert ports == [first + 1, first + 2]
+    assert failure is not None and failure.errno == errno.EADDRINUSE
+    assert f"{first}-{first + 2}" in str(failure)

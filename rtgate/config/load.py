@@ -407,7 +407,9 @@ _ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 
 def _webrtc(ctx: _Ctx, section: _Section) -> WebRtcSettings:
     """``rtgate.webrtc``: the numbers, and each ICE server's urls checked by scheme."""
-    values = _fill_attrs(section, WebRtcSettings, skip=frozenset({"ice_servers"}))
+    values = _fill_attrs(section, WebRtcSettings, skip=frozenset({"ice_servers", "udp_ports"}))
+    if section.has("udp_ports"):
+        values["udp_ports"] = _port_range(ctx, section)
     servers: list[IceServer] = []
     node = section.raw("ice_servers")
     if node is not None and not isinstance(node, list):
@@ -442,6 +444,23 @@ def _webrtc(ctx: _Ctx, section: _Section) -> WebRtcSettings:
         if getattr(settings, key) <= 0:
             raise ctx.error(section.line(key), f"rtgate.webrtc.{key} must be > 0")
     return settings
+
+
+def _port_range(ctx: _Ctx, section: _Section) -> tuple[int, int]:
+    """``udp_ports: 40000-40999`` (or ``[40000, 40999]``): two ports, the first not above
+    the last, both 1024-65535."""
+    raw = section.get("udp_ports", (str, list))
+    parts = raw.split("-") if isinstance(raw, str) else raw
+    try:
+        first, last = (int(str(p).strip()) for p in parts)
+    except ValueError:
+        first = last = -1
+    if not 1024 <= first <= last <= 65535:
+        raise ctx.error(
+            section.line("udp_ports"),
+            f"rtgate.webrtc.udp_ports must be FIRST-LAST within 1024-65535, got {raw!r}",
+        )
+    return first, last
 
 
 def _keys(ctx: _Ctx, node: object, line: int | None) -> tuple[VirtualKey, ...]:

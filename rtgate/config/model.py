@@ -367,6 +367,9 @@ class WebRtcSettings:
     output_buffer_seconds: float = 60.0
     """Provider audio waiting to be played on the call's track (models answer faster than
     real time); beyond it the relay waits for the track, which backpressures the provider."""
+    udp_ports: tuple[int, int] | None = None
+    """``(first, last)``: the UDP ports a call's host candidates bind (one per host address
+    per call), for a firewall; None: the kernel's ephemeral range. Read at start-up."""
 
 
 @attrs.frozen

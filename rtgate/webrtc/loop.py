@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -19,11 +20,51 @@ import trio
 T = TypeVar("T")
 
 
-class AsyncioThread:
-    """An asyncio loop on a daemon thread, started lazily."""
+class PortRangeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose UDP sockets bound to "any port" take one from a range instead.
 
-    def __init__(self, name: str = "rtgate-webrtc") -> None:
+    aioice binds each host candidate with ``local_addr=(address, 0)`` and has no port
+    setting; this loop serves only aiortc, so that request is answered here: the range is
+    tried from a rotating start, skipping ports in use. Other sockets are untouched.
+    """
+
+    def __init__(self, ports: tuple[int, int]) -> None:
+        super().__init__()
+        self._first, self._last = ports
+        self._next = ports[0]
+
+    async def create_datagram_endpoint(
+        self, protocol_factory: Any, local_addr: Any = None, remote_addr: Any = None, **kw: Any
+    ) -> Any:
+        if local_addr is None or local_addr[1] != 0:
+            return await super().create_datagram_endpoint(
+                protocol_factory, local_addr=local_addr, remote_addr=remote_addr, **kw
+            )
+        size = self._last - self._first + 1
+        for _ in range(size):
+            port = self._next
+            self._next = self._first if port >= self._last else port + 1
+            try:
+                return await super().create_datagram_endpoint(
+                    protocol_factory,
+                    local_addr=(local_addr[0], port),
+                    remote_addr=remote_addr,
+                    **kw,
+                )
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {self._first}-{self._last}")
+
+
+class AsyncioThread:
+    """An asyncio loop on a daemon thread, started lazily (UDP ports from ``udp_ports``)."""
+
+    def __init__(
+        self, name: str = "rtgate-webrtc", *, udp_ports: tuple[int, int] | None = None
+    ) -> None:
         self._name = name
+        self._udp_ports = udp_ports
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -32,7 +73,8 @@ class AsyncioThread:
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
+                ports = self._udp_ports
+                loop = PortRangeLoop(ports) if ports else asyncio.new_event_loop()
                 ready = threading.Event()
 
                 def main() -> None:

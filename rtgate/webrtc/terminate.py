@@ -45,7 +45,7 @@ class TerminatedCalls:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.thread = AsyncioThread()
+        self.thread = AsyncioThread(udp_ports=gateway.config.webrtc.udp_ports)
         self.active = 0
         """Calls answered or being answered, not yet torn down."""
 
