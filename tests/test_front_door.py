@@ -182,6 +182,21 @@ async def test_an_upgrade_with_a_body_gets_400_once(gateway_log: pytest.LogCaptu
     assert_no_errors(gateway_log)
 
 
+@pytest.mark.parametrize("key", [f"{MASTER}x", MASTER], ids=["wrong key", "right key"])
+async def test_garbage_after_an_upgrade_head_gets_400_once(
+    gateway_log: pytest.LogCaptureFixture, key: str
+) -> None:
+    """Bytes that are no frame, sent before the answer, fail the connection inside the
+    WebSocket library; the client still gets one JSON answer, whatever its key."""
+    head = (UPGRADE + f"Authorization: Bearer {key}\r\n\r\n").encode() + b"\xff" * 6
+    async with open_gateway(config()) as gw:
+        status, body = one_answer(await exchange(gw.port, head))
+        rejected = dict(gw.gateway.counters.handshakes_rejected)
+    assert (status, rejected) == (400, {400: 1})
+    assert "not a WebSocket frame" in body["error"]["message"]  # type: ignore[index]
+    assert_no_errors(gateway_log)
+
+
 @pytest.mark.parametrize("start", [UPGRADE, HEALTH], ids=["realtime", "control"])
 async def test_bare_lf_heads_are_refused_at_once(start: str) -> None:
     head = start.replace("\r\n", "\n") + "\n"

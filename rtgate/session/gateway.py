@@ -198,6 +198,15 @@ class Gateway:
                 stream, _json_response(status, "invalid_request_error", "bad_request", message)
             )
             return
+        if protocol.eof_sent:
+            # Bytes after the head that are no WebSocket frame: the library failed the
+            # connection before any answer (RFC 6455 4.1: a client waits for the answer).
+            self._count_reject(400)
+            message = "bytes after the request head are not a WebSocket frame"
+            await _write_and_close(
+                stream, _json_response(400, "invalid_request_error", "bad_request", message)
+            )
+            return
         try:
             session = await self._open_session(request, client_addr)
         except RtgateError as exc:
