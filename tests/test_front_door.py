@@ -277,3 +277,36 @@ def test_scan_head_is_consistent_however_the_bytes_arrive(buf: bytes, cut: int) 
     part = scan_head(buf[:cut], SMALL)
     if part is not None:
         assert whole == part
+
+
+async def _abandon_after_a_while(port: int, data: bytes, wait: float) -> None:
+    """Send ``data``, read whatever comes for ``wait`` seconds, then close."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        with trio.move_on_after(wait):
+            while await stream.receive_some(65536):
+                pass
+
+
+async def test_a_control_request_that_breaks_hypercorn_leaves_sessions_and_the_plane_up(
+    gateway_log: pytest.LogCaptureFixture,
+) -> None:
+    """Bytes after a request that must close the connection make hypercorn answer them
+    while the app's answer is being sent, two sends on one stream; that must cost neither
+    the gateway nor its sessions."""
+    from tests.wsclient import connect, recv_until, send_json
+
+    poison = b"GET /health/liveliness HTTP/1.0\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+    with trio.fail_after(30):
+        async with open_gateway(config()) as gw:
+            url = gw.ws_url + "/v1/realtime?model=m"
+            async with connect(url, {"Authorization": f"Bearer {MASTER}"}) as ws:
+                for _ in range(12):
+                    await _abandon_after_a_while(gw.port, poison, 0.3)
+                await send_json(ws, {"type": "response.create"})
+                await recv_until(ws, "response.done")
+            health = (HEALTH + "Connection: close\r\n\r\n").encode()
+            status, _ = one_answer(await exchange(gw.port, health))
+            assert status == 200
+    assert_no_errors(gateway_log)

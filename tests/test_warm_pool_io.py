@@ -101,7 +101,7 @@ class PairProvider(WebSocketProvider):
         headers = {"authorization": "Bearer k", **ctx.forwarded_headers}
         return WsTarget(f"ws://{deployment.api_base}/realtime?{query}", headers)
 
-    async def connect(self, deployment: Deployment, ctx: SessionContext) -> WsUpstream:
+    async def connect_websocket(self, deployment: Deployment, ctx: SessionContext) -> WsUpstream:
         self.dial_times.append(trio.current_time())
         await trio.sleep(self.delay)
         if self.fail_kind is not None:

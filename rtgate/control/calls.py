@@ -31,6 +31,7 @@ from rtgate.control.client_secrets import Receive, error_body, read_body
 from rtgate.errors import BadRequest, ClientError, InvalidParameter, RtgateError, UnknownModel
 from rtgate.session.auth import presented_key
 from rtgate.session.calls import CallHandler
+from rtgate.session.forwarded_calls import takes_calls
 from rtgate.session.gateway import Gateway
 
 log = logging.getLogger("rtgate.calls")
@@ -38,8 +39,6 @@ log = logging.getLogger("rtgate.calls")
 CALLS_PATHS = ("/v1/realtime/calls", "/realtime/calls", "/openai/v1/realtime/calls")
 MAX_OFFER_BYTES = 256 * 1024
 """An SDP offer is a few KiB; the session object is bounded like a client secret's."""
-FORWARDING_PROVIDERS = frozenset({"openai", "azure"})
-"""Providers whose own calls endpoint terminates WebRTC (their media never reaches rtgate)."""
 
 
 def calls_route(path: str) -> tuple[str, str | None, str | None] | None:
@@ -110,12 +109,17 @@ def _text(data: bytes, param: str) -> str:
 
 
 def handler_for(gateway: Gateway, group: str) -> CallHandler:
-    """Forward when every deployment's provider terminates calls itself; else terminate here."""
-    providers = {d.provider for d in gateway.config.groups().get(group, ())}
-    if not providers:
+    """Forward when every deployment's provider takes the call itself; else terminate here.
+
+    A group mixing both (or an Azure deployment on the preview path, which has no calls
+    endpoint) is terminated by rtgate, which then relays to each provider over WebSocket.
+    """
+    deployments = gateway.config.groups().get(group, ())
+    if not deployments:
         raise UnknownModel(f"no model group {group!r} is configured")
     registry = gateway.calls
-    handler = registry.forward if providers <= FORWARDING_PROVIDERS else registry.terminate
+    forwarded = all(takes_calls(d) for d in deployments)
+    handler = registry.forward if forwarded else registry.terminate
     if handler is None:
         raise BadRequest(f"WebRTC calls are not available for model {group!r} on this gateway")
     return handler

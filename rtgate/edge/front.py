@@ -35,6 +35,8 @@ from rtgate.session.gateway import REALTIME_PATHS, Gateway, close_after_answer
 log = logging.getLogger("rtgate.front")
 
 SPLICE_CHUNK = 64 * 1024
+CONTROL_RETRY_SECONDS = 1.0
+"""How long a control request waits for the control socket to accept (a restart's gap)."""
 
 
 class Front:
@@ -116,9 +118,8 @@ class Front:
         await _reply_error(stream, refusal.status, refusal.message)
 
     async def _splice_to_control(self, stream: trio.abc.Stream, head: bytes) -> None:
-        try:
-            control = await trio.open_unix_socket(self.control_socket)
-        except OSError:
+        control = await self._open_control()
+        if control is None:
             await trio.aclose_forcefully(stream)
             return
         async with control:
@@ -127,6 +128,17 @@ class Front:
                 nursery.start_soon(_copy, stream, control, nursery.cancel_scope)
                 nursery.start_soon(_copy, control, stream, nursery.cancel_scope)
         await _close_politely(stream)
+
+    async def _open_control(self) -> trio.SocketStream | None:
+        """The control socket; while hypercorn is being started again (see
+        :mod:`rtgate.edge.control_server`) it is briefly absent, so a refusal is retried."""
+        with trio.move_on_after(CONTROL_RETRY_SECONDS):
+            while True:
+                try:
+                    return await trio.open_unix_socket(self.control_socket)
+                except OSError:
+                    await trio.sleep(0.01)
+        return None
 
 
 async def _copy(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:

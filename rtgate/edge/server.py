@@ -22,21 +22,22 @@ import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from rtgate.config.model import GatewayConfig
 from rtgate.control.app import ControlApp, MetricsRenderer
+from rtgate.edge.control_server import QuietHypercornRaces, serve_control_plane
 from rtgate.edge.front import Front
 from rtgate.edge.head import HEAD_LIMITS
 from rtgate.edge.signals import StopRequests
 from rtgate.edge.sockets import bind_listener
 from rtgate.edge.systemd import Notifier
 from rtgate.errors import ConfigError
+from rtgate.session.forwarded_calls import ForwardedCalls
 from rtgate.session.gateway import Gateway
 from rtgate.session.health_checks import provider_connect, run_health_checks
 from rtgate.session.shared_state import open_store
@@ -141,6 +142,8 @@ async def serve(
     # Calls to Gemini, Vertex, Nova Sonic and mock deployments: WebRTC terminated here.
     terminated_calls = TerminatedCalls(gateway)
     gateway.calls.terminate = terminated_calls
+    # Calls to OpenAI and Azure: the provider terminates WebRTC; rtgate keeps the sideband.
+    gateway.calls.forward = ForwardedCalls(gateway)
     runtime_dir = tempfile.mkdtemp(prefix="rtgate-")
     control_socket = os.path.join(runtime_dir, "control.sock")
     try:
@@ -158,24 +161,14 @@ async def serve(
             )
             control_configs = [_hypercorn_config(control_socket, handshake_timeout)]
             await nursery.start(
-                partial(
-                    hypercorn_serve,
-                    cast(Any, control_app),
-                    control_configs[0],
-                    shutdown_trigger=control_stop.wait,
-                )
+                partial(serve_control_plane, control_app, control_configs[0], control_stop)
             )
             if ops_address is not None:
                 ops_socket = os.path.join(runtime_dir, "ops.sock")
                 control_configs.append(_hypercorn_config(ops_socket, handshake_timeout))
                 ops_app = ControlApp(gateway, metrics, head_limits=head_limits)
                 await nursery.start(
-                    partial(
-                        hypercorn_serve,
-                        cast(Any, ops_app),
-                        control_configs[1],
-                        shutdown_trigger=control_stop.wait,
-                    )
+                    partial(serve_control_plane, ops_app, control_configs[1], control_stop)
                 )
             # Active health checks dial only deployments with a health_check_interval.
             await nursery.start(
@@ -300,6 +293,8 @@ def _hypercorn_config(control_socket: str, handshake_timeout: float) -> Hypercor
     hconfig.bind = [f"unix:{control_socket}"]
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("rtgate.control")
+    if not any(isinstance(f, QuietHypercornRaces) for f in hconfig.errorlog.filters):
+        hconfig.errorlog.addFilter(QuietHypercornRaces())
     hconfig.graceful_timeout = 1.0
     # The next request on a kept-alive connection gets the first one's bounds: it must
     # arrive within handshake_timeout, and its head fit the front's total size.

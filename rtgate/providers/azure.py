@@ -13,13 +13,16 @@ any scheme, trailing slash or ``/openai`` suffix): see :mod:`rtgate.providers.re
 from __future__ import annotations
 
 from rtgate.config.model import Deployment
+from rtgate.net.http_request import http_url
 from rtgate.providers.base import SessionContext
 from rtgate.providers.openai import realtime_query
+from rtgate.providers.provider_calls import CallEndpoint
 from rtgate.providers.realtime_url import (
     AZURE_GA_PATH,
     AZURE_PREVIEW_PATH,
     api_base_problems,
     azure_realtime_url,
+    calls_url,
 )
 from rtgate.providers.websocket import WebSocketProvider, WsTarget
 
@@ -60,11 +63,7 @@ class AzureProvider(WebSocketProvider):
 
     def target(self, deployment: Deployment, ctx: SessionContext) -> WsTarget:
         base = deployment.api_base or ""
-        if deployment.api_key:
-            headers = {"api-key": deployment.api_key.value}
-        else:
-            headers = {"Authorization": f"Bearer {deployment.param_str('azure_ad_token')}"}
-        headers.update(ctx.forwarded_headers)
+        headers = _headers(deployment, ctx)
         if realtime_path(deployment) == "preview" and ctx.intent != "transcription":
             query = [
                 ("api-version", deployment.api_version or ""),
@@ -73,6 +72,29 @@ class AzureProvider(WebSocketProvider):
             return WsTarget(azure_realtime_url(base, AZURE_PREVIEW_PATH, query), headers)
         query = realtime_query(deployment, ctx)
         return WsTarget(azure_realtime_url(base, AZURE_GA_PATH, query), headers)
+
+    def call_endpoint(self, deployment: Deployment, ctx: SessionContext) -> CallEndpoint | None:
+        """The GA path's calls endpoint; the preview path has none (rtgate terminates those)."""
+        if realtime_path(deployment) != "ga":
+            return None
+        url = http_url(calls_url(azure_realtime_url(deployment.api_base or "", AZURE_GA_PATH, [])))
+        return CallEndpoint(url, _headers(deployment, ctx))
+
+    def sideband_target(
+        self, deployment: Deployment, ctx: SessionContext, call_id: str
+    ) -> WsTarget:
+        base = deployment.api_base or ""
+        url = azure_realtime_url(base, AZURE_GA_PATH, [("call_id", call_id)])
+        return WsTarget(url, _headers(deployment, ctx))
+
+
+def _headers(deployment: Deployment, ctx: SessionContext) -> dict[str, str]:
+    if deployment.api_key:
+        headers = {"api-key": deployment.api_key.value}
+    else:
+        headers = {"Authorization": f"Bearer {deployment.param_str('azure_ad_token')}"}
+    headers.update(ctx.forwarded_headers)
+    return headers
 
 
 PROVIDER = AzureProvider()

@@ -18,13 +18,22 @@ lacks what the provider needs (for example ``vertex_project``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
 from rtgate.config.model import Deployment
 from rtgate.translate.base import Translator
 from rtgate.wire import Frame
+
+
+@attrs.frozen
+class CallOffer:
+    """A WebRTC call for a provider that terminates calls itself (OpenAI, Azure)."""
+
+    sdp: str
+    session: Mapping[str, Any] | None = None
+    """The client's ``session`` object (OpenAI's multipart field), or None."""
 
 
 @attrs.frozen
@@ -41,9 +50,9 @@ class SessionContext:
     """Allow-listed client headers (for example ``OpenAI-Safety-Identifier``)."""
     connect_timeout: float = 10.0
     max_message_bytes: int = 16 * 1024 * 1024
-    call_offer: str | None = None
-    """A WebRTC call's SDP offer: the provider terminates the call (OpenAI, Azure) and the
-    link is the call's sideband socket. None for a WebSocket session."""
+    call_offer: CallOffer | None = None
+    """A WebRTC call: the provider terminates it (OpenAI, Azure), ``connect`` posts the offer
+    and the link is the call's sideband socket. None for a WebSocket session."""
 
 
 class UpstreamLink(Protocol):

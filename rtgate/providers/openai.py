@@ -8,8 +8,10 @@ GA only: the beta header is never forwarded (OpenAI closes beta sessions with
 from __future__ import annotations
 
 from rtgate.config.model import Deployment
+from rtgate.net.http_request import http_url
 from rtgate.providers.base import SessionContext
-from rtgate.providers.realtime_url import api_base_problems, openai_realtime_url
+from rtgate.providers.provider_calls import CallEndpoint
+from rtgate.providers.realtime_url import api_base_problems, calls_url, openai_realtime_url
 from rtgate.providers.websocket import WebSocketProvider, WsTarget
 
 DEFAULT_BASE = "wss://api.openai.com/v1"
@@ -37,11 +39,28 @@ class OpenAIProvider(WebSocketProvider):
 
     def target(self, deployment: Deployment, ctx: SessionContext) -> WsTarget:
         base = deployment.api_base or DEFAULT_BASE
-        headers = {
-            "Authorization": f"Bearer {deployment.api_key.value if deployment.api_key else ''}"
-        }
-        headers.update(ctx.forwarded_headers)
-        return WsTarget(openai_realtime_url(base, realtime_query(deployment, ctx)), headers)
+        return WsTarget(
+            openai_realtime_url(base, realtime_query(deployment, ctx)), _headers(deployment, ctx)
+        )
+
+    def call_endpoint(self, deployment: Deployment, ctx: SessionContext) -> CallEndpoint:
+        base = deployment.api_base or DEFAULT_BASE
+        url = http_url(calls_url(openai_realtime_url(base, [])))
+        return CallEndpoint(url, _headers(deployment, ctx))
+
+    def sideband_target(
+        self, deployment: Deployment, ctx: SessionContext, call_id: str
+    ) -> WsTarget:
+        base = deployment.api_base or DEFAULT_BASE
+        return WsTarget(
+            openai_realtime_url(base, [("call_id", call_id)]), _headers(deployment, ctx)
+        )
+
+
+def _headers(deployment: Deployment, ctx: SessionContext) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {deployment.api_key.value if deployment.api_key else ''}"}
+    headers.update(ctx.forwarded_headers)
+    return headers
 
 
 PROVIDER = OpenAIProvider()

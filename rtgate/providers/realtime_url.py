@@ -75,6 +75,12 @@ def azure_realtime_url(api_base: str, path: str, query: Iterable[tuple[str, str]
     return _join(api_base, resource_path, query)
 
 
+def calls_url(realtime_url: str) -> str:
+    """A realtime URL's WebRTC calls endpoint: ``{realtime path}/calls``, query kept."""
+    parts = urlsplit(realtime_url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path + "/calls", parts.query, ""))
+
+
 def _join(api_base: str, place: Callable[[str], str], query: Iterable[tuple[str, str]]) -> str:
     parts = urlsplit(api_base)
     scheme = _WEBSOCKET_SCHEMES.get(parts.scheme, parts.scheme)

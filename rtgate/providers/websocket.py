@@ -14,6 +14,7 @@ import attrs
 from rtgate.config.model import Deployment
 from rtgate.net.upstream_ws import WsUpstream, dial_websocket
 from rtgate.providers.base import SessionContext
+from rtgate.providers.provider_calls import CallEndpoint, ProviderCallLink, open_provider_call
 from rtgate.translate.base import Translator
 
 
@@ -47,9 +48,41 @@ class WebSocketProvider:
         """Final headers; a provider with refreshable credentials overrides this."""
         return target.headers
 
-    async def connect(self, deployment: Deployment, ctx: SessionContext) -> WsUpstream:
-        target = self.target(deployment, ctx)
-        link = await dial_websocket(
+    def call_endpoint(self, deployment: Deployment, ctx: SessionContext) -> CallEndpoint | None:
+        """Where this deployment takes WebRTC calls itself (None: rtgate terminates them)."""
+        return None
+
+    def sideband_target(
+        self, deployment: Deployment, ctx: SessionContext, call_id: str
+    ) -> WsTarget:
+        """The WebSocket that follows call ``call_id`` (providers with a calls endpoint)."""
+        raise TypeError(f"{type(self).__name__} takes no WebRTC calls")
+
+    async def connect(
+        self, deployment: Deployment, ctx: SessionContext
+    ) -> WsUpstream | ProviderCallLink:
+        if ctx.call_offer is not None:
+
+            async def open_sideband(call_id: str) -> WsUpstream:
+                return await self._dial(
+                    self.sideband_target(deployment, ctx, call_id), deployment, ctx
+                )
+
+            endpoint = self.call_endpoint(deployment, ctx)
+            return await open_provider_call(deployment, ctx, endpoint, open_sideband)
+        return await self.connect_websocket(deployment, ctx)
+
+    async def connect_websocket(self, deployment: Deployment, ctx: SessionContext) -> WsUpstream:
+        """A WebSocket session with the model (what warm pools hold)."""
+        link = await self._dial(self.target(deployment, ctx), deployment, ctx)
+        if self.greets_first:
+            await link.read_first(ctx.connect_timeout)
+        return link
+
+    async def _dial(
+        self, target: WsTarget, deployment: Deployment, ctx: SessionContext
+    ) -> WsUpstream:
+        return await dial_websocket(
             target.url,
             await self.headers(deployment, target),
             target.subprotocols,
@@ -57,6 +90,3 @@ class WebSocketProvider:
             max_message_bytes=ctx.max_message_bytes,
             timeout=ctx.connect_timeout,
         )
-        if self.greets_first:
-            await link.read_first(ctx.connect_timeout)
-        return link

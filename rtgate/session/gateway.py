@@ -443,7 +443,8 @@ class Gateway:
                 continue
             if grant.trial:
                 selection.begin_trial(deployment, trio.current_time())
-            if deployment.warm_pool is not None:
+            if deployment.warm_pool is not None and ctx.call_offer is None:
+                # A warm connection is a model session; a provider's call needs its offer.
                 warm = await self._warm_link(selection, deployment, ctx, reserved_at)
                 if warm is not None:
                     if trace is not None:

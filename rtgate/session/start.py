@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from rtgate.providers.base import CallOffer
 from rtgate.session.auth import Principal
 from rtgate.wire import Frame
 
@@ -23,5 +24,5 @@ class SessionStart:
     beta: bool = False
     initial_config: Frame | None = None
     """A client secret's bound configuration (its first ``session.update``)."""
-    call_offer: str | None = None
-    """A WebRTC call's SDP offer, for a provider that terminates the call itself."""
+    call_offer: CallOffer | None = None
+    """A WebRTC call's offer, for a provider that terminates the call itself."""

@@ -432,7 +432,7 @@ class WarmPools:
         link: WsUpstream | None = None
         try:
             with dial.scope:
-                link = await connect_bounded(ws.provider.connect, dep, ws.ctx)
+                link = await connect_bounded(ws.provider.connect_websocket, dep, ws.ctx)
         except UpstreamConnectError as exc:
             secrets = self._host.secrets
             self._dial_failed(ws, dial, exc.kind, exc.retry_after, scrub(str(exc), secrets))
