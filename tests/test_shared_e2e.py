@@ -197,6 +197,62 @@ async def test_a_deployment_failing_on_one_host_is_not_dialed_by_another(
 
 
 @needs_redis
+async def test_one_half_open_trial_at_a_time_across_hosts(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """After an ejection's cooldown, sessions arriving on both hosts at once make one dial
+    (the half-open trial); the others are refused while it runs, then it restores the
+    deployment for both hosts."""
+    upstream = FakeRealtimeServer(api_key=UPSTREAM_KEY)
+    upstream.behaviour.reject_status = 500
+    await nursery.start(upstream.serve)
+    with trio.fail_after(40):
+        async with redis_server(tmp_path) as server:
+            config = gateway_yaml(
+                openai_deployment("m", upstream.base_url, deployment_id="dep-m"),
+                extra=f"""router_settings:
+  redis_host: 127.0.0.1
+  redis_port: {server.port}
+  allowed_fails: 1
+  max_ejection_percent: 100
+  cooldown_time: 1""",
+            )
+            async with open_gateway(config) as host_a, open_gateway(config) as host_b:
+                master = {"Authorization": f"Bearer {CLIENT_KEY}"}
+                status, _, _ = await raw_handshake(host_a.http_url + PATH, master)
+                assert status == 503 and upstream.dials == 1  # ejected for everyone
+                await trio.sleep(1.3)  # the cooldown is over: the next dial is a trial
+                upstream.behaviour.reject_status = None
+                upstream.behaviour.handshake_delay = 1.0  # the trial takes a while
+                statuses: Counter[int] = Counter()
+                hold = trio.Event()
+                done = trio.Event()
+
+                def answered(code: int) -> None:
+                    statuses[code] += 1
+                    if statuses.total() == 8:
+                        done.set()
+
+                ports = [host_a.port, host_b.port]
+                for i in range(8):
+                    nursery.start_soon(
+                        handshake_and_hold, ports[i % 2], PATH, master, hold, answered
+                    )
+                await done.wait()
+                trial_dials = upstream.dials - 1
+                # The trial succeeded: both hosts dial the deployment again.
+                upstream.behaviour.handshake_delay = 0.0
+                after = []
+                for host in (host_a, host_b):
+                    code, _, _ = await raw_handshake(host.http_url + PATH, master)
+                    after.append(code)
+                hold.set()
+    assert trial_dials == 1
+    assert statuses == Counter({101: 1, 503: 7})
+    assert after == [101, 101]
+
+
+@needs_redis
 async def test_redis_stopped_and_restarted_mid_run(nursery: trio.Nursery, tmp_path: Path) -> None:
     upstream = slow_upstream()
     await nursery.start(upstream.serve)

@@ -166,3 +166,34 @@ def test_an_unreachable_redis_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         store.take("s1", [KEY], 30)
     assert time.monotonic() - started < 5
+
+
+def test_sqlite_minute_counts_follow_the_window_and_survive_a_reopen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite store keeps a count per scope instead of counting the window's rows:
+    starts leave it when they age out or are given back unstarted, and a reopened file
+    rebuilds it from the rows."""
+    import rtgate.shared.sqlite_store as sqlite_store
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(sqlite_store.time, "time", lambda: clock[0])
+    path = str(tmp_path / "shared.db")
+    store = SqliteStore(path, "host:1")
+    rate = Claim("key:rate", per_minute=3)
+    for n in range(3):
+        assert store.take(f"s{n}", [rate], 30).refusal is None
+        store.give_back(f"s{n}", ["key:rate"], started=True)
+        clock[0] += 10
+    refused = store.take("s3", [rate], 30).refusal
+    assert refused is not None and refused.cap == "per_minute"
+    assert 29 <= refused.retry_after <= 31  # the oldest start leaves the window at +60 s
+    clock[0] += 31  # the first start is 61 s old: one place is free
+    assert store.take("s4", [rate], 30).refusal is None
+    store.give_back("s4", ["key:rate"], started=False)  # its dial failed: not counted
+    assert store.take("s5", [rate], 30).refusal is None
+    store.close()
+    reopened = SqliteStore(path, "host:2")
+    refused = reopened.take("s6", [rate], 30).refusal
+    assert refused is not None and refused.cap == "per_minute"
+    reopened.close()

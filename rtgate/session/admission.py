@@ -163,6 +163,7 @@ class Ticket:
         for dep_id, lease in list(self.deployments.items()):
             if dep_id in self.trials:
                 await shared.end_trial(dep_id, lease)
-            await shared.give_back(lease, started=True)
+        # The session's lease and its deployment's go back in one store call.
+        ends = [(lease, True) for lease in self.deployments.values()]
         self.deployments.clear()
-        await shared.give_back(self.lease, started=self.started)
+        await shared.give_back_many([*ends, (self.lease, self.started)])

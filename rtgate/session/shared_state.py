@@ -180,6 +180,23 @@ class SharedState:
                 except StoreUnavailable:
                     pass
 
+    async def give_back_many(self, ends: Sequence[tuple[str, bool]]) -> None:
+        """:meth:`give_back` of each ``(lease, started)`` in one store call."""
+        found: list[tuple[str, Sequence[str], bool]] = []
+        for lease, started in ends:
+            scopes = self.leases.pop(lease, None)
+            self.ledger.give_back(lease, started=started)
+            if scopes is not None:
+                found.append((lease, scopes, started))
+        if not found or not self.up:
+            return
+        with trio.CancelScope(shield=True):
+            async with self._renewing:
+                try:
+                    await self._call(self.store.give_back_many, found)
+                except StoreUnavailable:
+                    pass
+
     async def end_trial(self, deployment: str, lease: str) -> None:
         if self.up:
             with trio.CancelScope(shield=True):

@@ -201,13 +201,17 @@ class RedisStore:
         return Grant(Refusal(scope, outcome, int(retry_ms) / 1000))
 
     def give_back(self, lease: str, scopes: Sequence[str], started: bool) -> None:
-        entry = self._entry(lease)
+        self.give_back_many([(lease, scopes, started)])
+
+    def give_back_many(self, ends: Sequence[tuple[str, Sequence[str], bool]]) -> None:
         try:
             with self.client.pipeline(transaction=True) as pipe:
-                for scope in scopes:
-                    pipe.zrem(f"{self.prefix}c:{scope}", entry)
-                    if not started:
-                        pipe.zrem(f"{self.prefix}r:{scope}", entry)
+                for lease, scopes, started in ends:
+                    entry = self._entry(lease)
+                    for scope in scopes:
+                        pipe.zrem(f"{self.prefix}c:{scope}", entry)
+                        if not started:
+                            pipe.zrem(f"{self.prefix}r:{scope}", entry)
                 pipe.execute()
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc

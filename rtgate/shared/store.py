@@ -72,6 +72,10 @@ class SharedStore(Protocol):
     def give_back(self, lease: str, scopes: Sequence[str], started: bool) -> None:
         """End ``lease`` in ``scopes``; one that never ``started`` also leaves the minute windows."""
 
+    def give_back_many(self, ends: Sequence[tuple[str, Sequence[str], bool]]) -> None:
+        """:meth:`give_back` of each ``(lease, scopes, started)``, in one round trip (a
+        session's end gives back its own lease and its deployment's together)."""
+
     def renew(self, leases: Mapping[str, Sequence[str]], ttl: float) -> int:
         """Extend every live lease of this member by ``ttl`` and the member's own presence;
         leases the store lost (a restart, a partition longer than ``ttl``) are added
