@@ -27,6 +27,7 @@ import tempfile
 
 import trio
 
+from rtgate.edge.server import freeze_startup_heap
 from rtgate.session.shared_state import SHARED_STATE_FILE_ENV
 from rtgate.testing.gateway import open_gateway
 
@@ -110,6 +111,7 @@ async def measure(
     async with open_gateway(config) as gw:
         for _ in range(50):  # warm up (connections, scripts, caches)
             await one_setup(gw.port)
+        freeze_startup_heap()  # as `rtgate serve` does once it listens
         most = await capacity(gw.port, sessions, concurrency)
         latencies = await latency_at(gw.port, sessions, rate)
     return most, latencies
