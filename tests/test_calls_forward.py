@@ -104,6 +104,18 @@ def sdk_call(http_url: str, key: str, session: dict[str, Any] | None = None) -> 
     return asyncio.run(asyncio.wait_for(run(), 20))
 
 
+async def post_offer(
+    port: int, key: str, *, query: str = "?model=gpt-realtime", form: bool = False
+) -> tuple[int, dict[str, str], bytes]:
+    """A raw ``POST /v1/realtime/calls``: the bare SDP, or a form with only ``sdp``."""
+    if form:
+        body, kind = multipart({"sdp": OFFER.encode()})
+    else:
+        body, kind = OFFER.encode(), "application/sdp"
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": kind}
+    return await http_request(port, "POST", "/v1/realtime/calls" + query, body, headers)
+
+
 def only_call(fake: FakeRealtimeServer) -> str:
     (call_id,) = fake.calls
     return call_id
@@ -187,14 +199,7 @@ async def test_the_provider_ending_a_call_frees_its_slot_without_a_hang_up(
             first = await trio.to_thread.run_sync(sdk_call, gw.http_url, WEB_KEY)
             assert first["status"] == 201
             # The key's one slot is taken: a second call is refused before any post.
-            body, kind = multipart({"sdp": OFFER.encode()})
-            status, _, _ = await http_request(
-                gw.port,
-                "POST",
-                "/v1/realtime/calls?model=gpt-realtime",
-                body,
-                {"Authorization": f"Bearer {WEB_KEY}", "Content-Type": kind},
-            )
+            status, _, _ = await post_offer(gw.port, WEB_KEY, form=True)
             assert status == 429 and len(fake.call_requests) == 1
             call = fake.calls[only_call(fake)]
             await wait_for(lambda: _true(call.sidebands == 1))
@@ -260,13 +265,7 @@ async def test_a_client_secret_places_a_call_with_its_bound_configuration(
                 WEB_KEY,
             )
             assert status == 200, minted
-            status, headers, answer = await http_request(
-                gw.port,
-                "POST",
-                "/v1/realtime/calls",
-                OFFER.encode(),
-                {"Authorization": f"Bearer {minted['value']}", "Content-Type": "application/sdp"},
-            )
+            status, headers, answer = await post_offer(gw.port, minted["value"], query="")
             assert status == 201 and answer.decode() == FAKE_ANSWER, answer
             assert headers["location"].startswith("/v1/realtime/calls/rtc_")
             call = fake.calls[only_call(fake)]
@@ -278,13 +277,7 @@ async def test_a_client_secret_places_a_call_with_its_bound_configuration(
 
             await wait_for(lambda: _true(configured()))
             # The secret opened a session for the key that minted it: its one slot is held.
-            status, _, _ = await http_request(
-                gw.port,
-                "POST",
-                "/v1/realtime/calls?model=gpt-realtime",
-                OFFER.encode(),
-                {"Authorization": f"Bearer {WEB_KEY}", "Content-Type": "application/sdp"},
-            )
+            status, _, _ = await post_offer(gw.port, WEB_KEY)
             assert status == 429
 
 
@@ -380,14 +373,7 @@ async def test_a_sideband_that_cannot_open_hangs_the_provider_call_up(
     fake.behaviour.sideband_status = 503
     with trio.fail_after(20):
         async with open_gateway(config(fake)) as gw:
-            body, kind = multipart({"sdp": OFFER.encode()})
-            status, _, answer = await http_request(
-                gw.port,
-                "POST",
-                "/v1/realtime/calls?model=gpt-realtime",
-                body,
-                {"Authorization": f"Bearer {WEB_KEY}", "Content-Type": kind},
-            )
+            status, _, answer = await post_offer(gw.port, WEB_KEY, form=True)
             assert status >= 500 and b"v=0" not in answer
             call = fake.calls[only_call(fake)]
             assert call.hung_up  # the provider does not keep a call nobody follows

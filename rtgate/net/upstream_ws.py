@@ -206,7 +206,11 @@ async def _read_response(
 
 
 def _retry_after(headers: Headers) -> float | None:
-    value = headers.get("Retry-After")
+    return retry_after_seconds(headers.get("Retry-After"))
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` of seconds (None: absent or not a number)."""
     if value is None:
         return None
     try:

@@ -32,7 +32,7 @@ import trio
 from rtgate.config.model import Deployment
 from rtgate.errors import UpstreamClosed, UpstreamConnectError, UpstreamRejected
 from rtgate.net.http_request import request
-from rtgate.net.upstream_ws import WsUpstream
+from rtgate.net.upstream_ws import WsUpstream, retry_after_seconds
 from rtgate.providers.base import CallOffer, SessionContext
 from rtgate.wire import Frame
 
@@ -206,7 +206,7 @@ async def open_provider_call(
         "POST", endpoint.calls_url, headers, body, tls=deployment.tls, timeout=ctx.connect_timeout
     )
     if reply.status not in (200, 201):
-        retry_after = _seconds(reply.headers.get("retry-after"))
+        retry_after = retry_after_seconds(reply.headers.get("retry-after"))
         text = reply.body[:2048].decode("utf-8", "replace")
         raise UpstreamRejected(reply.status, text, retry_after=retry_after)
     call_id = provider_call_id(reply.headers.get("location"))
@@ -222,12 +222,3 @@ async def open_provider_call(
         await hang_up_call(endpoint, call_id, deployment, ctx.connect_timeout)
         raise
     return ProviderCallLink(sideband, call_id, answer, endpoint, deployment, ctx.connect_timeout)
-
-
-def _seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None

@@ -37,6 +37,36 @@ class CallAnswer:
     sdp: str
 
 
+HANGUP_GRACE = 3.0
+"""A hung-up call's session gets this long to end politely (provider told, record written)."""
+
+
+async def serve_call(
+    run_session: Callable[[], Awaitable[None]], end_client: Callable[[int, str], None]
+) -> None:
+    """Run a call's session until it ends; cancelled (hung up, the gateway stopping), the
+    session ends as a client close, so the provider is told and the record written,
+    within :data:`HANGUP_GRACE`."""
+    finished = trio.Event()
+    serving = trio.CancelScope(shield=True)
+
+    async def serve() -> None:
+        with serving:
+            try:
+                await run_session()
+            finally:
+                finished.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        try:
+            await finished.wait()
+        except trio.Cancelled:
+            end_client(1000, "call hung up")
+            serving.deadline = trio.current_time() + HANGUP_GRACE
+            raise
+
+
 CallHandler = Callable[[SessionStart, str, Mapping[str, Any] | None], Awaitable[CallAnswer]]
 """Starts a call from an authenticated request, the SDP offer and the request's ``session``
 object; returns once the answer is ready (the call then runs in the registry)."""

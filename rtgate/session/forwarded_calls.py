@@ -32,7 +32,7 @@ from rtgate.providers import get_provider
 from rtgate.providers.base import CallOffer, SessionContext
 from rtgate.providers.provider_calls import ProviderCallLink
 from rtgate.providers.websocket import WebSocketProvider
-from rtgate.session.calls import Call, CallAnswer
+from rtgate.session.calls import Call, CallAnswer, serve_call
 from rtgate.session.relay import Outcome
 from rtgate.session.start import SessionStart
 from rtgate.translate.base import new_id
@@ -42,9 +42,6 @@ if TYPE_CHECKING:
     from rtgate.session.gateway import Gateway, _Session
 
 log = logging.getLogger("rtgate.calls")
-
-HANGUP_GRACE = 3.0
-"""A hung-up call's session gets this long to end politely (provider told, record written)."""
 
 
 def takes_calls(deployment: Deployment) -> bool:
@@ -141,25 +138,6 @@ class ForwardedCalls:
         return CallAnswer(call.call_id, link.answer_sdp)
 
     async def _run(self, call: Call, opened: _Session, client: SidebandOnly) -> None:
-        """The call's task: relay the sideband until it ends; a hang-up ends it politely."""
-        gateway = self.gateway
-        finished = trio.Event()
-        serving = trio.CancelScope(shield=True)
-
-        async def serve() -> None:
-            with serving:
-                try:
-                    await opened.run(gateway, client)
-                finally:
-                    finished.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve)
-            try:
-                await finished.wait()
-            except trio.Cancelled:
-                # Hung up (or the gateway stopped): the session ends as a client close, the
-                # provider is told (the link's close hangs up) and the record written.
-                client.end(1000, "call hung up")
-                serving.deadline = trio.current_time() + HANGUP_GRACE
-                raise
+        """The call's task: relay the sideband until it ends; a hang-up ends it politely
+        (the link's close then hangs the call up at the provider)."""
+        await serve_call(partial(opened.run, self.gateway, client), client.end)

@@ -21,7 +21,7 @@ import orjson
 import trio
 
 from rtgate.errors import InvalidParameter, RtgateError, TooManySessions
-from rtgate.session.calls import Call, CallAnswer
+from rtgate.session.calls import Call, CallAnswer, serve_call
 from rtgate.session.relay import Outcome
 from rtgate.session.start import SessionStart
 from rtgate.translate.base import new_id
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rtgate.webrtc")
 
-HANGUP_GRACE = 3.0
-"""A hung-up call's session gets this long to end politely (provider told, record written)."""
 CLOSE_TIMEOUT = 5.0
 
 
@@ -129,28 +127,8 @@ class TerminatedCalls:
         self, call: Call, opened: _Session, conn: CallConnection, peer: CallPeer
     ) -> None:
         """The call's task: relay until it ends; a hang-up ends it politely, then the peer."""
-        gateway = self.gateway
-        finished = trio.Event()
-        serving = trio.CancelScope(shield=True)
-
-        async def serve() -> None:
-            with serving:
-                try:
-                    await opened.run(gateway, conn)
-                finally:
-                    finished.set()
-
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(serve)
-                try:
-                    await finished.wait()
-                except trio.Cancelled:
-                    # Hung up (or the gateway stopped): end the session as a client close,
-                    # so the provider is told and the record written, within a bound.
-                    conn.end(1000, "call hung up")
-                    serving.deadline = trio.current_time() + HANGUP_GRACE
-                    raise
+            await serve_call(partial(opened.run, self.gateway, conn), conn.end)
         finally:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(CLOSE_TIMEOUT):
