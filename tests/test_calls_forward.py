@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtgate.config.load import parse_text
 from rtgate.telemetry.eventlog import EventLogger
@@ -381,3 +383,41 @@ async def test_a_sideband_that_cannot_open_hangs_the_provider_call_up(
             fake.behaviour.sideband_status = None
             again = await trio.to_thread.run_sync(sdk_call, gw.http_url, WEB_KEY)
             assert again["status"] == 201  # the key's one slot came back
+
+
+SDP_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FFF, blacklist_characters="\r\n"),
+    max_size=60,
+)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(SDP_TEXT, max_size=12),
+    session=st.dictionaries(st.text(min_size=1, max_size=12), JSON_VALUES, max_size=6),
+)
+def test_any_offer_and_session_survive_the_posted_form(
+    lines: list[str], session: dict[str, Any]
+) -> None:
+    """What rtgate posts to a provider parses back (by the same reader rtgate's own route
+    uses) to the offer and session it was built from, whatever their text."""
+    from rtgate.control.calls import parse_offer
+    from rtgate.providers.provider_calls import form_data
+
+    sdp = (
+        "v=0\r\n" + "".join(line + "\r\n" for line in lines) + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+    )
+    kind, body = form_data(
+        [
+            ("sdp", "application/sdp", sdp.encode()),
+            ("session", "application/json", orjson.dumps(session)),
+        ]
+    )
+    assert parse_offer(kind, body) == (sdp, session)
