@@ -250,6 +250,12 @@ async def test_azure_calls_use_the_resource_path_the_api_key_and_the_deployment_
             assert call.session["model"] == "voice-deployment"
             await wait_for(lambda: _true(call.sidebands == 1))
             assert any(p.startswith("/openai/v1/realtime?call_id=rtc_fake1") for p in fake.paths)
+            status, _, text = await http_request(
+                gw.port, "GET", "/metrics", b"", {"Authorization": f"Bearer {CLIENT_KEY}"}
+            )
+            assert status == 200
+            assert b'rtgate_webrtc_calls_active{media="forwarded"} 1.0' in text
+            assert b'rtgate_webrtc_calls_active{media="terminated"} 0.0' in text
         # The gateway stopped with the call running: the call was hung up at the provider.
         assert call.hung_up
 

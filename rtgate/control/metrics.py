@@ -58,6 +58,7 @@ HOST_RULES: Mapping[str, Rule] = {
     "rtgate_draining": Rule.MAX,  # 1 while any worker drains
     "rtgate_config_reloads": Rule.SUM,  # each worker counts its own reload of one SIGHUP
     "rtgate_sessions_active": Rule.SUM_LIVE,
+    "rtgate_webrtc_calls_active": Rule.SUM_LIVE,
     "rtgate_sessions_started": Rule.SUM,
     "rtgate_sessions": Rule.SUM,
     "rtgate_close_codes": Rule.SUM,
@@ -211,6 +212,7 @@ class GatewayCollector(Collector):
             now = 0.0
         yield from self._info(gateway)
         yield from _sessions(counters)
+        yield from _calls(gateway)
         yield from _handshakes(counters)
         yield from _relay(counters.relay)
         yield from _pool(gateway.pool.statistics(now))
@@ -261,6 +263,17 @@ def _shared_state(gateway: Gateway) -> Iterator[Metric]:
         "rtgate processes sharing the store, as it last counted them",
         value=shared.members,
     )
+
+
+def _calls(gateway: Gateway) -> Iterator[Metric]:
+    calls = GaugeMetricFamily(
+        "rtgate_webrtc_calls_active",
+        "WebRTC calls running (each is also a session), by who terminates the media",
+        labels=["media"],
+    )
+    for media, n in sorted(gateway.calls.active_by_media().items()):
+        calls.add_metric([media], n)
+    yield calls
 
 
 def _sessions(counters: Any) -> Iterator[Metric]:

@@ -26,6 +26,8 @@ class Call:
     model_group: str
     key_hash: str | None
     """The issuing key's hash (None: the master key); only it or the master key hangs up."""
+    media: str = "terminated"
+    """``terminated`` (rtgate's aiortc peer) or ``forwarded`` (the provider's media)."""
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
 
@@ -119,3 +121,10 @@ class CallRegistry:
 
     def __len__(self) -> int:
         return len(self.calls)
+
+    def active_by_media(self) -> dict[str, int]:
+        """Running calls by who terminates their media (both keys always present)."""
+        counts = {"terminated": 0, "forwarded": 0}
+        for call in self.calls.values():
+            counts[call.media] = counts.get(call.media, 0) + 1
+        return counts

@@ -120,7 +120,7 @@ class ForwardedCalls:
         opened = await gateway.open_session(start)
         link = opened.link
         assert isinstance(link, ProviderCallLink)
-        call = Call(new_id("rtc"), start.group, start.principal.key_hash)
+        call = Call(new_id("rtc"), start.group, start.principal.key_hash, media="forwarded")
         client = SidebandOnly()
         try:
             gateway.calls.start(call, partial(self._run, call, opened, client))
