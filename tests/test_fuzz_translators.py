@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -372,3 +373,26 @@ test_fuzz_mock_model = _fuzz("mock")
 test_fuzz_gemini = _fuzz("gemini")
 test_fuzz_vertex = _fuzz("vertex")
 test_fuzz_nova = _fuzz("nova")
+
+
+_AUDIO_SESSION = (
+    b'"type":"realtime","output_modalities":["text"],"audio":{"input":{"turn_detection":null,'
+    b'"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcma"},"voice":"marin"}}'
+)
+
+
+@pytest.mark.parametrize("name", ["gemini", "vertex", "nova", "mock"])
+@pytest.mark.parametrize(
+    "tools", [b"[{}]", b"[null]", b"true", b'[{"name":"f","description":5,"parameters":1}]']
+)
+def test_malformed_tools_never_reach_the_reported_session(name: str, tools: bytes) -> None:
+    """Found by the fuzzer: a tool without a type or name, a null tool, ``tools: true`` and
+    ill-typed fields were echoed in ``session.updated`` (or raised). Every event stays
+    valid against the SDK's types; a named function keeps only its well-typed fields."""
+    update = b'{"type":"session.update","session":{' + _AUDIO_SESSION + b',"tools":' + tools + b"}}"
+    events = _run(TRANSLATORS[name], [("client", update), ("upstream_closed", 1000)])
+    for event in events:
+        if event.get("type") == "session.updated":
+            for tool in event["session"].get("tools", []):
+                assert tool["type"] == "function" and isinstance(tool["name"], str)
+                assert set(tool) <= {"type", "name", "description", "parameters"}

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rtgate.mockmodel.translator import MockModel, audio_chunks, peak_level
@@ -616,6 +616,18 @@ client_events = st.one_of(
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(client_events | st.binary(max_size=8), max_size=10))
+@example(  # found by the fuzzer: a text part with stray audio was given a transcript field
+    [
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "system",
+                "content": [{"type": "input_text", "audio": "AAAA"}],
+            },
+        }
+    ]
+)
 def test_arbitrary_client_sequences_never_raise(sequence: list[dict[str, Any] | bytes]) -> None:
     session = mock(reply_audio_ms=80)
     for event in sequence:

@@ -191,8 +191,8 @@ def check_session(session: object) -> Json:
         raise invalid("session.instructions", session["instructions"])
     if "max_output_tokens" in session:
         check_max_tokens(session["max_output_tokens"], "session.max_output_tokens")
-    if "tools" in session and not isinstance(session["tools"], list):
-        raise invalid("session.tools", session["tools"])
+    if "tools" in session:
+        _check_tools(session["tools"])
     if "audio" in session:
         _check_audio(session["audio"])
     return session
@@ -225,3 +225,26 @@ def default_session(model: str) -> Json:
         output_format=_PCM_FORMAT,
         turn_detection=DEFAULT_TURN_DETECTION,
     )
+
+
+def _check_tools(tools: object) -> None:
+    """Function tools only (the mock runs no MCP server); a missing ``type`` is a function,
+    as OpenAI's, and is written in so the session reports it."""
+    if not isinstance(tools, list):
+        raise invalid("session.tools", tools)
+    for index, tool in enumerate(tools):
+        where = f"session.tools[{index}]"
+        if not isinstance(tool, dict):
+            raise invalid(where, tool)
+        if tool.setdefault("type", "function") != "function":
+            raise invalid(f"{where}.type", tool["type"], ("function",))
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise (
+                missing(f"{where}.name")
+                if "name" not in tool
+                else invalid(f"{where}.name", tool["name"])
+            )
+        if "description" in tool and not isinstance(tool["description"], str):
+            raise invalid(f"{where}.description", tool["description"])
+        if "parameters" in tool and not isinstance(tool["parameters"], dict):
+            raise invalid(f"{where}.parameters", tool["parameters"])

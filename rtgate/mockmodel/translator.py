@@ -320,7 +320,8 @@ class MockModel(Translator):
         audio_ms = 0
         for part in parts(item):
             audio = part.pop("audio", None)
-            if isinstance(audio, str):
+            # Only an input_audio part carries audio (and gets a transcript field for it).
+            if isinstance(audio, str) and part.get("type") == "input_audio":
                 audio_ms += len(audio) * 3 // 4 // bytes_per_ms(self._input_format())
                 part.setdefault("transcript", None)
         self._add_item(item, previous, out, audio_ms=audio_ms)

@@ -85,3 +85,36 @@ def _copy(value: Mapping[str, object] | None) -> dict[str, object] | None:
 def session_event(kind: str, session: Mapping[str, Any]) -> dict[str, object]:
     """``session.created`` or ``session.updated`` carrying ``session``."""
     return server_event(kind, session=session)
+
+
+def function_tools(tools: object) -> tuple[list[dict[str, Any]], list[str]]:
+    """The function tools of a client's ``session.tools``, in the shape the session reports.
+
+    A tool without ``type`` is a function (OpenAI's default); each kept tool carries
+    ``type``, ``name`` and, when well typed, ``description`` and ``parameters``. Returns the
+    kept tools and, for each dropped entry, why (``tools[i] ...``), for the translator's
+    warning; a ``tools`` that is not a list keeps none.
+    """
+    if not isinstance(tools, list):
+        return [], [] if tools is None else ["tools (not a list)"]
+    kept: list[dict[str, Any]] = []
+    dropped: list[str] = []
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, Mapping):
+            dropped.append(f"tools[{index}] (not an object)")
+            continue
+        kind = tool.get("type", "function")
+        if kind != "function":
+            dropped.append(f"tools[{index}] (type {str(kind)[:40]!r} is not a function)")
+            continue
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            dropped.append(f"tools[{index}] (a function needs a name)")
+            continue
+        shown: dict[str, Any] = {"type": "function", "name": name}
+        if isinstance(tool.get("description"), str):
+            shown["description"] = tool["description"]
+        if isinstance(tool.get("parameters"), Mapping):
+            shown["parameters"] = copy.deepcopy(dict(tool["parameters"]))
+        kept.append(shown)
+    return kept, dropped

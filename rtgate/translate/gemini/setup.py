@@ -23,7 +23,7 @@ from typing import Any, Final
 import attrs
 
 from rtgate.translate.base import get_path
-from rtgate.translate.ga.session import session_object
+from rtgate.translate.ga.session import function_tools, session_object
 
 OPENAI_TO_GEMINI_VOICE: Final = {
     "alloy": "Zephyr",
@@ -473,11 +473,7 @@ def session_echo(session: Mapping[str, Any], plan: SessionPlan, session_id: str)
     echo.pop("max_response_output_tokens", None)
     if echo.get("tool_choice") not in (None, "auto"):
         echo["tool_choice"] = "auto"
-    echo["tools"] = [
-        t
-        for t in echo.get("tools") or []
-        if isinstance(t, Mapping) and t.get("type", "function") == "function"
-    ]
+    echo["tools"] = function_tools(echo.get("tools"))[0]  # what became functionDeclarations
     return echo
 
 

@@ -21,6 +21,7 @@ import orjson
 
 from rtgate.translate.base import Outbox
 from rtgate.translate.ga import session as ga_session
+from rtgate.translate.ga.session import function_tools
 
 # Nova Sonic v1 voices (input-events.html above); other ids pass through for newer models.
 NOVA_VOICES: Final = frozenset(
@@ -179,14 +180,14 @@ def merge_update(config: SessionConfig, session: Mapping[str, Any]) -> list[str]
             )
             if isinstance(audio_out.get("voice"), str):
                 config.voice = audio_out["voice"]
-    tools = session.get("tools")
-    if isinstance(tools, list):
-        kept = [
-            t for t in tools if isinstance(t, Mapping) and t.get("type", "function") == "function"
-        ]
-        if len(kept) != len(tools):
-            problems.append("tools other than functions (Nova takes function tools only)")
-        config.tools = [dict(t) for t in kept]
+    if "tools" in session:
+        kept, dropped = function_tools(session["tools"])
+        if dropped:
+            problems.append(
+                "tools other than named functions (Nova takes function tools only): "
+                + ", ".join(dropped)
+            )
+        config.tools = kept
     if "tool_choice" in session:
         config.tool_choice = session["tool_choice"]
     max_tokens = session.get("max_output_tokens")
