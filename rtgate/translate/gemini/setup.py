@@ -384,24 +384,15 @@ def _activity_detection(turn: object, ignored: list[str]) -> tuple[bool, dict[st
 
 
 def _function_declarations(tools: object, ignored: list[str]) -> list[dict[str, Any]]:
+    kept, dropped = function_tools(tools)
+    ignored.extend(f"{why} (Gemini Live takes named function tools only)" for why in dropped)
     declarations: list[dict[str, Any]] = []
-    if not isinstance(tools, list):
-        return declarations
-    for index, tool in enumerate(tools):
-        if not isinstance(tool, Mapping) or tool.get("type", "function") != "function":
-            kind = tool.get("type") if isinstance(tool, Mapping) else type(tool).__name__
-            ignored.append(f"tools[{index}] (type {_short(kind)} is not supported by Gemini Live)")
-            continue
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            ignored.append(f"tools[{index}] (a function needs a name)")
-            continue
-        declaration: dict[str, Any] = {"name": name}
-        description = tool.get("description")
-        if isinstance(description, str) and description:
-            declaration["description"] = description
+    for tool in kept:
+        declaration: dict[str, Any] = {"name": tool["name"]}
+        if tool.get("description"):
+            declaration["description"] = tool["description"]
         parameters = tool.get("parameters")
-        if isinstance(parameters, Mapping) and parameters:
+        if parameters:
             converted = gemini_schema(parameters)
             if converted is None:
                 # Full JSON Schema (refs, combinators Gemini's Schema lacks) travels as is.
