@@ -118,6 +118,17 @@ async def post_offer(
     return await http_request(port, "POST", "/v1/realtime/calls" + query, body, headers)
 
 
+def sdk_hang_up(http_url: str, key: str, call_id: str) -> None:
+    """``client.realtime.calls.hangup`` of the openai SDK, against rtgate."""
+    from openai import AsyncOpenAI
+
+    async def run() -> None:
+        async with AsyncOpenAI(api_key=key, base_url=http_url + "/v1", max_retries=0) as client:
+            await client.realtime.calls.hangup(call_id)
+
+    asyncio.run(asyncio.wait_for(run(), 20))
+
+
 def only_call(fake: FakeRealtimeServer) -> str:
     (call_id,) = fake.calls
     return call_id
@@ -287,6 +298,11 @@ async def test_a_client_secret_places_a_call_with_its_bound_configuration(
             # The secret opened a session for the key that minted it: its one slot is held.
             status, _, _ = await post_offer(gw.port, WEB_KEY)
             assert status == 429
+            # The key that minted the secret hangs the call up with the SDK's own method.
+            ours = headers["location"].rsplit("/", 1)[1]
+            await trio.to_thread.run_sync(sdk_hang_up, gw.http_url, WEB_KEY, ours)
+            await wait_for(lambda: _true(call.hung_up))
+            await wait_for(lambda: _true(gw.gateway.counters.sessions_active == 0))
 
 
 async def _true(value: bool) -> bool:
