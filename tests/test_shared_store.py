@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -197,3 +198,35 @@ def test_sqlite_minute_counts_follow_the_window_and_survive_a_reopen(
     refused = reopened.take("s6", [rate], 30).refusal
     assert refused is not None and refused.cap == "per_minute"
     reopened.close()
+
+
+def test_workers_opening_a_new_file_together_all_open_it(tmp_path: Path) -> None:
+    """``--workers N`` start together: each opens the fresh file, switches it to WAL and
+    writes the schema; "database is locked" from a neighbour doing the same was a worker
+    that died at start-up (seen in the workers benchmark)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(40):  # the race shows in about one round of ten
+        path = str(tmp_path / f"shared-{round_}.db")
+        start = context.Barrier(6)
+        results = context.Queue()
+        workers = [
+            context.Process(target=_open_after, args=(path, start, results, n)) for n in range(6)
+        ]
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=30) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=30)
+        assert outcomes == ["ok"] * 6, outcomes
+
+
+def _open_after(path: str, start: Any, results: Any, n: int) -> None:
+    start.wait()
+    try:
+        SqliteStore(path, f"host:{n}").close()
+    except StoreUnavailable as exc:
+        results.put(str(exc))
+        return
+    results.put("ok")

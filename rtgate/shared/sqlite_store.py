@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS members (member TEXT PRIMARY KEY, expires REAL);
 """
 
 
+OPEN_TIMEOUT = 10.0
+"""How long opening the file may wait for the other workers opening it at the same time."""
+
+
 class SqliteStore:
     """:class:`rtgate.shared.store.SharedStore` over one SQLite file."""
 
@@ -53,17 +57,33 @@ class SqliteStore:
             self._db = sqlite3.connect(
                 path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=OFF")  # the state dies with the host anyway
-            self._db.executescript(_SCHEMA)
-            # The counts are kept with the rows; rebuilt once here in case a file predates them.
-            with self._transaction() as db:
-                db.execute("DELETE FROM start_counts")
-                db.execute(
-                    "INSERT INTO start_counts SELECT scope, count(*) FROM starts GROUP BY scope"
-                )
+            self._prepare()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"shared state file {path}: {exc}") from exc
+
+    def _prepare(self) -> None:
+        """WAL mode, the schema and the kept counts, retried while another worker does the
+        same: switching a new file to WAL answers "database is locked" at once, without
+        SQLite's busy wait, when workers start together."""
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=OFF")  # the state dies with the host
+                self._db.executescript(_SCHEMA)
+                # The counts are kept with the rows; rebuilt here in case a file predates them.
+                with self._transaction() as db:
+                    db.execute("DELETE FROM start_counts")
+                    db.execute(
+                        "INSERT INTO start_counts SELECT scope, count(*) FROM starts GROUP BY scope"
+                    )
+                return
+            except (sqlite3.OperationalError, StoreUnavailable) as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                time.sleep(0.02)  # start-up only: the loop has not begun serving yet
 
     def _transaction(self) -> _Tx:
         return _Tx(self._db, self.path, self._lock)
