@@ -310,26 +310,34 @@ async def _true(value: bool) -> bool:
 
 
 def test_the_calls_endpoint_follows_api_base_as_the_realtime_url_does() -> None:
-    from rtgate.net.http_request import http_url
-    from rtgate.providers.realtime_url import (
-        AZURE_GA_PATH,
-        azure_realtime_url,
-        calls_url,
-        openai_realtime_url,
-    )
+    """The providers' own calls endpoints: ``api_base`` joined as for the realtime URL,
+    over HTTP(S); Azure's preview path has none."""
+    from rtgate.config.model import Deployment
+    from rtgate.providers.azure import PROVIDER as AZURE
+    from rtgate.providers.base import SessionContext
+    from rtgate.providers.openai import PROVIDER as OPENAI
 
-    def openai(base: str) -> str:
-        return http_url(calls_url(openai_realtime_url(base, [])))
+    ctx = SessionContext(session_id="s", model_group="g")
 
-    assert openai("wss://api.openai.com/v1") == "https://api.openai.com/v1/realtime/calls"
-    assert openai("https://proxy.example/llm/") == "https://proxy.example/llm/v1/realtime/calls"
-    assert (
-        openai("http://10.0.0.2:8080/v1?team=a") == "http://10.0.0.2:8080/v1/realtime/calls?team=a"
+    def endpoint(provider: Any, base: str | None, **params: Any) -> str | None:
+        deployment = Deployment(
+            id="d", model_name="g", provider=provider.name, model="m", api_base=base, **params
+        )
+        found = provider.call_endpoint(deployment, ctx)
+        return None if found is None else str(found.calls_url)
+
+    assert endpoint(OPENAI, None) == "https://api.openai.com/v1/realtime/calls"
+    assert endpoint(OPENAI, "https://proxy.example/llm/") == (
+        "https://proxy.example/llm/v1/realtime/calls"
     )
-    azure = http_url(
-        calls_url(azure_realtime_url("https://r.openai.azure.com/openai", AZURE_GA_PATH, []))
+    assert endpoint(OPENAI, "http://10.0.0.2:8080/v1?team=a") == (
+        "http://10.0.0.2:8080/v1/realtime/calls?team=a"
     )
-    assert azure == "https://r.openai.azure.com/openai/v1/realtime/calls"
+    assert endpoint(AZURE, "https://r.openai.azure.com/openai") == (
+        "https://r.openai.azure.com/openai/v1/realtime/calls"
+    )
+    preview = {"params": {"realtime_path": "preview"}, "api_version": "2025-04-01-preview"}
+    assert endpoint(AZURE, "https://r.openai.azure.com", **preview) is None
 
 
 def test_the_posted_offer_round_trips_through_the_offer_parser() -> None:

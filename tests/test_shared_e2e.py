@@ -40,6 +40,17 @@ def host_config(upstream: FakeRealtimeServer, port: int, *, router: str = "", le
     )
 
 
+def ejecting_config(upstream: FakeRealtimeServer, server: RedisServer, *, cooldown: float) -> str:
+    """One deployment on one Redis, ejected at its first failure for ``cooldown`` s."""
+    return gateway_yaml(
+        openai_deployment("m", upstream.base_url, deployment_id="dep-m"),
+        extra=f"""{redis_router(server)}
+  allowed_fails: 1
+  max_ejection_percent: 100
+  cooldown_time: {cooldown:g}""",
+    )
+
+
 def redis_router(server: RedisServer) -> str:
     return f"router_settings:\n  redis_host: 127.0.0.1\n  redis_port: {server.port}"
 
@@ -171,15 +182,7 @@ async def test_a_deployment_failing_on_one_host_is_not_dialed_by_another(
     await nursery.start(failing.serve)
     with trio.fail_after(30):
         async with redis_server(tmp_path) as server:
-            config = gateway_yaml(
-                openai_deployment("m", failing.base_url, deployment_id="dep-m"),
-                extra=f"""router_settings:
-  redis_host: 127.0.0.1
-  redis_port: {server.port}
-  allowed_fails: 1
-  max_ejection_percent: 100
-  cooldown_time: 30""",
-            )
+            config = ejecting_config(failing, server, cooldown=30)
             master = {"Authorization": f"Bearer {CLIENT_KEY}"}
             async with open_gateway(config) as host_a, open_gateway(config) as host_b:
                 status_a, _, _ = await raw_handshake(host_a.http_url + PATH, master)
@@ -208,15 +211,7 @@ async def test_one_half_open_trial_at_a_time_across_hosts(
     await nursery.start(upstream.serve)
     with trio.fail_after(40):
         async with redis_server(tmp_path) as server:
-            config = gateway_yaml(
-                openai_deployment("m", upstream.base_url, deployment_id="dep-m"),
-                extra=f"""router_settings:
-  redis_host: 127.0.0.1
-  redis_port: {server.port}
-  allowed_fails: 1
-  max_ejection_percent: 100
-  cooldown_time: 1""",
-            )
+            config = ejecting_config(upstream, server, cooldown=1)
             async with open_gateway(config) as host_a, open_gateway(config) as host_b:
                 master = {"Authorization": f"Bearer {CLIENT_KEY}"}
                 status, _, _ = await raw_handshake(host_a.http_url + PATH, master)

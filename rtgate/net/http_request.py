@@ -36,15 +36,6 @@ class HttpReply:
     body: bytes
 
 
-def http_url(url: str) -> str:
-    """``ws(s)://`` to ``http(s)://``; http URLs unchanged."""
-    if url.startswith("wss://"):
-        return "https://" + url[len("wss://") :]
-    if url.startswith("ws://"):
-        return "http://" + url[len("ws://") :]
-    return url
-
-
 async def request(
     method: str,
     url: str,
@@ -55,8 +46,9 @@ async def request(
     timeout: float,
     max_reply_bytes: int = MAX_REPLY_BYTES,
 ) -> HttpReply:
-    """Send one request to ``url`` (http/https) and read the whole reply within ``timeout``."""
-    parts = urlsplit(http_url(url))
+    """Send one request to ``url`` (``http://`` or ``https://``) and read the whole reply
+    within ``timeout``."""
+    parts = urlsplit(url)
     host = parts.hostname or ""
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)

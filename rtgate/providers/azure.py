@@ -13,7 +13,6 @@ any scheme, trailing slash or ``/openai`` suffix): see :mod:`rtgate.providers.re
 from __future__ import annotations
 
 from rtgate.config.model import Deployment
-from rtgate.net.http_request import http_url
 from rtgate.providers.base import SessionContext
 from rtgate.providers.openai import realtime_query
 from rtgate.providers.provider_calls import CallEndpoint
@@ -77,7 +76,7 @@ class AzureProvider(WebSocketProvider):
         """The GA path's calls endpoint; the preview path has none (rtgate terminates those)."""
         if realtime_path(deployment) != "ga":
             return None
-        url = http_url(calls_url(azure_realtime_url(deployment.api_base or "", AZURE_GA_PATH, [])))
+        url = calls_url(azure_realtime_url(deployment.api_base or "", AZURE_GA_PATH, []))
         return CallEndpoint(url, _headers(deployment, ctx))
 
     def sideband_target(

@@ -8,7 +8,6 @@ GA only: the beta header is never forwarded (OpenAI closes beta sessions with
 from __future__ import annotations
 
 from rtgate.config.model import Deployment
-from rtgate.net.http_request import http_url
 from rtgate.providers.base import SessionContext
 from rtgate.providers.provider_calls import CallEndpoint
 from rtgate.providers.realtime_url import api_base_problems, calls_url, openai_realtime_url
@@ -45,7 +44,7 @@ class OpenAIProvider(WebSocketProvider):
 
     def call_endpoint(self, deployment: Deployment, ctx: SessionContext) -> CallEndpoint:
         base = deployment.api_base or DEFAULT_BASE
-        url = http_url(calls_url(openai_realtime_url(base, [])))
+        url = calls_url(openai_realtime_url(base, []))
         return CallEndpoint(url, _headers(deployment, ctx))
 
     def sideband_target(

@@ -75,10 +75,15 @@ def azure_realtime_url(api_base: str, path: str, query: Iterable[tuple[str, str]
     return _join(api_base, resource_path, query)
 
 
+_HTTP_SCHEMES = {"ws": "http", "wss": "https"}
+
+
 def calls_url(realtime_url: str) -> str:
-    """A realtime URL's WebRTC calls endpoint: ``{realtime path}/calls``, query kept."""
+    """A realtime URL's WebRTC calls endpoint, over HTTP: ``{realtime path}/calls``,
+    query kept (``wss://H/v1/realtime`` becomes ``https://H/v1/realtime/calls``)."""
     parts = urlsplit(realtime_url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path + "/calls", parts.query, ""))
+    scheme = _HTTP_SCHEMES.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path + "/calls", parts.query, ""))
 
 
 def _join(api_base: str, place: Callable[[str], str], query: Iterable[tuple[str, str]]) -> str:

@@ -33,7 +33,6 @@ from rtgate.providers.base import CallOffer, SessionContext
 from rtgate.providers.provider_calls import ProviderCallLink
 from rtgate.providers.websocket import WebSocketProvider
 from rtgate.session.calls import Call, CallAnswer, serve_call
-from rtgate.session.relay import Outcome
 from rtgate.session.start import SessionStart
 from rtgate.translate.base import new_id
 from rtgate.wire import Frame
@@ -65,7 +64,6 @@ class SidebandOnly:
     def __init__(self) -> None:
         self.unfinished_since: float | None = None
         self.bytes_received = 0
-        self.events_seen = 0
         self._ended = trio.Event()
         self._closed: ConnectionClosed | None = None
 
@@ -89,7 +87,8 @@ class SidebandOnly:
         raise self._closed
 
     async def send(self, messages: Sequence[Frame]) -> None:
-        self.events_seen += len(messages)
+        """Seen already (event log, accounting); a forwarded call's client reads them from
+        the provider."""
 
     async def ping(self, payload: bytes = b"") -> None:
         """The provider checks the peer (ICE consent); nothing to send."""
@@ -125,11 +124,7 @@ class ForwardedCalls:
         try:
             gateway.calls.start(call, partial(self._run, call, opened, client))
         except BaseException:
-            with trio.CancelScope(shield=True):
-                outcome = Outcome(1001, "call setup failed", 1001, "call setup failed", "client")
-                await opened.release(gateway, outcome)
-                opened.finish_trace(gateway, outcome, {})
-                await link.aclose(1001, "call setup failed")
+            await opened.abandon(gateway, 1001, "call setup failed")  # hangs the call up too
             raise
         log.info(
             "call forwarded: id=%s deployment=%s provider_call=%s",

@@ -71,6 +71,8 @@ from rtgate.translate.base import new_id
 from rtgate.wire import Frame
 
 log = logging.getLogger("rtgate.gateway")
+ABANDON_CLOSE_TIMEOUT = 5.0
+"""How long closing the upstream of a session that never ran may take."""
 
 REALTIME_PATHS = frozenset({"/v1/realtime", "/realtime", "/openai/v1/realtime", "/openai/realtime"})
 # Client headers that may travel upstream (everything else stays here).
@@ -658,6 +660,16 @@ class _Session:
             f"closed {outcome.client_code} by {outcome.closed_by}" if failed else None,
             cost_usd,
         )
+
+    async def abandon(self, gateway: Gateway, code: int, reason: str) -> None:
+        """The session opened but never ran (a call whose answer failed): its slots go
+        back, its span ends and its upstream is closed, within a bound."""
+        outcome = Outcome(code, reason, 1001, reason, "client")
+        with trio.CancelScope(shield=True):
+            await self.release(gateway, outcome)
+            self.finish_trace(gateway, outcome, {})
+            with trio.move_on_after(ABANDON_CLOSE_TIMEOUT):
+                await self.link.aclose(1001, reason)
 
     async def release(self, gateway: Gateway, outcome: Outcome) -> None:
         """The session is over: its slots go back and it is counted (once)."""

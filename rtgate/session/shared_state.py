@@ -169,19 +169,11 @@ class SharedState:
 
     async def give_back(self, lease: str, started: bool) -> None:
         """End ``lease`` everywhere (shielded: a cancelled session still gives back)."""
-        scopes = self.leases.pop(lease, None)
-        self.ledger.give_back(lease, started=started)
-        if scopes is None or not self.up:
-            return  # during an outage the store's copy expires with its lease time
-        with trio.CancelScope(shield=True):
-            async with self._renewing:
-                try:
-                    await self._call(self.store.give_back, lease, scopes, started)
-                except StoreUnavailable:
-                    pass
+        await self.give_back_many([(lease, started)])
 
     async def give_back_many(self, ends: Sequence[tuple[str, bool]]) -> None:
-        """:meth:`give_back` of each ``(lease, started)`` in one store call."""
+        """End each ``(lease, started)`` everywhere in one store call (shielded: a cancelled
+        session still gives back; during an outage the store's copy expires instead)."""
         found: list[tuple[str, Sequence[str], bool]] = []
         for lease, started in ends:
             scopes = self.leases.pop(lease, None)

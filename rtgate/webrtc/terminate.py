@@ -22,7 +22,6 @@ import trio
 
 from rtgate.errors import InvalidParameter, RtgateError, TooManySessions
 from rtgate.session.calls import Call, CallAnswer, serve_call
-from rtgate.session.relay import Outcome
 from rtgate.session.start import SessionStart
 from rtgate.translate.base import new_id
 from rtgate.webrtc.audio import BYTES_PER_MS
@@ -111,15 +110,9 @@ class TerminatedCalls:
         return CallAnswer(call.call_id, answer)
 
     async def _abandon(self, opened: _Session, peer: CallPeer, exc: BaseException) -> None:
-        """No answer: the session's slots go back and its upstream is closed."""
-        gateway = self.gateway
-        reason = "call setup failed"
-        outcome = Outcome(1011 if not isinstance(exc, RtgateError) else 1008, reason, 1001,
-                          reason, "client")  # fmt: skip
-        await opened.release(gateway, outcome)
-        opened.finish_trace(gateway, outcome, {})
-        with trio.move_on_after(CLOSE_TIMEOUT):
-            await opened.link.aclose(1001, reason)
+        """No answer: the session is abandoned, then the peer connection closed."""
+        code = 1008 if isinstance(exc, RtgateError) else 1011
+        await opened.abandon(self.gateway, code, "call setup failed")
         with trio.move_on_after(CLOSE_TIMEOUT):
             await self.thread.run(peer.close())
 
